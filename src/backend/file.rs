@@ -1,0 +1,229 @@
+//! A volume kept in one local file (or block device), created sparse.
+
+use super::{BackendError, BlockBackend, Provisioning, SgList, BLOCK_SIZE};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct FileBackend {
+    file: Arc<File>,
+    blocks: u64,
+}
+
+impl FileBackend {
+    /// Opens `path`, creating a sparse file of `size_bytes` if it does not exist and
+    /// growing a shorter one. An existing longer file keeps its length and data; the
+    /// volume then exposes only `size_bytes`.
+    pub fn open(path: &Path, size_bytes: u64) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        if file.metadata()?.len() < size_bytes {
+            file.set_len(size_bytes)?;
+        }
+        Ok(Self {
+            file: Arc::new(file),
+            blocks: size_bytes / BLOCK_SIZE as u64,
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&File) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || f(&file))
+            .await
+            .map_err(|e| BackendError::Io(std::io::Error::other(e)))?
+            .map_err(map_io)
+    }
+}
+
+fn map_io(e: std::io::Error) -> BackendError {
+    if e.raw_os_error() == Some(libc_enospc()) {
+        BackendError::NoSpace
+    } else {
+        BackendError::Io(e)
+    }
+}
+
+const fn libc_enospc() -> i32 {
+    28
+}
+
+fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+    extern "C" {
+        fn fallocate(fd: i32, mode: i32, offset: i64, len: i64) -> i32;
+    }
+    // SAFETY: fallocate only reads its integer arguments; the fd is owned by `file`.
+    let rc = unsafe { fallocate(file.as_raw_fd(), 0x02 | 0x01, offset as i64, len as i64) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn write_zeros(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = CHUNK.min(len - done);
+        file.write_all_at(&zeros[..n as usize], offset + done)?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// SEEK_DATA / SEEK_HOLE, to report which ranges of a sparse file are allocated.
+fn seek(file: &File, offset: u64, whence: i32) -> std::io::Result<Option<u64>> {
+    extern "C" {
+        fn lseek(fd: i32, offset: i64, whence: i32) -> i64;
+    }
+    // SAFETY: lseek only reads its integer arguments; the fd is owned by `file`.
+    let rc = unsafe { lseek(file.as_raw_fd(), offset as i64, whence) };
+    if rc >= 0 {
+        return Ok(Some(rc as u64));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(6) {
+        // ENXIO: no data (or hole) past offset.
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
+#[async_trait]
+impl BlockBackend for FileBackend {
+    fn num_blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    fn thin(&self) -> bool {
+        true
+    }
+
+    async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes, BackendError> {
+        let len = blocks as usize * BLOCK_SIZE as usize;
+        let off = lba * BLOCK_SIZE as u64;
+        self.blocking(move |f| {
+            let mut buf = BytesMut::zeroed(len);
+            f.read_exact_at(&mut buf, off)?;
+            Ok(buf.freeze())
+        })
+        .await
+    }
+
+    async fn write(&self, lba: u64, data: SgList, fua: bool) -> Result<(), BackendError> {
+        let off = lba * BLOCK_SIZE as u64;
+        self.blocking(move |f| {
+            if data.segments().len() == 1 {
+                f.write_all_at(&data.segments()[0], off)?;
+            } else {
+                let mut pos = off;
+                for seg in data.segments() {
+                    f.write_all_at(seg, pos)?;
+                    pos += seg.len() as u64;
+                }
+            }
+            if fua {
+                f.sync_data()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<(), BackendError> {
+        self.blocking(|f| f.sync_data()).await
+    }
+
+    async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> Result<(), BackendError> {
+        let off = lba * BLOCK_SIZE as u64;
+        let len = blocks * BLOCK_SIZE as u64;
+        self.blocking(move |f| {
+            if unmap && punch_hole(f, off, len).is_ok() {
+                return Ok(());
+            }
+            write_zeros(f, off, len)
+        })
+        .await
+    }
+
+    async fn unmap(&self, lba: u64, blocks: u64) -> Result<(), BackendError> {
+        let off = lba * BLOCK_SIZE as u64;
+        let len = blocks * BLOCK_SIZE as u64;
+        self.blocking(move |f| punch_hole(f, off, len).or_else(|_| write_zeros(f, off, len)))
+            .await
+    }
+
+    async fn allocation_status(&self, lba: u64) -> Result<(Provisioning, u64), BackendError> {
+        let end = self.blocks * BLOCK_SIZE as u64;
+        let off = lba * BLOCK_SIZE as u64;
+        let bs = BLOCK_SIZE as u64;
+        self.blocking(move |f| {
+            const SEEK_DATA: i32 = 3;
+            const SEEK_HOLE: i32 = 4;
+            let data = seek(f, off, SEEK_DATA)?.unwrap_or(end).min(end);
+            if data > off {
+                // A hole starts at `off`; it ends where data begins (rounded down).
+                let blocks = ((data - off) / bs).max(1);
+                return Ok((Provisioning::Deallocated, blocks));
+            }
+            let hole = seek(f, off, SEEK_HOLE)?.unwrap_or(end).min(end);
+            let blocks = (hole.div_ceil(bs) - lba).max(1);
+            Ok((Provisioning::Mapped, blocks))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn round_trip_and_unmap() {
+        let dir = tempfile::tempdir().unwrap();
+        let be = FileBackend::open(&dir.path().join("v.img"), 1 << 20).unwrap();
+        assert_eq!(be.num_blocks(), 2048);
+        let mut sg = SgList::new();
+        sg.push(Bytes::from(vec![0xAA; 512]));
+        sg.push(Bytes::from(vec![0xBB; 512]));
+        be.write(10, sg, true).await.unwrap();
+        let r = be.read(10, 2).await.unwrap();
+        assert_eq!(&r[..512], &[0xAA; 512][..]);
+        assert_eq!(&r[512..], &[0xBB; 512][..]);
+        be.unmap(10, 2).await.unwrap();
+        assert_eq!(be.read(10, 2).await.unwrap(), Bytes::from(vec![0u8; 1024]));
+    }
+
+    #[tokio::test]
+    async fn creates_sparse_and_keeps_data_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v.img");
+        {
+            let be = FileBackend::open(&p, 8 << 20).unwrap();
+            be.write(1, vec![7u8; 512].into(), true).await.unwrap();
+        }
+        let be = FileBackend::open(&p, 8 << 20).unwrap();
+        assert_eq!(be.read(1, 1).await.unwrap()[0], 7);
+        let (state, _) = be.allocation_status(8000).await.unwrap();
+        assert_eq!(state, Provisioning::Deallocated);
+    }
+}
+

@@ -1,0 +1,167 @@
+//! The block backend: the few operations the SCSI engine needs from a volume.
+//!
+//! Shaped for a volume whose I/O crosses a network (the pool volume client of a
+//! later issue): every call is async and payloads travel as [`Bytes`] segments so
+//! data received from a socket reaches the device without being copied.
+
+mod file;
+mod memory;
+
+pub use file::FileBackend;
+pub use memory::MemoryBackend;
+
+use async_trait::async_trait;
+use bytes::{Buf, Bytes};
+
+/// Logical block size exposed to initiators. ESXi is only reliable with 512.
+pub const BLOCK_SIZE: u32 = 512;
+
+/// A scatter/gather list of payload segments, as they came off the wire.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SgList {
+    segments: Vec<Bytes>,
+    len: usize,
+}
+
+impl SgList {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, seg: Bytes) {
+        if !seg.is_empty() {
+            self.len += seg.len();
+            self.segments.push(seg);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn segments(&self) -> &[Bytes] {
+        &self.segments
+    }
+
+    /// The first `len` bytes (cheap: segments are reference counted).
+    pub fn prefix(&self, len: usize) -> SgList {
+        self.slice(0, len)
+    }
+
+    /// Bytes `[start, start+len)`, clamped to what is present; no payload copy.
+    pub fn slice(&self, start: usize, len: usize) -> SgList {
+        let mut out = SgList::new();
+        let mut skip = start;
+        let mut want = len;
+        for seg in &self.segments {
+            if want == 0 {
+                break;
+            }
+            if skip >= seg.len() {
+                skip -= seg.len();
+                continue;
+            }
+            let take = (seg.len() - skip).min(want);
+            out.push(seg.slice(skip..skip + take));
+            want -= take;
+            skip = 0;
+        }
+        out
+    }
+
+    /// Gathers the segments into one buffer. Copies unless there is a single segment,
+    /// so keep it for small parameter lists (MODE SELECT, UNMAP, ...), not payloads.
+    pub fn to_bytes(&self) -> Bytes {
+        match self.segments.len() {
+            0 => Bytes::new(),
+            1 => self.segments[0].clone(),
+            _ => {
+                let mut v = Vec::with_capacity(self.len);
+                for s in &self.segments {
+                    v.extend_from_slice(s);
+                }
+                Bytes::from(v)
+            }
+        }
+    }
+}
+
+impl From<Bytes> for SgList {
+    fn from(b: Bytes) -> Self {
+        let mut s = SgList::new();
+        s.push(b);
+        s
+    }
+}
+
+impl From<Vec<u8>> for SgList {
+    fn from(v: Vec<u8>) -> Self {
+        Bytes::from(v).into()
+    }
+}
+
+/// Copies an [`SgList`] into a contiguous slice (used by backends that must gather).
+pub fn copy_into(src: &SgList, dst: &mut [u8]) {
+    let mut off = 0;
+    for seg in src.segments() {
+        let mut s = seg.clone();
+        let n = s.remaining().min(dst.len() - off);
+        s.copy_to_slice(&mut dst[off..off + n]);
+        off += n;
+    }
+}
+
+/// Provisioning state of a block range, for GET LBA STATUS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provisioning {
+    Mapped,
+    Deallocated,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The device failed an I/O; the initiator sees a MEDIUM ERROR.
+    #[error("device I/O failed: {0}; check the backing file or device and its filesystem")]
+    Io(#[from] std::io::Error),
+    /// The backing store is full (thin volume); the initiator sees
+    /// SPACE ALLOCATION FAILED WRITE PROTECT.
+    #[error("no space left for this volume's data; grow the pool or free space")]
+    NoSpace,
+    /// The range lies past the end of the volume. The SCSI engine checks ranges first,
+    /// so this indicates a bug in a caller.
+    #[error("block range {lba}+{blocks} is beyond the end of the volume")]
+    OutOfRange { lba: u64, blocks: u64 },
+}
+
+/// What a volume must provide. Ranges are in logical blocks of [`BLOCK_SIZE`] and are
+/// already validated against [`BlockBackend::num_blocks`] by the caller.
+#[async_trait]
+pub trait BlockBackend: Send + Sync + std::fmt::Debug {
+    /// Size in logical blocks.
+    fn num_blocks(&self) -> u64;
+
+    /// Whether unmapped ranges are released (thin) and read back as zeros.
+    fn thin(&self) -> bool;
+
+    async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes, BackendError>;
+
+    /// Writes `data` (exactly `blocks * BLOCK_SIZE` bytes) at `lba`. With `fua` the data
+    /// is durable when this returns.
+    async fn write(&self, lba: u64, data: SgList, fua: bool) -> Result<(), BackendError>;
+
+    /// Makes every completed write durable.
+    async fn flush(&self) -> Result<(), BackendError>;
+
+    /// Zeroes a range; with `unmap` the backend may deallocate it instead.
+    async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> Result<(), BackendError>;
+
+    /// Deallocates a range; later reads return zeros.
+    async fn unmap(&self, lba: u64, blocks: u64) -> Result<(), BackendError>;
+
+    /// Provisioning state at `lba` and how many blocks from there share it.
+    async fn allocation_status(&self, lba: u64) -> Result<(Provisioning, u64), BackendError>;
+}

@@ -1,0 +1,1 @@
+//! Login phase: security and operational negotiation.

@@ -1,0 +1,4 @@
+//! The iSCSI transport (RFC 7143).
+
+pub mod login;
+pub mod pdu;

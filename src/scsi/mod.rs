@@ -1,0 +1,1 @@
+//! The SPC-4/SBC-3 engine.
