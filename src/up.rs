@@ -1,0 +1,203 @@
+//! `dreadnought up`: everything on one machine from `conf/`, for a first run, a demo
+//! and the tests. In this release that is the iSCSI target over file-backed volumes.
+
+use crate::backend::{BlockBackend, FileBackend};
+use crate::config::{ChapConfig, Config, ConfigError};
+use crate::iscsi::login::{ChapSecrets, Limits};
+use crate::iscsi::server::{Server, ServerCtx, Timing};
+use crate::iscsi::session::SessionTable;
+use crate::iscsi::target::{Target, TargetSet};
+use crate::scsi::{Identity, LogicalUnit, LunMap};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open volume {name:?} at {path}: {source}; check the path and free space")]
+    Volume {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Listen(std::io::Error),
+}
+
+/// Command-line overrides of the config file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Vec<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The cluster-wide id that makes volume identities (NAA, serial) unique to this
+/// installation and stable across restarts: created once, then read back.
+fn system_id(data_dir: &Path) -> Result<u64, UpError> {
+    let err = |source| UpError::DataDir {
+        path: data_dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(err)?;
+    let p = data_dir.join("system-id");
+    if let Ok(s) = std::fs::read_to_string(&p) {
+        if let Ok(id) = u64::from_str_radix(s.trim(), 16) {
+            return Ok(id);
+        }
+        warn!(path = %p.display(), "system-id is unreadable; generating a new one");
+    }
+    let id: u64 = rand::random();
+    let tmp = data_dir.join("system-id.tmp");
+    std::fs::write(&tmp, format!("{id:016x}\n")).map_err(err)?;
+    std::fs::rename(&tmp, &p).map_err(err)?;
+    Ok(id)
+}
+
+/// FNV-1a: a hash whose value never changes between builds, unlike std's.
+fn stable_hash(seed: u64, s: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn chap(c: &Option<ChapConfig>) -> Option<ChapSecrets> {
+    c.as_ref().map(|c| ChapSecrets {
+        username: c.username.clone(),
+        secret: c.secret.clone(),
+        mutual: c
+            .mutual_username
+            .clone()
+            .zip(c.mutual_secret.clone()),
+    })
+}
+
+/// Builds the server from a config; returns it bound and ready to run.
+pub async fn build(cfg: &Config, ov: &Overrides) -> Result<Server, UpError> {
+    let data_dir = ov.data_dir.clone().unwrap_or_else(|| cfg.data_dir.clone());
+    let sys = system_id(&data_dir)?;
+    let mut units: HashMap<String, Arc<LogicalUnit>> = HashMap::new();
+    for v in &cfg.volumes {
+        let path = v
+            .file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("volumes").join(format!("{}.img", v.name)));
+        let be = FileBackend::open(&path, v.size.0).map_err(|source| UpError::Volume {
+            name: v.name.clone(),
+            path: path.clone(),
+            source,
+        })?;
+        let be: Arc<dyn BlockBackend> = Arc::new(be);
+        let id = Identity::from_volume_id(&v.name, stable_hash(sys, &v.name));
+        info!(volume = %v.name, size = v.size.0, serial = %id.serial, path = %path.display(), read_only = v.read_only, "volume online");
+        units.insert(
+            v.name.clone(),
+            Arc::new(LogicalUnit::new(be, id, v.read_only)),
+        );
+    }
+    let mut targets = Vec::new();
+    for t in &cfg.targets {
+        let luns: LunMap = t
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64, units[v].clone()))
+            .collect();
+        if t.demo_mode {
+            warn!(target = %t.name, "DEMO MODE: every initiator can log in and see every LUN of this target; turn demo_mode off in production");
+        }
+        targets.push(Arc::new(Target {
+            name: t.name.clone(),
+            alias: t.alias.clone(),
+            chap: chap(&t.chap),
+            demo_mode: t.demo_mode,
+            allowed_initiators: t.allowed_initiators.clone(),
+            luns: Arc::new(luns),
+        }));
+    }
+    let i = &cfg.iscsi;
+    let listen = if ov.listen.is_empty() {
+        i.listen.clone()
+    } else {
+        ov.listen.clone()
+    };
+    let limits = Limits {
+        max_recv_data_segment_length: i.max_recv_data_segment_length,
+        max_burst_length: i.max_burst_length,
+        first_burst_length: i.first_burst_length,
+        max_outstanding_r2t: i.max_outstanding_r2t,
+        initial_r2t: i.initial_r2t,
+        immediate_data: i.immediate_data,
+        allow_header_digest: i.header_digest,
+        allow_data_digest: i.data_digest,
+        ..Limits::default()
+    };
+    let timing = Timing {
+        nop_interval: Duration::from_secs(i.nop_interval_secs.max(1)),
+        nop_timeout: Duration::from_secs(i.nop_timeout_secs.max(1)),
+        login_timeout: Duration::from_secs(i.login_timeout_secs.max(1)),
+    };
+    // Bind first so SendTargets reports the real ports (listen on port 0 in tests).
+    let mut ctx = ServerCtx {
+        targets: Arc::new(TargetSet {
+            targets: targets.clone(),
+            portals: vec![],
+            portal_group_tag: i.portal_group_tag,
+            discovery_chap: chap(&i.discovery_chap),
+        }),
+        limits,
+        sessions: Arc::new(SessionTable::default()),
+        timing,
+        queue_depth: i.queue_depth,
+    };
+    let probe = Server::bind(Arc::new(ServerCtx { ..clone_ctx(&ctx) }), &listen, 1)
+        .await
+        .map_err(UpError::Listen)?;
+    let bound = probe.local_addrs();
+    drop(probe);
+    ctx.targets = Arc::new(TargetSet {
+        targets,
+        portals: bound.clone(),
+        portal_group_tag: i.portal_group_tag,
+        discovery_chap: chap(&i.discovery_chap),
+    });
+    let server = Server::bind(Arc::new(ctx), &bound, i.max_connections)
+        .await
+        .map_err(UpError::Listen)?;
+    Ok(server)
+}
+
+fn clone_ctx(c: &ServerCtx) -> ServerCtx {
+    ServerCtx {
+        targets: c.targets.clone(),
+        limits: c.limits.clone(),
+        sessions: c.sessions.clone(),
+        timing: c.timing.clone(),
+        queue_depth: c.queue_depth,
+    }
+}
+
+/// Runs `up` until the process is stopped.
+pub async fn run(config: &Path, ov: Overrides) -> Result<(), UpError> {
+    let cfg = Config::load(config)?;
+    let server = build(&cfg, &ov).await?;
+    for t in &cfg.targets {
+        info!(target = %t.name, luns = t.volumes.len(), "target ready");
+    }
+    let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+    info!(portals = %addrs.join(","), "ready: iSCSI target listening");
+    server.run().await;
+    Ok(())
+}
