@@ -1058,3 +1058,20 @@ fn mutated_valid_pdus_never_panic() {
         poke(&w, &mut rng);
     }
 }
+
+#[test]
+fn parsed_data_shares_the_frame() {
+    let d = Digests {
+        header: true,
+        data: true,
+    };
+    let (_, wire) = sample_wire(opcode::DATA_OUT, d);
+    let frame = Bytes::from(wire);
+    let Ok(Pdu::DataOut(p)) = parse(frame.clone(), d) else {
+        panic!("not Data-Out")
+    };
+    let base = frame.as_ptr() as usize;
+    let at = p.data.as_ptr() as usize;
+    assert_eq!(at - base, BHS_LEN + 4);
+    assert_eq!(p.data.len(), 1023);
+}
