@@ -5,9 +5,16 @@
 //! [`Pdu::encode`] so payloads are written without being copied. Nothing here does
 //! I/O, so it can be fuzzed and tested on captured bytes.
 
+mod decode;
+pub mod digest;
+mod encode;
 pub mod serial;
+#[cfg(test)]
+mod tests;
 
 use bytes::Bytes;
+
+pub use encode::MAX_DATA_SEGMENT;
 
 /// Length of the Basic Header Segment.
 pub const BHS_LEN: usize = 48;
@@ -39,6 +46,22 @@ pub mod opcode {
     pub const R2T: u8 = 0x31;
     pub const ASYNC_MESSAGE: u8 = 0x32;
     pub const REJECT: u8 = 0x3f;
+
+    /// Whether an initiator may send `opcode` (RFC 7143 section 11.1.1): the target
+    /// answers anything else with Reject reason 0x05.
+    pub fn is_initiator(opcode: u8) -> bool {
+        matches!(
+            opcode,
+            NOP_OUT
+                | SCSI_COMMAND
+                | TASK_MGMT_REQUEST
+                | LOGIN_REQUEST
+                | TEXT_REQUEST
+                | DATA_OUT
+                | LOGOUT_REQUEST
+                | SNACK_REQUEST
+        )
+    }
 }
 
 /// Reject reasons (RFC 7143 section 11.17.1).
@@ -417,23 +440,45 @@ pub enum PduError {
     /// The data segment is longer than we allow to be received: protocol error, the
     /// connection is dropped after a Reject (reason 0x04).
     #[error("data segment of {len} bytes exceeds the negotiated MaxRecvDataSegmentLength {max}")]
-    DataSegmentTooLong { len: usize, max: usize, header: Bytes },
+    DataSegmentTooLong {
+        len: usize,
+        max: usize,
+        header: Bytes,
+    },
 }
 
 impl PduError {
     /// The Reject reason code to send for this error, if any.
     pub fn reject_reason(&self) -> Option<u8> {
-        todo!()
+        match self {
+            // No Reject: the header that would go in it cannot be trusted.
+            PduError::HeaderDigest => None,
+            PduError::DataDigest { .. } => Some(reject_reason::DATA_DIGEST_ERROR),
+            PduError::UnknownOpcode { .. } => Some(reject_reason::COMMAND_NOT_SUPPORTED),
+            PduError::InvalidField { .. } => Some(reject_reason::INVALID_PDU_FIELD),
+            PduError::DataSegmentTooLong { .. } => Some(reject_reason::PROTOCOL_ERROR),
+        }
     }
 
     /// The rejected header (for the Reject's data segment), if known.
     pub fn header(&self) -> Option<&Bytes> {
-        todo!()
+        match self {
+            PduError::HeaderDigest => None,
+            PduError::DataDigest { header, .. }
+            | PduError::UnknownOpcode { header, .. }
+            | PduError::InvalidField { header, .. }
+            | PduError::DataSegmentTooLong { header, .. } => Some(header),
+        }
     }
 
     /// Whether the connection must be closed after handling this error.
     pub fn fatal(&self) -> bool {
-        todo!()
+        // After either of these the next PDU boundary is unknown (a corrupt header, or a
+        // data segment we refuse to read past), so the byte stream is lost.
+        matches!(
+            self,
+            PduError::HeaderDigest | PduError::DataSegmentTooLong { .. }
+        )
     }
 }
 
@@ -441,31 +486,96 @@ impl PduError {
 /// digests, data, padding) when it is complete, `Ok(None)` when more bytes are needed.
 /// Fails early, from the BHS alone, when the data segment exceeds `max_data` (so a
 /// hostile length never makes us buffer gigabytes), or the header digest is wrong.
+///
+/// With header digests in force, the digest is verified before the length is trusted,
+/// so `check` may wait for up to TotalAHSLength + 4 bytes past the BHS before reporting
+/// [`PduError::DataSegmentTooLong`]; a corrupted length is reported as
+/// [`PduError::HeaderDigest`] instead. The data digest is left to [`parse`], whose
+/// error can name the task.
 pub fn check(buf: &[u8], digests: Digests, max_data: usize) -> Result<Option<usize>, PduError> {
-    let _ = (buf, digests, max_data);
-    todo!()
+    decode::check(buf, digests, max_data)
 }
 
 /// Parses one complete PDU (as delimited by [`check`]). `frame` is sliced, not copied:
 /// the returned data segments share its storage.
+///
+/// All 18 opcodes are decoded, so an in-crate initiator and tests can read the target's
+/// replies; a target must use [`parse_initiator`] (or [`opcode::is_initiator`]) so
+/// that an initiator sending a target opcode is rejected. `frame` must be exactly one
+/// PDU: a length disagreeing with the header is an [`PduError::InvalidField`]. Never
+/// panics, whatever the bytes.
 pub fn parse(frame: Bytes, digests: Digests) -> Result<Pdu, PduError> {
-    let _ = (frame, digests);
-    todo!()
+    decode::parse(frame, digests, decode::known_opcode)
+}
+
+/// [`parse`] for the target side: opcodes an initiator may not send are
+/// [`PduError::UnknownOpcode`] (Reject reason 0x05), as RFC 7143 section 11.17.1 asks.
+pub fn parse_initiator(frame: Bytes, digests: Digests) -> Result<Pdu, PduError> {
+    decode::parse(frame, digests, opcode::is_initiator)
+}
+
+/// Number of zero bytes that pad a segment of `len` bytes to a 4-byte boundary.
+pub fn pad_len(len: usize) -> usize {
+    (4 - len % 4) % 4
 }
 
 impl Pdu {
     pub fn opcode(&self) -> u8 {
-        todo!()
+        match self {
+            Pdu::NopOut(_) => opcode::NOP_OUT,
+            Pdu::ScsiCommand(_) => opcode::SCSI_COMMAND,
+            Pdu::TaskMgmtRequest(_) => opcode::TASK_MGMT_REQUEST,
+            Pdu::LoginRequest(_) => opcode::LOGIN_REQUEST,
+            Pdu::TextRequest(_) => opcode::TEXT_REQUEST,
+            Pdu::DataOut(_) => opcode::DATA_OUT,
+            Pdu::LogoutRequest(_) => opcode::LOGOUT_REQUEST,
+            Pdu::SnackRequest(_) => opcode::SNACK_REQUEST,
+            Pdu::NopIn(_) => opcode::NOP_IN,
+            Pdu::ScsiResponse(_) => opcode::SCSI_RESPONSE,
+            Pdu::TaskMgmtResponse(_) => opcode::TASK_MGMT_RESPONSE,
+            Pdu::LoginResponse(_) => opcode::LOGIN_RESPONSE,
+            Pdu::TextResponse(_) => opcode::TEXT_RESPONSE,
+            Pdu::DataIn(_) => opcode::DATA_IN,
+            Pdu::LogoutResponse(_) => opcode::LOGOUT_RESPONSE,
+            Pdu::R2t(_) => opcode::R2T,
+            Pdu::AsyncMessage(_) => opcode::ASYNC_MESSAGE,
+            Pdu::Reject(_) => opcode::REJECT,
+        }
     }
 
     /// The Initiator Task Tag, where the PDU has one.
+    ///
+    /// Async Message and Reject carry the reserved tag 0xffffffff in that slot (a
+    /// Reject names its task only inside the rejected header), so they have none.
     pub fn itt(&self) -> Option<u32> {
-        todo!()
+        Some(match self {
+            Pdu::NopOut(p) => p.itt,
+            Pdu::ScsiCommand(p) => p.itt,
+            Pdu::TaskMgmtRequest(p) => p.itt,
+            Pdu::LoginRequest(p) => p.itt,
+            Pdu::TextRequest(p) => p.itt,
+            Pdu::DataOut(p) => p.itt,
+            Pdu::LogoutRequest(p) => p.itt,
+            Pdu::SnackRequest(p) => p.itt,
+            Pdu::NopIn(p) => p.itt,
+            Pdu::ScsiResponse(p) => p.itt,
+            Pdu::TaskMgmtResponse(p) => p.itt,
+            Pdu::LoginResponse(p) => p.itt,
+            Pdu::TextResponse(p) => p.itt,
+            Pdu::DataIn(p) => p.itt,
+            Pdu::LogoutResponse(p) => p.itt,
+            Pdu::R2t(p) => p.itt,
+            Pdu::AsyncMessage(_) | Pdu::Reject(_) => return None,
+        })
     }
 
     /// Encodes the PDU for sending with the given digests in force.
+    ///
+    /// Fields are written exactly as given (e.g. a Data-In with status but no F bit is
+    /// not corrected): protocol rules are the caller's, this only lays out bytes. A CDB
+    /// shorter than 16 bytes is zero-padded in the BHS; a longer one adds an Extended
+    /// CDB AHS. The data segment must fit the 24-bit length field.
     pub fn encode(&self, digests: Digests) -> Encoded {
-        let _ = digests;
-        todo!()
+        encode::encode(self, digests)
     }
 }
