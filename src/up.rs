@@ -149,11 +149,15 @@ pub async fn build(cfg: &Config, ov: &Overrides) -> Result<Server, UpError> {
         nop_timeout: Duration::from_secs(i.nop_timeout_secs.max(1)),
         login_timeout: Duration::from_secs(i.login_timeout_secs.max(1)),
     };
-    // Bind first so SendTargets reports the real ports (listen on port 0 in tests).
-    let mut ctx = ServerCtx {
+    // Bind first so SendTargets reports the real ports (tests listen on port 0).
+    let listeners = crate::iscsi::server::bind(&listen)
+        .await
+        .map_err(UpError::Listen)?;
+    let portals = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let ctx = ServerCtx {
         targets: Arc::new(TargetSet {
-            targets: targets.clone(),
-            portals: vec![],
+            targets,
+            portals,
             portal_group_tag: i.portal_group_tag,
             discovery_chap: chap(&i.discovery_chap),
         }),
@@ -162,31 +166,7 @@ pub async fn build(cfg: &Config, ov: &Overrides) -> Result<Server, UpError> {
         timing,
         queue_depth: i.queue_depth,
     };
-    let probe = Server::bind(Arc::new(ServerCtx { ..clone_ctx(&ctx) }), &listen, 1)
-        .await
-        .map_err(UpError::Listen)?;
-    let bound = probe.local_addrs();
-    drop(probe);
-    ctx.targets = Arc::new(TargetSet {
-        targets,
-        portals: bound.clone(),
-        portal_group_tag: i.portal_group_tag,
-        discovery_chap: chap(&i.discovery_chap),
-    });
-    let server = Server::bind(Arc::new(ctx), &bound, i.max_connections)
-        .await
-        .map_err(UpError::Listen)?;
-    Ok(server)
-}
-
-fn clone_ctx(c: &ServerCtx) -> ServerCtx {
-    ServerCtx {
-        targets: c.targets.clone(),
-        limits: c.limits.clone(),
-        sessions: c.sessions.clone(),
-        timing: c.timing.clone(),
-        queue_depth: c.queue_depth,
-    }
+    Ok(Server::new(Arc::new(ctx), listeners, i.max_connections))
 }
 
 /// Runs `up` until the process is stopped.

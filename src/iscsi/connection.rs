@@ -61,7 +61,7 @@ async fn read_pdu<R: AsyncRead + Unpin>(
         match pdu::check(buf, digests, max_data) {
             Ok(Some(n)) => {
                 let frame = buf.split_to(n).freeze();
-                return Ok(Some(pdu::parse(frame, digests)));
+                return Ok(Some(pdu::parse_initiator(frame, digests)));
             }
             Ok(None) => {}
             Err(e) => {

@@ -40,23 +40,26 @@ pub struct Server {
     max_connections: usize,
 }
 
+/// Binds every portal; fails naming the address that could not be bound.
+pub async fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::new();
+    for a in addrs {
+        listeners.push(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?,
+        );
+    }
+    Ok(listeners)
+}
+
 impl Server {
-    pub async fn bind(
-        ctx: Arc<ServerCtx>,
-        addrs: &[SocketAddr],
-        max_connections: usize,
-    ) -> std::io::Result<Self> {
-        let mut listeners = Vec::new();
-        for a in addrs {
-            listeners.push(TcpListener::bind(a).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"))
-            })?);
-        }
-        Ok(Self {
+    pub fn new(ctx: Arc<ServerCtx>, listeners: Vec<TcpListener>, max_connections: usize) -> Self {
+        Self {
             ctx,
             listeners,
             max_connections,
-        })
+        }
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {

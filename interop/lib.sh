@@ -1,0 +1,43 @@
+# Shared by the interop scripts: start a fresh `dreadnought up` on a free port in a
+# temp dir and stop it on exit. Sets DN_DIR, DN_PORT, DN_IQN, DN_LOG.
+DN_BIN=${DN_BIN:-$(pwd)/target/debug/dreadnought}
+DN_IQN=${DN_IQN:-iqn.2026-11.io.dreadnought:interop}
+
+dn_start() {
+    local extra=${1:-}
+    DN_DIR=$(mktemp -d /tmp/dreadnought-interop.XXXXXX)
+    DN_LOG=$DN_DIR/dreadnought.log
+    cat >"$DN_DIR/dreadnought.toml" <<TOML
+data_dir = "$DN_DIR/data"
+[iscsi]
+listen = ["127.0.0.1:0"]
+[[target]]
+name = "$DN_IQN"
+demo_mode = true
+volumes = ["lun0"]
+$extra
+[[volume]]
+name = "lun0"
+size = "${DN_SIZE:-1GiB}"
+TOML
+    [ -x "$DN_BIN" ] || cargo build --bins
+    "$DN_BIN" up --config "$DN_DIR/dreadnought.toml" >"$DN_LOG" 2>&1 &
+    DN_PID=$!
+    trap dn_stop EXIT
+    for _ in $(seq 100); do
+        if grep -q "ready: iSCSI target listening" "$DN_LOG"; then
+            DN_PORT=$(grep -o 'portals=127.0.0.1:[0-9]*' "$DN_LOG" | head -1 | cut -d: -f2)
+            return 0
+        fi
+        kill -0 "$DN_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "dreadnought up did not become ready; log:" >&2
+    cat "$DN_LOG" >&2
+    return 1
+}
+
+dn_stop() {
+    [ -n "${DN_PID:-}" ] && kill "$DN_PID" 2>/dev/null && wait "$DN_PID" 2>/dev/null
+    if [ "${DN_KEEP:-0}" = 1 ]; then echo "kept $DN_DIR" >&2; else rm -rf "$DN_DIR"; fi
+}
