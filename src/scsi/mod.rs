@@ -193,271 +193,41 @@ const FF: u8 = 0xFF;
 
 /// The command table, sorted by opcode then service action (REPORT SUPPORTED OPERATION
 /// CODES lists it in this order).
+#[rustfmt::skip]
 pub(crate) static OPS: &[Op] = &[
-    op!(
-        0x00,
-        None,
-        "TEST UNIT READY",
-        D::None,
-        S(misc::test_unit_ready),
-        [0x00, 0, 0, 0, 0, 0]
-    ),
-    op!(
-        0x03,
-        None,
-        "REQUEST SENSE",
-        D::None,
-        S(misc::request_sense),
-        [0x03, 0x01, 0, 0, FF, 0]
-    ),
-    op!(
-        0x08,
-        None,
-        "READ(6)",
-        D::None,
-        A(rw::read),
-        [0x08, 0x1F, FF, FF, FF, 0]
-    ),
-    op!(
-        0x0A,
-        None,
-        "WRITE(6)",
-        D::Blocks,
-        A(rw::write),
-        [0x0A, 0x1F, FF, FF, FF, 0]
-    ),
-    op!(
-        0x12,
-        None,
-        "INQUIRY",
-        D::None,
-        S(inquiry::inquiry),
-        [0x12, 0x01, FF, FF, FF, 0]
-    ),
-    op!(
-        0x15,
-        None,
-        "MODE SELECT(6)",
-        D::Param(4, 1),
-        S(mode::mode_select),
-        [0x15, 0x11, 0, 0, FF, 0]
-    ),
-    op!(
-        0x1A,
-        None,
-        "MODE SENSE(6)",
-        D::None,
-        S(mode::mode_sense),
-        [0x1A, 0x08, FF, FF, FF, 0]
-    ),
-    op!(
-        0x1B,
-        None,
-        "START STOP UNIT",
-        D::None,
-        A(misc::start_stop_unit),
-        [0x1B, 0x01, 0, 0x0F, 0xF7, 0]
-    ),
-    op!(
-        0x1E,
-        None,
-        "PREVENT ALLOW MEDIUM REMOVAL",
-        D::None,
-        S(misc::prevent_allow),
-        [0x1E, 0, 0, 0, 0x03, 0]
-    ),
-    op!(
-        0x25,
-        None,
-        "READ CAPACITY(10)",
-        D::None,
-        S(capacity::read_capacity10),
-        [0x25, 0, FF, FF, FF, FF, 0, 0, 0x01, 0]
-    ),
-    op!(
-        0x28,
-        None,
-        "READ(10)",
-        D::None,
-        A(rw::read),
-        [0x28, 0x18, FF, FF, FF, FF, 0, FF, FF, 0]
-    ),
-    op!(
-        0x2A,
-        None,
-        "WRITE(10)",
-        D::Blocks,
-        A(rw::write),
-        [0x2A, 0x18, FF, FF, FF, FF, 0, FF, FF, 0]
-    ),
-    op!(
-        0x2E,
-        None,
-        "WRITE AND VERIFY(10)",
-        D::Blocks,
-        A(rw::write),
-        [0x2E, 0x12, FF, FF, FF, FF, 0, FF, FF, 0]
-    ),
-    op!(
-        0x2F,
-        None,
-        "VERIFY(10)",
-        D::Verify,
-        A(rw::verify),
-        [0x2F, 0x16, FF, FF, FF, FF, 0, FF, FF, 0]
-    ),
-    op!(
-        0x34,
-        None,
-        "PRE-FETCH(10)",
-        D::None,
-        S(rw::prefetch),
-        [0x34, 0x02, FF, FF, FF, FF, 0, FF, FF, 0]
-    ),
-    op!(
-        0x35,
-        None,
-        "SYNCHRONIZE CACHE(10)",
-        D::None,
-        A(rw::sync_cache),
-        [0x35, 0, FF, FF, FF, FF, 0, FF, FF, 0]
-    ),
-    op!(
-        0x37,
-        None,
-        "READ DEFECT DATA(10)",
-        D::None,
-        S(misc::read_defect_data),
-        [0x37, 0, 0x1F, 0, 0, 0, 0, FF, FF, 0]
-    ),
-    op!(
-        0x55,
-        None,
-        "MODE SELECT(10)",
-        D::Param(7, 2),
-        S(mode::mode_select),
-        [0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, 0]
-    ),
-    op!(
-        0x5A,
-        None,
-        "MODE SENSE(10)",
-        D::None,
-        S(mode::mode_sense),
-        [0x5A, 0x18, FF, FF, 0, 0, 0, FF, FF, 0]
-    ),
-    op!(
-        0x88,
-        None,
-        "READ(16)",
-        D::None,
-        A(rw::read),
-        [0x88, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]
-    ),
-    op!(
-        0x8A,
-        None,
-        "WRITE(16)",
-        D::Blocks,
-        A(rw::write),
-        [0x8A, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]
-    ),
-    op!(
-        0x8E,
-        None,
-        "WRITE AND VERIFY(16)",
-        D::Blocks,
-        A(rw::write),
-        [0x8E, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]
-    ),
-    op!(
-        0x8F,
-        None,
-        "VERIFY(16)",
-        D::Verify,
-        A(rw::verify),
-        [0x8F, 0x16, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]
-    ),
-    op!(
-        0x90,
-        None,
-        "PRE-FETCH(16)",
-        D::None,
-        S(rw::prefetch),
-        [0x90, 0x02, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]
-    ),
-    op!(
-        0x91,
-        None,
-        "SYNCHRONIZE CACHE(16)",
-        D::None,
-        A(rw::sync_cache),
-        [0x91, 0, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]
-    ),
-    op!(
-        0x9E,
-        Some(0x10),
-        "READ CAPACITY(16)",
-        D::None,
-        S(capacity::read_capacity16),
-        [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0]
-    ),
-    op!(
-        0xA0,
-        None,
-        "REPORT LUNS",
-        D::None,
-        S(report_luns::report_luns),
-        [0xA0, 0, FF, 0, 0, 0, FF, FF, FF, FF, 0, 0]
-    ),
-    op!(
-        0xA3,
-        Some(0x0C),
-        "REPORT SUPPORTED OPERATION CODES",
-        D::None,
-        S(misc::report_supported_opcodes),
-        [0xA3, 0x0C, 0x87, FF, FF, FF, FF, FF, FF, FF, 0, 0]
-    ),
-    op!(
-        0xA8,
-        None,
-        "READ(12)",
-        D::None,
-        A(rw::read),
-        [0xA8, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]
-    ),
-    op!(
-        0xAA,
-        None,
-        "WRITE(12)",
-        D::Blocks,
-        A(rw::write),
-        [0xAA, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]
-    ),
-    op!(
-        0xAE,
-        None,
-        "WRITE AND VERIFY(12)",
-        D::Blocks,
-        A(rw::write),
-        [0xAE, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]
-    ),
-    op!(
-        0xAF,
-        None,
-        "VERIFY(12)",
-        D::Verify,
-        A(rw::verify),
-        [0xAF, 0x16, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]
-    ),
-    op!(
-        0xB7,
-        None,
-        "READ DEFECT DATA(12)",
-        D::None,
-        S(misc::read_defect_data),
-        [0xB7, 0x1F, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0]
-    ),
+    op!(0x00, None, "TEST UNIT READY", D::None, S(misc::test_unit_ready), [0x00, 0, 0, 0, 0, 0]),
+    op!(0x03, None, "REQUEST SENSE", D::None, S(misc::request_sense), [0x03, 0x01, 0, 0, FF, 0]),
+    op!(0x08, None, "READ(6)", D::None, A(rw::read), [0x08, 0x1F, FF, FF, FF, 0]),
+    op!(0x0A, None, "WRITE(6)", D::Blocks, A(rw::write), [0x0A, 0x1F, FF, FF, FF, 0]),
+    op!(0x12, None, "INQUIRY", D::None, S(inquiry::inquiry), [0x12, 0x01, FF, FF, FF, 0]),
+    op!(0x15, None, "MODE SELECT(6)", D::Param(4, 1), S(mode::mode_select), [0x15, 0x11, 0, 0, FF, 0]),
+    op!(0x1A, None, "MODE SENSE(6)", D::None, S(mode::mode_sense), [0x1A, 0x08, FF, FF, FF, 0]),
+    op!(0x1B, None, "START STOP UNIT", D::None, A(misc::start_stop_unit), [0x1B, 0x01, 0, 0x0F, 0xF7, 0]),
+    op!(0x1E, None, "PREVENT ALLOW MEDIUM REMOVAL", D::None, S(misc::prevent_allow), [0x1E, 0, 0, 0, 0x03, 0]),
+    op!(0x25, None, "READ CAPACITY(10)", D::None, S(capacity::read_capacity10), [0x25, 0, FF, FF, FF, FF, 0, 0, 0x01, 0]),
+    op!(0x28, None, "READ(10)", D::None, A(rw::read), [0x28, 0x18, FF, FF, FF, FF, 0, FF, FF, 0]),
+    op!(0x2A, None, "WRITE(10)", D::Blocks, A(rw::write), [0x2A, 0x18, FF, FF, FF, FF, 0, FF, FF, 0]),
+    op!(0x2E, None, "WRITE AND VERIFY(10)", D::Blocks, A(rw::write), [0x2E, 0x12, FF, FF, FF, FF, 0, FF, FF, 0]),
+    op!(0x2F, None, "VERIFY(10)", D::Verify, A(rw::verify), [0x2F, 0x16, FF, FF, FF, FF, 0, FF, FF, 0]),
+    op!(0x34, None, "PRE-FETCH(10)", D::None, S(rw::prefetch), [0x34, 0x02, FF, FF, FF, FF, 0, FF, FF, 0]),
+    op!(0x35, None, "SYNCHRONIZE CACHE(10)", D::None, A(rw::sync_cache), [0x35, 0, FF, FF, FF, FF, 0, FF, FF, 0]),
+    op!(0x37, None, "READ DEFECT DATA(10)", D::None, S(misc::read_defect_data), [0x37, 0, 0x1F, 0, 0, 0, 0, FF, FF, 0]),
+    op!(0x55, None, "MODE SELECT(10)", D::Param(7, 2), S(mode::mode_select), [0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, 0]),
+    op!(0x5A, None, "MODE SENSE(10)", D::None, S(mode::mode_sense), [0x5A, 0x18, FF, FF, 0, 0, 0, FF, FF, 0]),
+    op!(0x88, None, "READ(16)", D::None, A(rw::read), [0x88, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0x8A, None, "WRITE(16)", D::Blocks, A(rw::write), [0x8A, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0x8E, None, "WRITE AND VERIFY(16)", D::Blocks, A(rw::write), [0x8E, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0x8F, None, "VERIFY(16)", D::Verify, A(rw::verify), [0x8F, 0x16, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0x90, None, "PRE-FETCH(16)", D::None, S(rw::prefetch), [0x90, 0x02, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0x91, None, "SYNCHRONIZE CACHE(16)", D::None, A(rw::sync_cache), [0x91, 0, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0x9E, Some(0x10), "READ CAPACITY(16)", D::None, S(capacity::read_capacity16), [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
+    op!(0xA0, None, "REPORT LUNS", D::None, S(report_luns::report_luns), [0xA0, 0, FF, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
+    op!(0xA3, Some(0x0C), "REPORT SUPPORTED OPERATION CODES", D::None, S(misc::report_supported_opcodes), [0xA3, 0x0C, 0x87, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0xA8, None, "READ(12)", D::None, A(rw::read), [0xA8, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0xAA, None, "WRITE(12)", D::Blocks, A(rw::write), [0xAA, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0xAE, None, "WRITE AND VERIFY(12)", D::Blocks, A(rw::write), [0xAE, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0xAF, None, "VERIFY(12)", D::Verify, A(rw::verify), [0xAF, 0x16, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0xB7, None, "READ DEFECT DATA(12)", D::None, S(misc::read_defect_data), [0xB7, 0x1F, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
 ];
 
 /// Whether `opcode` has service actions in the table.
