@@ -1,0 +1,30 @@
+//! READ CAPACITY (10) and (16).
+
+use super::cdb;
+use super::sense::Sense;
+use super::{Ctx, Done, HandlerResult};
+use crate::backend::BLOCK_SIZE;
+
+pub(crate) fn read_capacity10(c: &Ctx<'_>) -> HandlerResult {
+    // SBC-3: an LBA with PMI clear is an error (PMI itself is obsolete in SBC-4 and
+    // ignored here).
+    if c.cdb[8] & 0x01 == 0 && cdb::u32_at(c.cdb, 2) != Some(0) {
+        return Err(Sense::invalid_cdb(2, None));
+    }
+    // A volume too large for 32 bits reports FFFFFFFFh, sending the initiator to (16).
+    let last = c.unit.num_blocks().saturating_sub(1);
+    let last = u32::try_from(last).unwrap_or(u32::MAX);
+    let mut d = Vec::with_capacity(8);
+    d.extend_from_slice(&last.to_be_bytes());
+    d.extend_from_slice(&BLOCK_SIZE.to_be_bytes());
+    Ok(Done::data(d, 8))
+}
+
+pub(crate) fn read_capacity16(c: &Ctx<'_>) -> HandlerResult {
+    let alloc = cdb::u32_at(c.cdb, 10).unwrap_or(0) as usize;
+    let mut d = vec![0u8; 32];
+    d[0..8].copy_from_slice(&c.unit.num_blocks().saturating_sub(1).to_be_bytes());
+    d[8..12].copy_from_slice(&BLOCK_SIZE.to_be_bytes());
+    // No protection, one logical block per physical block, LBPME=0 (see inquiry.rs).
+    Ok(Done::data(d, alloc))
+}

@@ -1,0 +1,157 @@
+//! INQUIRY: standard data and the VPD pages.
+//!
+//! Logical block provisioning is reported as *full*: READ CAPACITY(16) has LBPME=0 and
+//! VPD 0xB2 lists no provisioning commands, because UNMAP and WRITE SAME are not
+//! implemented yet. Thin backends still work; they simply never get deallocation hints.
+
+use super::rw::MAX_TRANSFER_BLOCKS;
+use super::sense::{asc, Sense};
+use super::{cdb, status, Ctx, Done, HandlerResult, Identity, Response};
+use bytes::Bytes;
+
+const VENDOR: &[u8; 8] = b"DREADNOT";
+const PRODUCT: &[u8; 16] = b"Dreadnought     ";
+
+/// Version descriptors: SAM-5, iSCSI (no version), SPC-4, SBC-3.
+const VERSION_DESCRIPTORS: [u16; 4] = [0x00A0, 0x0960, 0x0460, 0x04C0];
+
+/// VPD pages in ascending order (Supported VPD Pages must list them sorted).
+/// Builds one VPD page.
+type VpdBuilder = fn(&Identity) -> Vec<u8>;
+
+const VPD_PAGES: &[(u8, VpdBuilder)] = &[
+    (0x00, supported_pages),
+    (0x80, unit_serial),
+    (0x83, device_identification),
+    (0xB0, block_limits),
+    (0xB1, block_device_characteristics),
+    (0xB2, logical_block_provisioning),
+];
+
+fn revision() -> [u8; 4] {
+    let mut r = [b' '; 4];
+    for (d, s) in r.iter_mut().zip(env!("CARGO_PKG_VERSION").bytes()) {
+        *d = s;
+    }
+    r
+}
+
+fn standard(peripheral: u8) -> Vec<u8> {
+    let mut d = vec![0u8; 96];
+    d[0] = peripheral;
+    d[2] = 0x06; // SPC-4
+    d[3] = 0x12; // HISUP, response data format 2
+    d[4] = (d.len() - 5) as u8;
+    d[7] = 0x02; // CMDQUE
+    d[8..16].copy_from_slice(VENDOR);
+    d[16..32].copy_from_slice(PRODUCT);
+    d[32..36].copy_from_slice(&revision());
+    for (i, v) in VERSION_DESCRIPTORS.iter().enumerate() {
+        d[58 + 2 * i..60 + 2 * i].copy_from_slice(&v.to_be_bytes());
+    }
+    d
+}
+
+/// Wraps a VPD page body in its 4-byte header (direct-access device, qualifier 0).
+fn vpd(code: u8, body: &[u8]) -> Vec<u8> {
+    let mut d = vec![0x00, code];
+    d.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    d.extend_from_slice(body);
+    d
+}
+
+fn supported_pages(_: &Identity) -> Vec<u8> {
+    let codes: Vec<u8> = VPD_PAGES.iter().map(|(c, _)| *c).collect();
+    vpd(0x00, &codes)
+}
+
+fn unit_serial(id: &Identity) -> Vec<u8> {
+    vpd(0x80, id.serial.as_bytes())
+}
+
+fn device_identification(id: &Identity) -> Vec<u8> {
+    let mut body = Vec::new();
+    // NAA IEEE Registered Extended, binary, associated with the logical unit.
+    body.extend_from_slice(&[0x01, 0x03, 0x00, id.naa.len() as u8]);
+    body.extend_from_slice(&id.naa);
+    // T10 vendor ID: vendor followed by the volume name, ASCII.
+    let mut t10 = VENDOR.to_vec();
+    t10.extend(
+        id.name
+            .bytes()
+            .filter(|b| (0x20..0x7F).contains(b))
+            .take(200),
+    );
+    body.extend_from_slice(&[0x02, 0x01, 0x00, t10.len() as u8]);
+    body.extend_from_slice(&t10);
+    vpd(0x83, &body)
+}
+
+fn block_limits(_: &Identity) -> Vec<u8> {
+    let mut b = vec![0u8; 0x3C];
+    // Optimal granularity 8 blocks (4 KiB): what a 4K-sector pool stores without RMW.
+    b[2..4].copy_from_slice(&8u16.to_be_bytes());
+    b[4..8].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
+    b[8..12].copy_from_slice(&(1024u32 * 1024 / 512).to_be_bytes());
+    b[12..16].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
+    // Unmap and WRITE SAME limits stay 0: not supported.
+    vpd(0xB0, &b)
+}
+
+fn block_device_characteristics(_: &Identity) -> Vec<u8> {
+    let mut b = vec![0u8; 0x3C];
+    b[0..2].copy_from_slice(&1u16.to_be_bytes()); // non-rotating medium
+    vpd(0xB1, &b)
+}
+
+fn logical_block_provisioning(_: &Identity) -> Vec<u8> {
+    // No LBPU/LBPWS/LBPWS10, provisioning type 0 (full): matches LBPME=0.
+    vpd(0xB2, &[0, 0, 0, 0])
+}
+
+pub(crate) fn inquiry(c: &Ctx<'_>) -> HandlerResult {
+    let alloc = usize::from(cdb::u16_at(c.cdb, 3).unwrap_or(0));
+    let evpd = c.cdb[1] & 0x01 != 0;
+    if c.cdb[1] & 0xFE != 0 {
+        return Err(Sense::invalid_cdb(1, Some(1)));
+    }
+    let page = c.cdb[2];
+    if !evpd {
+        if page != 0 {
+            return Err(Sense::invalid_cdb(2, None));
+        }
+        return Ok(Done::data(standard(0x00), alloc));
+    }
+    let id = c.unit.identity();
+    match VPD_PAGES.iter().find(|(code, _)| *code == page) {
+        Some((_, build)) => Ok(Done::data(build(id), alloc)),
+        None => Err(Sense::invalid_cdb(2, None)),
+    }
+}
+
+/// INQUIRY for a LUN the nexus cannot reach: standard data with peripheral qualifier
+/// 011b / type 1Fh, so the initiator's scan stops there instead of failing.
+pub(crate) fn absent_lun(cdb: &[u8]) -> Response {
+    let (Some(&b1), Some(&page), Some(alloc)) = (cdb.get(1), cdb.get(2), cdb::u16_at(cdb, 3))
+    else {
+        return Response {
+            status: status::CHECK_CONDITION,
+            data_in: Bytes::new(),
+            sense: Sense::invalid_cdb(cdb.len(), None).encode(false),
+        };
+    };
+    if b1 & 0x01 != 0 || page != 0 {
+        return Response {
+            status: status::CHECK_CONDITION,
+            data_in: Bytes::new(),
+            sense: Sense::illegal(asc::LOGICAL_UNIT_NOT_SUPPORTED).encode(false),
+        };
+    }
+    let mut d = standard(0x7F);
+    d.truncate(usize::from(alloc));
+    Response {
+        status: status::GOOD,
+        data_in: d.into(),
+        sense: Bytes::new(),
+    }
+}

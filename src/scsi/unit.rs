@@ -1,0 +1,107 @@
+//! A logical unit: the backend plus the SCSI state shared by every nexus that reaches it.
+
+use super::mode::ModePages;
+use super::sense::asc;
+use super::ua::UaQueues;
+use super::{Identity, ItNexus, ResetKind};
+use crate::backend::BlockBackend;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Everything mutable about a unit. Guarded by one std mutex that is never held across
+/// an `.await`: handlers copy what they need out and drop the guard before I/O.
+#[derive(Debug, Default)]
+pub(crate) struct UnitState {
+    pub ua: UaQueues,
+    pub mode: ModePages,
+    /// Nexuses holding PREVENT MEDIUM REMOVAL.
+    pub prevent: HashSet<ItNexus>,
+}
+
+#[derive(Debug)]
+pub struct LogicalUnit {
+    backend: Arc<dyn BlockBackend>,
+    identity: Identity,
+    read_only: bool,
+    state: Mutex<UnitState>,
+}
+
+impl LogicalUnit {
+    pub fn new(backend: Arc<dyn BlockBackend>, identity: Identity, read_only: bool) -> Self {
+        Self {
+            backend,
+            identity,
+            read_only,
+            state: Mutex::new(UnitState::default()),
+        }
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn num_blocks(&self) -> u64 {
+        self.backend.num_blocks()
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub(crate) fn backend(&self) -> &dyn BlockBackend {
+        &*self.backend
+    }
+
+    /// The state lock; a poisoned lock still holds consistent state (every update is a
+    /// plain assignment), so it is recovered rather than propagated as a panic.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, UnitState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// LOGICAL UNIT RESET or target reset: PREVENT state is cleared, mode pages stay,
+    /// and every nexus learns about it through a unit attention.
+    pub fn reset(&self, kind: ResetKind) {
+        // SAM-5: a LUN reset and a target (warm) reset report BUS DEVICE RESET FUNCTION
+        // OCCURRED; RFC 7143 makes a cold reset the equivalent of a power cycle.
+        let code = match kind {
+            ResetKind::LogicalUnit | ResetKind::TargetWarm => {
+                asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED
+            }
+            ResetKind::TargetCold => asc::POWER_ON_OCCURRED,
+        };
+        let mut st = self.lock();
+        st.prevent.clear();
+        st.ua.reset_all(code);
+    }
+
+    /// The nexus is gone: its PREVENT and pending unit attentions go with it, and a
+    /// reconnect under the same identity starts afresh with a power-on condition.
+    pub fn nexus_lost(&self, nexus: &ItNexus) {
+        let mut st = self.lock();
+        st.prevent.remove(nexus);
+        st.ua.forget(nexus);
+    }
+}
+
+impl LogicalUnit {
+    /// DATA PROTECT for a read-only volume, or one an initiator protected through the
+    /// Control page SWP bit.
+    pub(crate) fn check_writable(&self) -> Result<(), super::Sense> {
+        use super::{Sense, SenseKey};
+        if self.read_only {
+            return Err(Sense::new(SenseKey::DataProtect, asc::WRITE_PROTECTED));
+        }
+        if self.lock().mode.swp() {
+            return Err(Sense::new(
+                SenseKey::DataProtect,
+                asc::SOFTWARE_WRITE_PROTECTED,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether writes must be durable on completion (Caching page WCE cleared).
+    pub(crate) fn write_through(&self) -> bool {
+        !self.lock().mode.write_cache()
+    }
+}
