@@ -2,3 +2,4 @@
 
 pub mod login;
 pub mod pdu;
+pub mod text;
