@@ -217,9 +217,15 @@ mod tests {
 
     #[test]
     fn encode_round_trips() {
-        let pairs = vec![p("TargetName", "iqn.t"), p("TargetAddress", "1.2.3.4:3260,1")];
+        let pairs = vec![
+            p("TargetName", "iqn.t"),
+            p("TargetAddress", "1.2.3.4:3260,1"),
+        ];
         let enc = encode_keys(&pairs);
-        assert_eq!(&enc[..], b"TargetName=iqn.t\0TargetAddress=1.2.3.4:3260,1\0");
+        assert_eq!(
+            &enc[..],
+            b"TargetName=iqn.t\0TargetAddress=1.2.3.4:3260,1\0"
+        );
         assert_eq!(parse_keys(&enc).unwrap(), pairs);
         assert!(encode_keys(&[]).is_empty());
     }
