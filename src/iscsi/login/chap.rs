@@ -293,7 +293,7 @@ fn decode_base64(s: &str) -> Option<Vec<u8>> {
         } as u32)
     }
     let s = s.as_bytes();
-    if s.is_empty() || s.len() % 4 != 0 || s.len() > (MAX_BINARY_LEN / 3 + 1) * 4 {
+    if s.is_empty() || !s.len().is_multiple_of(4) || s.len() > (MAX_BINARY_LEN / 3 + 1) * 4 {
         return None;
     }
     let pad = s.iter().rev().take_while(|&&c| c == b'=').count();

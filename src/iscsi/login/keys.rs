@@ -497,8 +497,10 @@ mod tests {
             Some("None")
         );
         assert!(!params(&n).header_digest);
-        let mut l = Limits::default();
-        l.allow_header_digest = false;
+        let l = Limits {
+            allow_header_digest: false,
+            ..Limits::default()
+        };
         let mut n = Negotiation::new(l, SessionType::Normal);
         assert_eq!(
             one(&mut n, "HeaderDigest", "CRC32C,None").as_deref(),
@@ -513,8 +515,10 @@ mod tests {
 
     #[test]
     fn digest_reject_when_nothing_acceptable() {
-        let mut l = Limits::default();
-        l.allow_data_digest = false;
+        let l = Limits {
+            allow_data_digest: false,
+            ..Limits::default()
+        };
         let mut n = Negotiation::new(l, SessionType::Normal);
         assert_eq!(
             one(&mut n, "DataDigest", "CRC32C").as_deref(),
@@ -541,8 +545,10 @@ mod tests {
         let mut n = normal();
         assert_eq!(one(&mut n, "MaxConnections", "4").as_deref(), Some("1"));
         assert_eq!(params(&n).max_connections, 1);
-        let mut l = Limits::default();
-        l.max_connections = 8;
+        let l = Limits {
+            max_connections: 8,
+            ..Limits::default()
+        };
         let mut n = Negotiation::new(l, SessionType::Normal);
         assert_eq!(one(&mut n, "MaxConnections", "4").as_deref(), Some("4"));
         assert_eq!(
@@ -591,8 +597,10 @@ mod tests {
         let mut n = normal();
         assert_eq!(one(&mut n, "InitialR2T", "Yes").as_deref(), Some("Yes"));
         assert!(params(&n).initial_r2t);
-        let mut l = Limits::default();
-        l.initial_r2t = true;
+        let l = Limits {
+            initial_r2t: true,
+            ..Limits::default()
+        };
         let mut n = Negotiation::new(l, SessionType::Normal);
         assert_eq!(one(&mut n, "InitialR2T", "No").as_deref(), Some("Yes"));
         assert_eq!(
@@ -615,8 +623,10 @@ mod tests {
         let mut n = normal();
         assert_eq!(one(&mut n, "ImmediateData", "No").as_deref(), Some("No"));
         assert!(!params(&n).immediate_data);
-        let mut l = Limits::default();
-        l.immediate_data = false;
+        let l = Limits {
+            immediate_data: false,
+            ..Limits::default()
+        };
         let mut n = Negotiation::new(l, SessionType::Normal);
         assert_eq!(one(&mut n, "ImmediateData", "Yes").as_deref(), Some("No"));
         assert_eq!(
@@ -818,8 +828,10 @@ mod tests {
         let mut n = normal();
         assert_eq!(one(&mut n, "ErrorRecoveryLevel", "2").as_deref(), Some("0"));
         assert_eq!(params(&n).error_recovery_level, 0);
-        let mut l = Limits::default();
-        l.error_recovery_level = 1;
+        let l = Limits {
+            error_recovery_level: 1,
+            ..Limits::default()
+        };
         let mut n = Negotiation::new(l, SessionType::Normal);
         assert_eq!(one(&mut n, "ErrorRecoveryLevel", "2").as_deref(), Some("1"));
         assert_eq!(

@@ -499,3 +499,715 @@ fn check_name(key: &str, v: &str) -> Result<(), LoginError> {
 fn truncated(s: &str) -> String {
     s.chars().take(64).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::chap::{chap_response, decode_binary, encode_hex};
+    use super::super::testutil::*;
+    use super::super::{discovery::text_request, ChapSecrets};
+    use super::*;
+
+    fn machine() -> LoginMachine {
+        LoginMachine::new(Arc::new(TestDir::new()), Limits::default())
+    }
+
+    fn status_of(step: &LoginStep) -> u16 {
+        (step.response.status_class as u16) << 8 | step.response.status_detail as u16
+    }
+
+    /// Asserts a failure with `code`, and that the machine stays failed.
+    fn assert_fails(m: &mut LoginMachine, step: LoginStep, code: u16) {
+        assert_eq!(status_of(&step), code, "{:?}", step.response);
+        assert!(matches!(step.outcome, StepOutcome::Failed));
+        assert!(!step.response.transit);
+        assert!(step.response.data.is_empty());
+        let again = m.step(&req(1, 3, true, &[("InitiatorName", INITIATOR)]));
+        assert_eq!(status_of(&again), code);
+        assert!(matches!(again.outcome, StepOutcome::Failed));
+    }
+
+    fn first_keys(target: &str) -> Vec<(&'static str, &str)> {
+        vec![
+            ("InitiatorName", INITIATOR),
+            ("TargetName", target),
+            ("SessionType", "Normal"),
+        ]
+    }
+
+    fn complete(step: LoginStep) -> SessionParams {
+        assert_eq!(status_of(&step), 0);
+        assert!(step.response.transit);
+        assert_eq!(step.response.nsg, STAGE_FULL_FEATURE);
+        match step.outcome {
+            StepOutcome::Complete(p) => p,
+            other => panic!("login did not complete: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn normal_login_in_one_pdu() {
+        let mut m = machine();
+        let mut k = first_keys(DISK1);
+        k.extend([
+            ("InitiatorAlias", "host1"),
+            ("HeaderDigest", "None,CRC32C"),
+            ("DataDigest", "CRC32C,None"),
+            ("InitialR2T", "No"),
+            ("ImmediateData", "Yes"),
+            ("MaxBurstLength", "16776192"),
+            ("FirstBurstLength", "262144"),
+            ("DefaultTime2Wait", "2"),
+            ("DefaultTime2Retain", "0"),
+            ("MaxOutstandingR2T", "1"),
+            ("ErrorRecoveryLevel", "0"),
+            ("IFMarker", "No"),
+            ("OFMarker", "No"),
+            ("MaxConnections", "1"),
+            ("MaxRecvDataSegmentLength", "65536"),
+            ("DataPDUInOrder", "Yes"),
+            ("DataSequenceInOrder", "Yes"),
+            ("X-com.example.Foo", "1"),
+        ]);
+        let step = m.step(&req(1, 3, true, &k));
+        let r = &step.response;
+        assert_eq!((r.csg, r.isid, r.itt), (1, ISID, ITT));
+        assert_eq!((r.version_max, r.version_active, r.cont), (0, 0, false));
+        let keys = keys_of(&r.data);
+        let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "HeaderDigest",
+                "DataDigest",
+                "InitialR2T",
+                "ImmediateData",
+                "MaxBurstLength",
+                "FirstBurstLength",
+                "DefaultTime2Wait",
+                "DefaultTime2Retain",
+                "MaxOutstandingR2T",
+                "ErrorRecoveryLevel",
+                "IFMarker",
+                "OFMarker",
+                "MaxConnections",
+                "DataPDUInOrder",
+                "DataSequenceInOrder",
+                "X-com.example.Foo",
+                "TargetPortalGroupTag",
+                "TargetAlias",
+                "MaxRecvDataSegmentLength",
+            ]
+        );
+        assert_eq!(get(&keys, "X-com.example.Foo"), Some("NotUnderstood"));
+        assert_eq!(get(&keys, "TargetPortalGroupTag"), Some("1"));
+        assert_eq!(get(&keys, "TargetAlias"), Some("disk one"));
+        assert_eq!(get(&keys, "MaxRecvDataSegmentLength"), Some("262144"));
+        let p = complete(step);
+        assert_eq!(
+            p,
+            SessionParams {
+                session_type: SessionType::Normal,
+                initiator_name: INITIATOR.into(),
+                initiator_alias: Some("host1".into()),
+                target_name: Some(DISK1.into()),
+                header_digest: false,
+                data_digest: true,
+                initiator_max_recv_data_segment_length: 65536,
+                target_max_recv_data_segment_length: 262_144,
+                max_burst_length: 1_048_576,
+                first_burst_length: 262_144,
+                initial_r2t: false,
+                immediate_data: true,
+                max_outstanding_r2t: 1,
+                data_pdu_in_order: true,
+                data_sequence_in_order: true,
+                default_time2wait: 2,
+                default_time2retain: 0,
+                error_recovery_level: 0,
+                max_connections: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn defaults_when_initiator_sends_nothing() {
+        let mut m = machine();
+        let p = complete(m.step(&req(1, 3, true, &first_keys(DISK1))));
+        assert_eq!(p.initiator_max_recv_data_segment_length, 8192);
+        assert_eq!(p.max_burst_length, 262_144);
+        assert_eq!(p.first_burst_length, 65_536);
+        assert!(p.initial_r2t && p.immediate_data);
+        assert!(!p.header_digest && !p.data_digest);
+    }
+
+    #[test]
+    fn auth_none_then_operational() {
+        // libiscsi with a CHAP user configured, against a target without CHAP.
+        let mut m = machine();
+        let mut k = first_keys(DISK1);
+        k.push(("AuthMethod", "CHAP,None"));
+        let step = m.step(&req(0, 1, true, &k));
+        assert_eq!(status_of(&step), 0);
+        assert!(step.response.transit);
+        assert_eq!((step.response.csg, step.response.nsg), (0, 1));
+        let keys = keys_of(&step.response.data);
+        assert_eq!(get(&keys, "AuthMethod"), Some("None"));
+        assert_eq!(get(&keys, "TargetPortalGroupTag"), Some("1"));
+        assert_eq!(get(&keys, "MaxRecvDataSegmentLength"), None);
+        assert!(matches!(step.outcome, StepOutcome::Continue));
+        // libiscsi repeats its identity keys in the operational stage.
+        let mut k = first_keys(DISK1);
+        k.push(("MaxRecvDataSegmentLength", "262144"));
+        let step = m.step(&req(1, 3, true, &k));
+        let keys = keys_of(&step.response.data);
+        assert_eq!(get(&keys, "TargetPortalGroupTag"), None);
+        assert_eq!(get(&keys, "MaxRecvDataSegmentLength"), Some("262144"));
+        assert_eq!(step.response.csg, 1);
+        complete(step);
+    }
+
+    #[test]
+    fn security_stage_without_transit_then_operational() {
+        let mut m = machine();
+        let mut k = first_keys(DISK1);
+        k.push(("AuthMethod", "None"));
+        let step = m.step(&req(0, 1, false, &k));
+        assert!(!step.response.transit);
+        assert_eq!(
+            get(&keys_of(&step.response.data), "AuthMethod"),
+            Some("None")
+        );
+        // T=0 kept us in the security stage; an empty T=1 request leaves it.
+        let step = m.step(&req(0, 1, true, &[]));
+        assert!(step.response.transit);
+        complete(m.step(&req(1, 3, true, &[])));
+    }
+
+    #[test]
+    fn skip_operational_stage() {
+        let mut m = machine();
+        let mut k = first_keys(DISK1);
+        k.push(("AuthMethod", "None"));
+        let step = m.step(&req(0, 3, true, &k));
+        assert_eq!(step.response.csg, 0);
+        let keys = keys_of(&step.response.data);
+        assert_eq!(get(&keys, "MaxRecvDataSegmentLength"), Some("262144"));
+        complete(step);
+    }
+
+    #[test]
+    fn discovery_login_and_send_targets() {
+        let dir = Arc::new(TestDir::new());
+        let mut m = LoginMachine::new(dir.clone(), Limits::default());
+        let step = m.step(&req(
+            0,
+            1,
+            true,
+            &[
+                ("InitiatorName", INITIATOR),
+                ("SessionType", "Discovery"),
+                ("TargetName", DISK1), // ignored in discovery
+                ("AuthMethod", "None"),
+            ],
+        ));
+        assert!(step.response.transit);
+        let keys = keys_of(&step.response.data);
+        assert_eq!(keys, vec![("AuthMethod".to_string(), "None".to_string())]);
+        let step = m.step(&req(
+            1,
+            3,
+            true,
+            &[
+                ("HeaderDigest", "None"),
+                ("DataDigest", "None"),
+                ("MaxRecvDataSegmentLength", "32768"),
+                ("MaxBurstLength", "262144"),
+                ("InitialR2T", "Yes"),
+                ("DefaultTime2Wait", "2"),
+                ("ErrorRecoveryLevel", "0"),
+                ("MaxConnections", "1"),
+            ],
+        ));
+        let keys = keys_of(&step.response.data);
+        assert_eq!(get(&keys, "MaxBurstLength"), Some("Irrelevant"));
+        assert_eq!(get(&keys, "InitialR2T"), Some("Irrelevant"));
+        assert_eq!(get(&keys, "MaxConnections"), Some("Irrelevant"));
+        assert_eq!(get(&keys, "HeaderDigest"), Some("None"));
+        assert_eq!(get(&keys, "TargetPortalGroupTag"), None);
+        let p = complete(step);
+        assert_eq!(p.session_type, SessionType::Discovery);
+        assert_eq!(p.target_name, None);
+        assert_eq!(p.initiator_max_recv_data_segment_length, 32768);
+        let out = text_request(dir.as_ref(), &p, b"SendTargets=All\0").unwrap();
+        let keys = keys_of(&out);
+        assert_eq!(get(&keys, "TargetName"), Some(DISK1));
+        assert_eq!(keys.iter().filter(|(k, _)| k == "TargetName").count(), 3);
+    }
+
+    #[test]
+    fn discovery_chap_required() {
+        let mut dir = TestDir::new();
+        dir.discovery_chap = Some(one_way_secrets());
+        let mut m = LoginMachine::new(Arc::new(dir), Limits::default());
+        let step = m.step(&req(
+            1,
+            3,
+            true,
+            &[("InitiatorName", INITIATOR), ("SessionType", "Discovery")],
+        ));
+        assert_fails(&mut m, step, status::AUTHENTICATION_FAILURE);
+    }
+
+    /// Drives the first two CHAP legs; returns the machine, id and challenge.
+    fn chap_start(target: &str) -> (LoginMachine, u8, Vec<u8>) {
+        let mut m = machine();
+        let mut k = first_keys(target);
+        k.push(("AuthMethod", "CHAP,None"));
+        let step = m.step(&req(0, 1, true, &k));
+        assert_eq!(status_of(&step), 0);
+        // CHAP not done yet: the target must not transit.
+        assert!(!step.response.transit);
+        assert_eq!(
+            get(&keys_of(&step.response.data), "AuthMethod"),
+            Some("CHAP")
+        );
+        let step = m.step(&req(0, 1, false, &[("CHAP_A", "7,5")]));
+        assert!(!step.response.transit);
+        let keys = keys_of(&step.response.data);
+        assert_eq!(get(&keys, "CHAP_A"), Some("5"));
+        let id: u8 = get(&keys, "CHAP_I").unwrap().parse().unwrap();
+        let c = get(&keys, "CHAP_C").unwrap();
+        assert!(c.starts_with("0x"));
+        let challenge = decode_binary(c).unwrap();
+        assert!(challenge.len() >= 16);
+        (m, id, challenge)
+    }
+
+    fn base64(bytes: &[u8]) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut s = String::from("0b");
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    s.push('=');
+                }
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn chap_one_way_success() {
+        let (mut m, id, challenge) = chap_start(CHAP1_TARGET);
+        let s = one_way_secrets();
+        let r = encode_hex(&chap_response(id, s.secret.as_bytes(), &challenge));
+        let step = m.step(&req(0, 1, true, &[("CHAP_N", "carol"), ("CHAP_R", &r)]));
+        assert_eq!(status_of(&step), 0);
+        assert!(step.response.transit);
+        assert_eq!(step.response.nsg, 1);
+        assert!(get(&keys_of(&step.response.data), "CHAP_N").is_none());
+        complete(m.step(&req(1, 3, true, &[("MaxRecvDataSegmentLength", "8192")])));
+    }
+
+    #[test]
+    fn chap_base64_response_accepted() {
+        let (mut m, id, challenge) = chap_start(CHAP1_TARGET);
+        let r = base64(&chap_response(id, b"carol-secret-12", &challenge));
+        let step = m.step(&req(0, 3, true, &[("CHAP_N", "carol"), ("CHAP_R", &r)]));
+        complete(step);
+    }
+
+    #[test]
+    fn chap_wrong_secret() {
+        let (mut m, id, challenge) = chap_start(CHAP1_TARGET);
+        let r = encode_hex(&chap_response(id, b"not-the-secret", &challenge));
+        let step = m.step(&req(0, 1, true, &[("CHAP_N", "carol"), ("CHAP_R", &r)]));
+        assert_fails(&mut m, step, status::AUTHENTICATION_FAILURE);
+    }
+
+    #[test]
+    fn chap_wrong_user() {
+        let (mut m, id, challenge) = chap_start(CHAP1_TARGET);
+        let r = encode_hex(&chap_response(id, b"carol-secret-12", &challenge));
+        let step = m.step(&req(0, 1, true, &[("CHAP_N", "mallory"), ("CHAP_R", &r)]));
+        assert_fails(&mut m, step, status::AUTHENTICATION_FAILURE);
+    }
+
+    #[test]
+    fn chap_bad_encoding() {
+        let (mut m, _, _) = chap_start(CHAP1_TARGET);
+        let step = m.step(&req(0, 1, true, &[("CHAP_N", "carol"), ("CHAP_R", "abc")]));
+        assert_fails(&mut m, step, status::AUTHENTICATION_FAILURE);
+    }
+
+    #[test]
+    fn mutual_chap_success() {
+        let (mut m, id, challenge) = chap_start(CHAP_TARGET);
+        let s: ChapSecrets = mutual_secrets();
+        let r = encode_hex(&chap_response(id, s.secret.as_bytes(), &challenge));
+        let my_challenge = [0x5au8; 32];
+        let c = encode_hex(&my_challenge);
+        let step = m.step(&req(
+            0,
+            1,
+            true,
+            &[
+                ("CHAP_N", "alice"),
+                ("CHAP_R", &r),
+                ("CHAP_I", "9"),
+                ("CHAP_C", &c),
+            ],
+        ));
+        assert_eq!(status_of(&step), 0);
+        assert!(step.response.transit);
+        let keys = keys_of(&step.response.data);
+        assert_eq!(get(&keys, "CHAP_N"), Some("target-bob"));
+        let expected = chap_response(9, b"bob-secret-3456", &my_challenge);
+        assert_eq!(
+            decode_binary(get(&keys, "CHAP_R").unwrap()).unwrap(),
+            expected.to_vec()
+        );
+        complete(m.step(&req(1, 3, true, &[])));
+    }
+
+    #[test]
+    fn mutual_chap_not_configured() {
+        let (mut m, id, challenge) = chap_start(CHAP1_TARGET);
+        let r = encode_hex(&chap_response(id, b"carol-secret-12", &challenge));
+        let step = m.step(&req(
+            0,
+            1,
+            true,
+            &[
+                ("CHAP_N", "carol"),
+                ("CHAP_R", &r),
+                ("CHAP_I", "1"),
+                ("CHAP_C", "0x0102030405"),
+            ],
+        ));
+        assert_fails(&mut m, step, status::AUTHENTICATION_FAILURE);
+    }
+
+    #[test]
+    fn mutual_chap_reflection_rejected() {
+        let (mut m, id, challenge) = chap_start(CHAP_TARGET);
+        let r = encode_hex(&chap_response(id, b"alice-secret-12", &challenge));
+        let c = encode_hex(&challenge);
+        let step = m.step(&req(
+            0,
+            1,
+            true,
+            &[
+                ("CHAP_N", "alice"),
+                ("CHAP_R", &r),
+                ("CHAP_I", "3"),
+                ("CHAP_C", &c),
+            ],
+        ));
+        assert_fails(&mut m, step, status::AUTHENTICATION_FAILURE);
+    }
+
+    #[test]
+    fn mutual_chap_half_request() {
+        let (mut m, id, challenge) = chap_start(CHAP_TARGET);
+        let r = encode_hex(&chap_response(id, b"alice-secret-12", &challenge));
+        let step = m.step(&req(
+            0,
+            1,
+            true,
+            &[("CHAP_N", "alice"), ("CHAP_R", &r), ("CHAP_I", "3")],
+        ));
+        assert_fails(&mut m, step, status::AUTHENTICATION_FAILURE);
+    }
+
+    #[test]
+    fn chap_required_but_none_offered() {
+        let mut m = machine();
+        let mut k = first_keys(CHAP1_TARGET);
+        k.push(("AuthMethod", "None"));
+        let step = m.step(&req(0, 1, true, &k));
+        assert_fails(&mut m, step, status::AUTHENTICATION_FAILURE);
+    }
+
+    #[test]
+    fn chap_required_but_security_stage_skipped() {
+        let mut m = machine();
+        let step = m.step(&req(1, 3, true, &first_keys(CHAP1_TARGET)));
+        assert_fails(&mut m, step, status::AUTHENTICATION_FAILURE);
+        let mut m = machine();
+        let step = m.step(&req(0, 1, true, &first_keys(CHAP1_TARGET)));
+        assert_fails(&mut m, step, status::AUTHENTICATION_FAILURE);
+    }
+
+    #[test]
+    fn chap_unsupported_algorithm() {
+        let mut m = machine();
+        let mut k = first_keys(CHAP1_TARGET);
+        k.push(("AuthMethod", "CHAP"));
+        m.step(&req(0, 1, true, &k));
+        let step = m.step(&req(0, 1, false, &[("CHAP_A", "6,7")]));
+        assert_fails(&mut m, step, status::AUTHENTICATION_FAILURE);
+    }
+
+    #[test]
+    fn offered_chap_only_without_secrets() {
+        let mut m = machine();
+        let mut k = first_keys(DISK1);
+        k.push(("AuthMethod", "CHAP"));
+        let step = m.step(&req(0, 1, true, &k));
+        assert_fails(&mut m, step, status::AUTHENTICATION_FAILURE);
+    }
+
+    #[test]
+    fn missing_initiator_name() {
+        let mut m = machine();
+        let step = m.step(&req(1, 3, true, &[("TargetName", DISK1)]));
+        assert_fails(&mut m, step, status::MISSING_PARAMETER);
+    }
+
+    #[test]
+    fn missing_target_name() {
+        let mut m = machine();
+        let step = m.step(&req(1, 3, true, &[("InitiatorName", INITIATOR)]));
+        assert_fails(&mut m, step, status::MISSING_PARAMETER);
+    }
+
+    #[test]
+    fn unknown_target() {
+        let mut m = machine();
+        let step = m.step(&req(1, 3, true, &first_keys("iqn.2024-01.test:nope")));
+        assert_fails(&mut m, step, status::NOT_FOUND);
+    }
+
+    #[test]
+    fn not_authorized() {
+        let mut m = machine();
+        let step = m.step(&req(
+            1,
+            3,
+            true,
+            &[("InitiatorName", EVIL), ("TargetName", DISK1)],
+        ));
+        assert_fails(&mut m, step, status::AUTHORIZATION_FAILURE);
+    }
+
+    #[test]
+    fn unsupported_version() {
+        let mut m = machine();
+        let mut r = req(1, 3, true, &first_keys(DISK1));
+        r.version_min = 1;
+        r.version_max = 2;
+        let step = m.step(&r);
+        assert_fails(&mut m, step, status::UNSUPPORTED_VERSION);
+    }
+
+    #[test]
+    fn bad_session_type() {
+        let mut m = machine();
+        let step = m.step(&req(
+            1,
+            3,
+            true,
+            &[("InitiatorName", INITIATOR), ("SessionType", "Bogus")],
+        ));
+        assert_fails(&mut m, step, status::SESSION_TYPE_NOT_SUPPORTED);
+    }
+
+    #[test]
+    fn nonzero_tsih() {
+        let mut m = machine();
+        let mut r = req(1, 3, true, &first_keys(DISK1));
+        r.tsih = 5;
+        let step = m.step(&r);
+        assert_fails(&mut m, step, status::SESSION_DOES_NOT_EXIST);
+    }
+
+    #[test]
+    fn text_too_long() {
+        let mut m = machine();
+        let chunk = vec![b'a'; 16 * 1024];
+        for _ in 0..4 {
+            let step = m.step(&raw_req(1, 3, false, true, &chunk));
+            assert_eq!(status_of(&step), 0);
+        }
+        let step = m.step(&raw_req(1, 3, false, true, &chunk));
+        assert_fails(&mut m, step, status::OUT_OF_RESOURCES);
+    }
+
+    #[test]
+    fn initiator_errors() {
+        type Case = (&'static str, Box<dyn Fn(&mut LoginMachine) -> LoginStep>);
+        let cases: Vec<Case> = vec![
+            (
+                "malformed text",
+                Box::new(|m| m.step(&raw_req(1, 3, true, false, b"InitiatorName\0"))),
+            ),
+            (
+                "T and C",
+                Box::new(|m| {
+                    let mut r = req(1, 3, true, &first_keys(DISK1));
+                    r.cont = true;
+                    m.step(&r)
+                }),
+            ),
+            (
+                "CSG 3",
+                Box::new(|m| m.step(&req(3, 3, true, &first_keys(DISK1)))),
+            ),
+            (
+                "NSG 2",
+                Box::new(|m| m.step(&req(1, 2, true, &first_keys(DISK1)))),
+            ),
+            (
+                "backwards",
+                Box::new(|m| m.step(&req(1, 1, true, &first_keys(DISK1)))),
+            ),
+            (
+                "duplicate in one PDU",
+                Box::new(|m| {
+                    let mut k = first_keys(DISK1);
+                    k.push(("MaxBurstLength", "512"));
+                    k.push(("MaxBurstLength", "1024"));
+                    m.step(&req(1, 3, true, &k))
+                }),
+            ),
+            (
+                "duplicate across PDUs",
+                Box::new(|m| {
+                    let mut k = first_keys(DISK1);
+                    k.push(("ErrorRecoveryLevel", "0"));
+                    m.step(&req(1, 3, false, &k));
+                    m.step(&req(1, 3, true, &[("ErrorRecoveryLevel", "0")]))
+                }),
+            ),
+            (
+                "target name changed",
+                Box::new(|m| {
+                    m.step(&req(1, 3, false, &first_keys(DISK1)));
+                    m.step(&req(1, 3, true, &[("TargetName", CHAP_TARGET)]))
+                }),
+            ),
+            (
+                "ISID changed",
+                Box::new(|m| {
+                    m.step(&req(1, 3, false, &first_keys(DISK1)));
+                    let mut r = req(1, 3, true, &[]);
+                    r.isid[5] = 9;
+                    m.step(&r)
+                }),
+            ),
+            (
+                "stage went back",
+                Box::new(|m| {
+                    m.step(&req(1, 3, false, &first_keys(DISK1)));
+                    m.step(&req(0, 1, true, &[]))
+                }),
+            ),
+            (
+                "security key in operational stage",
+                Box::new(|m| {
+                    let mut k = first_keys(DISK1);
+                    k.push(("AuthMethod", "None"));
+                    m.step(&req(1, 3, true, &k))
+                }),
+            ),
+            (
+                "initiator sent TargetPortalGroupTag",
+                Box::new(|m| {
+                    let mut k = first_keys(DISK1);
+                    k.push(("TargetPortalGroupTag", "1"));
+                    m.step(&req(1, 3, true, &k))
+                }),
+            ),
+            (
+                "bad MaxRecvDataSegmentLength",
+                Box::new(|m| {
+                    let mut k = first_keys(DISK1);
+                    k.push(("MaxRecvDataSegmentLength", "100"));
+                    m.step(&req(1, 3, true, &k))
+                }),
+            ),
+            (
+                "request after completion",
+                Box::new(|m| {
+                    m.step(&req(1, 3, true, &first_keys(DISK1)));
+                    m.step(&req(1, 3, true, &[]))
+                }),
+            ),
+        ];
+        for (name, case) in cases {
+            let mut m = machine();
+            let step = case(&mut m);
+            assert_eq!(status_of(&step), status::INITIATOR_ERROR, "{name}");
+            assert!(matches!(step.outcome, StepOutcome::Failed), "{name}");
+        }
+    }
+
+    #[test]
+    fn itt_may_change() {
+        let mut m = machine();
+        m.step(&req(1, 3, false, &first_keys(DISK1)));
+        let mut r = req(1, 3, true, &[]);
+        r.itt = 77;
+        let step = m.step(&r);
+        assert_eq!(step.response.itt, 77);
+        complete(step);
+    }
+
+    #[test]
+    fn multi_pdu_continuation() {
+        let mut m = machine();
+        let text = b"InitiatorName=iqn.2024-01.test:initiator\0TargetName=iqn.2024-01.test:disk1\0MaxBurstLength=65536\0";
+        let (a, rest) = text.split_at(20);
+        let (b, c) = rest.split_at(30);
+        for part in [a, b] {
+            let step = m.step(&raw_req(1, 3, false, true, part));
+            assert_eq!(status_of(&step), 0);
+            assert!(!step.response.transit && !step.response.cont);
+            assert_eq!(step.response.csg, 1);
+            assert!(step.response.data.is_empty());
+            assert!(matches!(step.outcome, StepOutcome::Continue));
+        }
+        let step = m.step(&raw_req(1, 3, true, false, c));
+        let keys = keys_of(&step.response.data);
+        assert_eq!(get(&keys, "MaxBurstLength"), Some("65536"));
+        assert_eq!(get(&keys, "TargetPortalGroupTag"), Some("1"));
+        let p = complete(step);
+        assert_eq!(p.max_burst_length, 65536);
+        assert_eq!(p.target_name.as_deref(), Some(DISK1));
+    }
+
+    #[test]
+    fn continuation_must_stay_in_stage() {
+        let mut m = machine();
+        m.step(&raw_req(0, 1, false, true, b"InitiatorName=iqn.x\0"));
+        let step = m.step(&raw_req(1, 3, true, false, b"TargetName=iqn.y\0"));
+        assert_eq!(status_of(&step), status::INITIATOR_ERROR);
+    }
+
+    #[test]
+    fn operational_stage_without_transit() {
+        let mut m = machine();
+        let step = m.step(&req(1, 3, false, &first_keys(DISK1)));
+        assert!(!step.response.transit);
+        assert_eq!(step.response.nsg, 0);
+        // Declared once, in the first operational-stage response.
+        let keys = keys_of(&step.response.data);
+        assert_eq!(get(&keys, "MaxRecvDataSegmentLength"), Some("262144"));
+        let step = m.step(&req(1, 3, true, &[("MaxBurstLength", "4096")]));
+        let keys = keys_of(&step.response.data);
+        assert_eq!(
+            keys,
+            vec![("MaxBurstLength".to_string(), "4096".to_string())]
+        );
+        assert_eq!(complete(step).max_burst_length, 4096);
+    }
+}
