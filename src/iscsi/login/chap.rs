@@ -106,6 +106,21 @@ impl Authenticator {
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| v.as_str())
         };
+        // Once CHAP is under way every request must advance it; a request that does not
+        // would make both sides repeat themselves until the login times out.
+        match self.state {
+            State::AwaitAlgorithm if get("CHAP_A").is_none() => {
+                return Err(AuthError::Sequence(
+                    "the initiator did not send CHAP_A after AuthMethod=CHAP",
+                ));
+            }
+            State::AwaitResponse { .. } if get("CHAP_N").is_none() && get("CHAP_R").is_none() => {
+                return Err(AuthError::Sequence(
+                    "the initiator did not answer the CHAP challenge",
+                ));
+            }
+            _ => {}
+        }
         let mut out = Vec::new();
         if let Some(offer) = get("AuthMethod") {
             if self.state != State::Start {

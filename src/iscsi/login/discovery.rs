@@ -69,6 +69,14 @@ pub fn text_negotiate(
     })
 }
 
+/// Whether `name` has the form of an iSCSI name (RFC 7143 section 4.2.7: `iqn.`,
+/// `eui.` or `naa.` followed by something). Values such as "Alle" are typos, not names.
+fn looks_like_iscsi_name(name: &str) -> bool {
+    name.len() > 4
+        && name.len() <= super::machine::MAX_NAME_LEN
+        && ["iqn.", "eui.", "naa."].iter().any(|p| name.starts_with(p))
+}
+
 /// Keys RFC 7143 defines for the login phase only (plus MaxRecvDataSegmentLength in a
 /// discovery session, where there is nothing it could change).
 fn is_login_only_key(k: &str) -> bool {
@@ -106,10 +114,14 @@ fn is_login_only_key(k: &str) -> bool {
     ) || k.starts_with("CHAP_")
 }
 
-/// SendTargets (RFC 7143 appendix C): `All` lists every target the initiator may see
-/// (discovery sessions only); a name lists that target if visible (an unknown or
-/// forbidden name gives an empty answer, so names cannot be probed); an empty value,
-/// in a normal session, lists the session's own target.
+/// SendTargets (RFC 7143 appendix C): `All` lists every target the initiator may see;
+/// an iSCSI name lists that target if visible (an unknown or forbidden name gives an
+/// empty answer, so names cannot be probed); an empty value, in a normal session,
+/// lists the session's own target. Anything else is answered `Reject`.
+///
+/// `All` is also answered in normal sessions: libiscsi's conformance test sends it
+/// there and expects the list, and the directory only returns targets this initiator
+/// may see anyway.
 fn send_targets(
     dir: &dyn TargetDirectory,
     params: &SessionParams,
@@ -117,15 +129,15 @@ fn send_targets(
     out: &mut Vec<(String, String)>,
 ) {
     let targets = match (value, params.session_type) {
-        ("All", SessionType::Discovery) => dir.send_targets(&params.initiator_name, None),
-        ("All", SessionType::Normal) | ("", SessionType::Discovery) => {
-            out.push(("SendTargets".into(), REJECT.into()));
-            return;
-        }
+        ("All", _) => dir.send_targets(&params.initiator_name, None),
         ("", SessionType::Normal) => match &params.target_name {
             Some(t) => dir.send_targets(&params.initiator_name, Some(t)),
             None => Vec::new(),
         },
+        (name, _) if !looks_like_iscsi_name(name) => {
+            out.push(("SendTargets".into(), REJECT.into()));
+            return;
+        }
         (name, _) => dir
             .send_targets(&params.initiator_name, Some(name))
             .into_iter()
@@ -207,11 +219,31 @@ mod tests {
 
     #[test]
     fn send_targets_misuse_rejected() {
+        // The invalid requests of libiscsi's SendTargets test must all fail.
+        let dir = TestDir::new();
+        for (req, answer) in [
+            (&b"SendTargets=\0"[..], p("SendTargets", "Reject")),
+            (b"SendTargets=Alle\0", p("SendTargets", "Reject")),
+            (b"SendTargets=A\0", p("SendTargets", "Reject")),
+            (
+                b"SendTargetsPlease=All\0",
+                p("SendTargetsPlease", "NotUnderstood"),
+            ),
+            (b"sENDtARGETS=aLL\0", p("sENDtARGETS", "NotUnderstood")),
+        ] {
+            let out = text_request(&dir, &discovery_params(), req).unwrap();
+            assert_eq!(keys(&out), vec![answer]);
+        }
+    }
+
+    #[test]
+    fn send_targets_all_in_normal_session() {
         let dir = TestDir::new();
         let out = text_request(&dir, &normal_params(), b"SendTargets=All\0").unwrap();
-        assert_eq!(keys(&out), vec![p("SendTargets", "Reject")]);
-        let out = text_request(&dir, &discovery_params(), b"SendTargets=\0").unwrap();
-        assert_eq!(keys(&out), vec![p("SendTargets", "Reject")]);
+        assert_eq!(
+            keys(&out).iter().filter(|(k, _)| k == "TargetName").count(),
+            3
+        );
     }
 
     #[test]

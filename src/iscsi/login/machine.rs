@@ -958,6 +958,47 @@ mod tests {
     }
 
     #[test]
+    fn chap_empty_algorithm_list() {
+        let mut m = machine();
+        let mut k = first_keys(CHAP1_TARGET);
+        k.push(("AuthMethod", "CHAP,None"));
+        m.step(&req(0, 1, true, &k));
+        let step = m.step(&req(0, 1, false, &[("CHAP_A", "")]));
+        assert_fails(&mut m, step, status::AUTHENTICATION_FAILURE);
+    }
+
+    #[test]
+    fn chap_stalled_exchange_fails() {
+        // No CHAP_A after AuthMethod=CHAP: fail instead of looping.
+        let mut m = machine();
+        let mut k = first_keys(CHAP1_TARGET);
+        k.push(("AuthMethod", "CHAP,None"));
+        m.step(&req(0, 1, true, &k));
+        let step = m.step(&req(0, 1, true, &[]));
+        assert_fails(&mut m, step, status::AUTHENTICATION_FAILURE);
+        // No CHAP_N/CHAP_R after the challenge.
+        let (mut m, _, _) = chap_start(CHAP1_TARGET);
+        let step = m.step(&req(0, 1, true, &[]));
+        assert_fails(&mut m, step, status::AUTHENTICATION_FAILURE);
+    }
+
+    #[test]
+    fn chap_hex_looking_user_name_is_literal() {
+        let dir = TestDir::with_chap_user("0x6a6f65", "joe-secret-1234");
+        let mut m = LoginMachine::new(Arc::new(dir), Limits::default());
+        let mut k = first_keys(CHAP1_TARGET);
+        k.push(("AuthMethod", "CHAP,None"));
+        m.step(&req(0, 1, true, &k));
+        let step = m.step(&req(0, 1, false, &[("CHAP_A", "5,6,7,8")]));
+        let keys = keys_of(&step.response.data);
+        let id: u8 = get(&keys, "CHAP_I").unwrap().parse().unwrap();
+        let challenge = decode_binary(get(&keys, "CHAP_C").unwrap()).unwrap();
+        let r = encode_hex(&chap_response(id, b"joe-secret-1234", &challenge));
+        let step = m.step(&req(0, 3, true, &[("CHAP_N", "0x6a6f65"), ("CHAP_R", &r)]));
+        complete(step);
+    }
+
+    #[test]
     fn offered_chap_only_without_secrets() {
         let mut m = machine();
         let mut k = first_keys(DISK1);

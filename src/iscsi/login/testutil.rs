@@ -70,6 +70,19 @@ impl TestDir {
     }
 }
 
+impl TestDir {
+    /// A directory whose CHAP1_TARGET uses the given one-way credentials.
+    pub fn with_chap_user(username: &str, secret: &str) -> Self {
+        let mut d = TestDir::new();
+        d.targets[2].chap = Some(ChapSecrets {
+            username: username.into(),
+            secret: secret.into(),
+            mutual: None,
+        });
+        d
+    }
+}
+
 impl TargetDirectory for TestDir {
     fn lookup(&self, target_name: &str, initiator_name: &str) -> Lookup {
         match self.targets.iter().find(|t| t.name == target_name) {
