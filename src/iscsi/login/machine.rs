@@ -1193,6 +1193,39 @@ mod tests {
     }
 
     #[test]
+    fn random_input_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let texts: [&[u8]; 6] = [
+            b"InitiatorName=iqn.x\0TargetName=iqn.2024-01.test:chap\0AuthMethod=CHAP\0",
+            b"InitiatorName=iqn.x\0SessionType=Discovery\0",
+            b"CHAP_A=5\0",
+            b"CHAP_N=alice\0CHAP_R=0bAAAA\0CHAP_I=300\0CHAP_C=0x\0",
+            b"MaxBurstLength=0x\0FirstBurstLength=99999999999999999999\0",
+            b"\xff=\0",
+        ];
+        for _ in 0..2000 {
+            let mut m = machine();
+            for _ in 0..rng.gen_range(1..6) {
+                let data: Vec<u8> = if rng.gen_bool(0.5) {
+                    texts[rng.gen_range(0..texts.len())].to_vec()
+                } else {
+                    (0..rng.gen_range(0..64)).map(|_| rng.gen()).collect()
+                };
+                let mut r = raw_req(
+                    rng.gen_range(0..4),
+                    rng.gen_range(0..4),
+                    rng.gen(),
+                    rng.gen_bool(0.2),
+                    &data,
+                );
+                r.version_min = rng.gen_range(0..2);
+                let _ = m.step(&r);
+            }
+        }
+    }
+
+    #[test]
     fn itt_may_change() {
         let mut m = machine();
         m.step(&req(1, 3, false, &first_keys(DISK1)));
