@@ -226,3 +226,4 @@ mod tests {
         assert_eq!(state, Provisioning::Deallocated);
     }
 }
+

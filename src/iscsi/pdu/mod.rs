@@ -417,11 +417,7 @@ pub enum PduError {
     /// The data segment is longer than we allow to be received: protocol error, the
     /// connection is dropped after a Reject (reason 0x04).
     #[error("data segment of {len} bytes exceeds the negotiated MaxRecvDataSegmentLength {max}")]
-    DataSegmentTooLong {
-        len: usize,
-        max: usize,
-        header: Bytes,
-    },
+    DataSegmentTooLong { len: usize, max: usize, header: Bytes },
 }
 
 impl PduError {
