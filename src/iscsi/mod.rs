@@ -10,4 +10,5 @@ pub mod response;
 pub mod server;
 pub mod session;
 pub mod target;
+pub mod text;
 pub mod writer;
