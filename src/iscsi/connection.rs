@@ -4,7 +4,7 @@
 //! ([`super::writer`]).
 
 use super::cmdsn::{Admit, CmdWindow};
-use super::dataout::{BurstParams, WriteCollector};
+use super::dataout::{BurstParams, DataOutError, WriteCollector};
 use super::login::{self, LoginMachine, SessionParams, SessionType, StepOutcome};
 use super::pdu::{
     self, opcode, reject_reason, tmf, tmf_response, DataOut, Digests, LoginRequest,
@@ -17,6 +17,7 @@ use super::session::{SessionGuard, SessionKey};
 use super::target::Target;
 use super::writer::{self, CmdSnState, Outgoing};
 use crate::backend::SgList;
+use crate::scsi::sense::{asc, Sense, SenseKey};
 use crate::scsi::{self, ItNexus, LunMap, ResetKind};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
@@ -255,9 +256,11 @@ enum Ordered {
 struct Task {
     lun_raw: u64,
     lun: u64,
-    cmd_sn: u32,
     cmd: ScsiCommand,
     collector: Option<WriteCollector>,
+    /// The transport already failed it (bad Data-Out, digest error): it is answered
+    /// with this sense when its CmdSN turn comes, and its data is discarded.
+    failed: Option<Bytes>,
     /// Its CmdSN turn has come.
     delivered: bool,
     running: Option<JoinHandle<()>>,
@@ -476,12 +479,27 @@ impl Conn {
         if e.fatal() {
             return Err(e.into());
         }
-        // At ERL 0 a lost command or Data-Out payload cannot be recovered: the
-        // session must be (RFC 7143 section 7.1.4.1).
-        if let PduError::DataDigest { header, .. } = &e {
-            let op = header.first().map(|b| b & 0x3f);
-            if op == Some(opcode::SCSI_COMMAND) || op == Some(opcode::DATA_OUT) {
-                return Err(e.into());
+        if let PduError::DataDigest { header, itt } = &e {
+            match header.first().map(|b| b & 0x3f) {
+                // A command whose immediate data is lost leaves a CmdSN hole we
+                // cannot fill at ERL 0: session recovery.
+                Some(opcode::SCSI_COMMAND) => return Err(e.into()),
+                // Lost write data ends its task with CHECK CONDITION (RFC 7143
+                // section 7.8, option b).
+                Some(opcode::DATA_OUT) => {
+                    if let Some(task) = self.tasks.get_mut(itt) {
+                        if task.running.is_none() {
+                            let sense = Sense::new(
+                                SenseKey::AbortedCommand,
+                                asc::PROTOCOL_SERVICE_CRC_ERROR,
+                            );
+                            task.failed = Some(sense.encode(false));
+                            task.collector = None;
+                            self.progress(*itt);
+                        }
+                    }
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -553,16 +571,22 @@ impl Conn {
             self.reject(reject_reason::TASK_IN_PROGRESS, hdr.slice(..pdu::BHS_LEN));
             return Ok(());
         }
+        let mut failed = None;
         let collector = if cmd.write && cmd.edtl > 0 {
-            let c = WriteCollector::new(
+            match WriteCollector::new(
                 cmd.itt,
                 cmd.edtl,
                 cmd.data.clone(),
                 cmd.final_,
                 self.burst(),
-            )
-            .map_err(|e| ConnectionError::Protocol(e.to_string()))?;
-            Some(c)
+            ) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    warn!(itt = cmd.itt, "write refused: {e}");
+                    failed = Some(e.sense().encode(false));
+                    None
+                }
+            }
         } else {
             None
         };
@@ -571,12 +595,12 @@ impl Conn {
         let task = Task {
             lun_raw: cmd.lun,
             lun: scsi::decode_lun(cmd.lun),
-            cmd_sn,
             cmd: ScsiCommand {
                 data: Bytes::new(),
                 ..cmd
             },
             collector,
+            failed,
             delivered: false,
             running: None,
             claimed: Arc::new(AtomicBool::new(false)),
@@ -609,14 +633,19 @@ impl Conn {
             debug!(itt = d.itt, "Data-Out for no active task: discarded");
             return Ok(());
         };
-        let Some(col) = task.collector.as_mut() else {
-            return Err(ConnectionError::Protocol(format!(
-                "Data-Out for ITT {:#x}, which expects no data",
-                d.itt
-            )));
+        if task.failed.is_some() || task.running.is_some() {
+            // The rest of a write we already failed (or one complete and running).
+            return Ok(());
+        }
+        let result = match task.collector.as_mut() {
+            Some(col) => col.accept(&d),
+            None => Err(DataOutError::UnsolicitedNotAllowed),
         };
-        col.accept(&d)
-            .map_err(|e| ConnectionError::Protocol(e.to_string()))?;
+        if let Err(e) = result {
+            warn!(itt = d.itt, "write ended with ABORTED COMMAND: {e}");
+            task.failed = Some(e.sense().encode(false));
+            task.collector = None;
+        }
         self.progress(d.itt);
         Ok(())
     }
@@ -630,6 +659,10 @@ impl Conn {
                 return;
             };
             if !task.delivered || task.running.is_some() {
+                return;
+            }
+            if task.failed.is_some() {
+                self.fail(itt);
                 return;
             }
             match &task.collector {
@@ -664,11 +697,36 @@ impl Conn {
         self.start(itt);
     }
 
-    fn start(&mut self, itt: u32) {
-        let limits = DataInLimits {
+    /// Answers a task the transport failed, without running it.
+    fn fail(&mut self, itt: u32) {
+        let Some(task) = self.tasks.remove(&itt) else {
+            return;
+        };
+        let fin = Finished {
+            itt,
+            lun: task.cmd.lun,
+            edtl: task.cmd.edtl,
+            write: task.cmd.write,
+            status: scsi::status::CHECK_CONDITION,
+            data_in: Bytes::new(),
+            sense: task.failed.unwrap_or_default(),
+            data_out_len: 0,
+            r2ts: 0,
+        };
+        for p in response::complete(fin, self.data_in_limits()) {
+            self.send(p);
+        }
+    }
+
+    fn data_in_limits(&self) -> DataInLimits {
+        DataInLimits {
             max_segment: self.params.initiator_max_recv_data_segment_length,
             max_burst: self.params.max_burst_length,
-        };
+        }
+    }
+
+    fn start(&mut self, itt: u32) {
+        let limits = self.data_in_limits();
         let luns = self.luns.clone();
         let nexus = self.nexus.clone();
         let tx = self.tx.clone();

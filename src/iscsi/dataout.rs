@@ -4,6 +4,7 @@
 
 use super::pdu::{DataOut, RESERVED_TAG};
 use crate::backend::SgList;
+use crate::scsi::sense::{asc, Sense, SenseKey};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 
@@ -42,6 +43,26 @@ pub enum DataOutError {
     },
     #[error("Data-Out at offset {offset} overlaps data already received")]
     Overlap { offset: u32 },
+}
+
+impl DataOutError {
+    /// How the failed task is reported at ErrorRecoveryLevel 0: the task ends with
+    /// CHECK CONDITION / ABORTED COMMAND and the connection lives on. A DataSN gap
+    /// implies a lost PDU, which RFC 7143 treats as a digest error (section 7.8).
+    pub fn sense(&self) -> Sense {
+        let code = match self {
+            DataOutError::DataSn { .. } => asc::PROTOCOL_SERVICE_CRC_ERROR,
+            DataOutError::UnknownTtt { .. } => asc::INVALID_TARGET_PORT_TRANSFER_TAG,
+            DataOutError::OutOfRange { .. } | DataOutError::Overlap { .. } => {
+                asc::DATA_OFFSET_ERROR
+            }
+            DataOutError::ImmediateTooLong { .. } => asc::TOO_MUCH_WRITE_DATA,
+            DataOutError::ImmediateNotAllowed | DataOutError::UnsolicitedNotAllowed => {
+                asc::DATA_PHASE_ERROR
+            }
+        };
+        Sense::new(SenseKey::AbortedCommand, code)
+    }
 }
 
 /// An R2T the connection should send now.

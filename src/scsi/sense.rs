@@ -47,6 +47,12 @@ pub mod asc {
     pub const MODE_PARAMETERS_CHANGED: AscCode = 0x2A01;
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: AscCode = 0x3900;
     pub const MEDIUM_REMOVAL_PREVENTED: AscCode = 0x5302;
+    // Transport (iSCSI) conditions that end a task with ABORTED COMMAND.
+    pub const PROTOCOL_SERVICE_CRC_ERROR: AscCode = 0x4705;
+    pub const DATA_PHASE_ERROR: AscCode = 0x4B00;
+    pub const INVALID_TARGET_PORT_TRANSFER_TAG: AscCode = 0x4B01;
+    pub const TOO_MUCH_WRITE_DATA: AscCode = 0x4B02;
+    pub const DATA_OFFSET_ERROR: AscCode = 0x4B05;
 }
 
 /// A CHECK CONDITION in the making: what went wrong, before it is encoded.
