@@ -136,9 +136,7 @@ impl<'de> Deserialize<'de> for Size {
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
@@ -153,7 +151,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
         "tb" => 1_000_000_000_000,
-        other => return Err(format!("unknown size unit {other:?} in {s:?}; use KiB, MiB, GiB or TiB")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?}; use KiB, MiB, GiB or TiB"
+            ))
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size {s:?} is too large"))
@@ -205,7 +207,10 @@ impl Config {
             if !tnames.insert(t.name.as_str()) {
                 return bad(format!("target name {:?} is defined twice", t.name));
             }
-            if !(t.name.starts_with("iqn.") || t.name.starts_with("eui.") || t.name.starts_with("naa.")) {
+            if !(t.name.starts_with("iqn.")
+                || t.name.starts_with("eui.")
+                || t.name.starts_with("naa."))
+            {
                 return bad(format!(
                     "target name {:?} must be an iSCSI name starting with iqn., eui. or naa.",
                     t.name
@@ -236,7 +241,10 @@ impl Config {
             return bad("iscsi.first_burst_length must be 512..=max_burst_length, max_burst_length 512..16777215".into());
         }
         if i.max_outstanding_r2t == 0 || i.queue_depth == 0 || i.listen.is_empty() {
-            return bad("iscsi.max_outstanding_r2t, queue_depth and listen must be non-empty/non-zero".into());
+            return bad(
+                "iscsi.max_outstanding_r2t, queue_depth and listen must be non-empty/non-zero"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -255,7 +263,11 @@ impl ChapConfig {
                 "{owner}: set both chap.mutual_username and chap.mutual_secret, or neither"
             )));
         }
-        if self.mutual_secret.as_ref().is_some_and(|s| s.len() < 12 || *s == self.secret) {
+        if self
+            .mutual_secret
+            .as_ref()
+            .is_some_and(|s| s.len() < 12 || *s == self.secret)
+        {
             return Err(ConfigError::Invalid(format!(
                 "{owner}: chap.mutual_secret must be 12+ characters and differ from chap.secret"
             )));

@@ -77,10 +77,7 @@ fn chap(c: &Option<ChapConfig>) -> Option<ChapSecrets> {
     c.as_ref().map(|c| ChapSecrets {
         username: c.username.clone(),
         secret: c.secret.clone(),
-        mutual: c
-            .mutual_username
-            .clone()
-            .zip(c.mutual_secret.clone()),
+        mutual: c.mutual_username.clone().zip(c.mutual_secret.clone()),
     })
 }
 
@@ -153,7 +150,10 @@ pub async fn build(cfg: &Config, ov: &Overrides) -> Result<Server, UpError> {
     let listeners = crate::iscsi::server::bind(&listen)
         .await
         .map_err(UpError::Listen)?;
-    let portals = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let portals = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
     let ctx = ServerCtx {
         targets: Arc::new(TargetSet {
             targets,

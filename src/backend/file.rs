@@ -226,4 +226,3 @@ mod tests {
         assert_eq!(state, Provisioning::Deallocated);
     }
 }
-

@@ -128,7 +128,10 @@ mod tests {
     fn wraps_around_zero() {
         let mut w = CmdWindow::new(u32::MAX, 4);
         assert_eq!(w.admit(0, false, 'b'), Admit::Queued);
-        assert_eq!(w.admit(u32::MAX, false, 'a'), Admit::Deliver(vec!['a', 'b']));
+        assert_eq!(
+            w.admit(u32::MAX, false, 'a'),
+            Admit::Deliver(vec!['a', 'b'])
+        );
         assert_eq!(w.exp_cmd_sn(), 1);
     }
 

@@ -7,9 +7,9 @@ use super::cmdsn::{Admit, CmdWindow};
 use super::dataout::{BurstParams, DataOutError, WriteCollector};
 use super::login::{self, LoginMachine, SessionParams, SessionType, StepOutcome};
 use super::pdu::{
-    self, opcode, reject_reason, tmf, tmf_response, DataOut, Digests, LoginRequest,
-    LoginResponse, LogoutRequest, LogoutResponse, NopIn, NopOut, Pdu, PduError, Reject,
-    ScsiCommand, TaskMgmtRequest, TaskMgmtResponse, TextRequest, TextResponse, RESERVED_TAG,
+    self, opcode, reject_reason, tmf, tmf_response, DataOut, Digests, LoginRequest, LoginResponse,
+    LogoutRequest, LogoutResponse, NopIn, NopOut, Pdu, PduError, Reject, ScsiCommand,
+    TaskMgmtRequest, TaskMgmtResponse, TextRequest, TextResponse, RESERVED_TAG,
 };
 use super::response::{self, DataInLimits, Finished};
 use super::server::ServerCtx;
@@ -185,7 +185,11 @@ async fn login(
         }
         if req.tsih != 0 {
             // We negotiate MaxConnections=1 and ERL 0: there is no session to join.
-            let detail = if ctx.sessions.contains(req.tsih) { 0x06 } else { 0x0a };
+            let detail = if ctx.sessions.contains(req.tsih) {
+                0x06
+            } else {
+                0x0a
+            };
             let r = login_reject(&req, 0x02, detail);
             send_login(stream, r, &mut stat_sn, first_req.cmd_sn, depth).await?;
             return Ok(None);
@@ -515,7 +519,11 @@ impl Conn {
         self.publish_window();
         match admit {
             Admit::Dropped => {
-                debug!(cmd_sn, exp = self.window.exp_cmd_sn(), "CmdSN outside the window: ignored");
+                debug!(
+                    cmd_sn,
+                    exp = self.window.exp_cmd_sn(),
+                    "CmdSN outside the window: ignored"
+                );
                 Ok(())
             }
             Admit::Queued => Ok(()),
@@ -610,7 +618,11 @@ impl Conn {
         self.publish_window();
         match admit {
             Admit::Dropped => {
-                debug!(cmd_sn, exp = self.window.exp_cmd_sn(), "CmdSN outside the window: ignored");
+                debug!(
+                    cmd_sn,
+                    exp = self.window.exp_cmd_sn(),
+                    "CmdSN outside the window: ignored"
+                );
                 self.tasks.remove(&itt);
                 Ok(())
             }
@@ -677,7 +689,10 @@ impl Conn {
             }
             let task = self.tasks.get_mut(&itt).expect("present");
             let mut it = ttts.into_iter();
-            let col = task.collector.as_mut().expect("incomplete implies collector");
+            let col = task
+                .collector
+                .as_mut()
+                .expect("incomplete implies collector");
             for r in col.next_r2ts(|| it.next().unwrap_or(RESERVED_TAG - 1)) {
                 r2ts.push(pdu::R2t {
                     lun: task.lun_raw,

@@ -316,7 +316,8 @@ mod tests {
 
     #[test]
     fn immediate_unsolicited_then_r2ts_honour_max_burst_and_outstanding() {
-        let mut c = WriteCollector::new(1, 5120, Bytes::from(vec![0; 512]), false, params()).unwrap();
+        let mut c =
+            WriteCollector::new(1, 5120, Bytes::from(vec![0; 512]), false, params()).unwrap();
         let mut ttt = 100;
         // The unsolicited burst must come first.
         assert!(c.next_r2ts(|| 0).is_empty());
@@ -337,14 +338,16 @@ mod tests {
         // MaxOutstandingR2T=1: nothing more until this sequence completes.
         assert!(c.next_r2ts(|| 999).is_empty());
         for i in 0..4 {
-            c.accept(&dout(101, i, 1024 + i * 512, 512, i == 3)).unwrap();
+            c.accept(&dout(101, i, 1024 + i * 512, 512, i == 3))
+                .unwrap();
         }
         let r = c.next_r2ts(|| 102);
         assert_eq!(r[0].offset, 3072);
         assert_eq!(r[0].length, 2048);
         assert_eq!(r[0].r2t_sn, 1);
         for i in 0..4 {
-            c.accept(&dout(102, i, 3072 + i * 512, 512, i == 3)).unwrap();
+            c.accept(&dout(102, i, 3072 + i * 512, 512, i == 3))
+                .unwrap();
         }
         assert!(c.is_complete());
         assert_eq!(c.r2ts_sent(), 2);
@@ -380,7 +383,11 @@ mod tests {
         c.accept(&dout(5, 0, 0, 512, false)).unwrap();
         assert!(matches!(
             c.accept(&dout(5, 0, 512, 512, true)),
-            Err(DataOutError::DataSn { got: 0, expected: 1, .. })
+            Err(DataOutError::DataSn {
+                got: 0,
+                expected: 1,
+                ..
+            })
         ));
         let mut c = WriteCollector::new(9, 512, Bytes::new(), true, p).unwrap();
         c.next_r2ts(|| 5);

@@ -66,7 +66,7 @@ pub fn complete(f: Finished, limits: DataInLimits) -> Vec<Pdu> {
         let end = offset + len;
         let last = end == data.len();
         // F closes each MaxBurstLength sequence and the final PDU.
-        let seq_end = last || end % burst == 0;
+        let seq_end = last || end.is_multiple_of(burst);
         let status = (last && collapse).then_some(f.status);
         out.push(Pdu::DataIn(DataIn {
             final_: seq_end,
@@ -171,7 +171,8 @@ mod tests {
     fn check_condition_sends_separate_response_with_sense() {
         let mut f = fin(0, 512);
         f.status = 2;
-        f.sense = Bytes::from_static(&[0x70, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0, 0, 0]);
+        f.sense =
+            Bytes::from_static(&[0x70, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0, 0, 0]);
         let pdus = complete(f, LIM);
         assert_eq!(pdus.len(), 1);
         let Pdu::ScsiResponse(r) = &pdus[0] else {

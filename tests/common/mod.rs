@@ -89,6 +89,18 @@ size = "64MiB"
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits (up to 5 s) for the log to mention `needle`.
+    pub fn log_contains(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     pub fn url(&self, auth: &str) -> String {
         format!("iscsi://{auth}{}/{IQN}/0", self.addr)
     }
@@ -211,7 +223,12 @@ impl Initiator {
     }
 
     /// A normal-session login without authentication, straight to full feature phase.
-    pub fn login(&mut self, initiator: &str, target: &str, extra: &[(&str, &str)]) -> pdu::LoginResponse {
+    pub fn login(
+        &mut self,
+        initiator: &str,
+        target: &str,
+        extra: &[(&str, &str)],
+    ) -> pdu::LoginResponse {
         let mut keys = vec![
             ("InitiatorName", initiator),
             ("TargetName", target),
@@ -234,7 +251,12 @@ impl Initiator {
             ("MaxOutstandingR2T", "1"),
             ("ErrorRecoveryLevel", "0"),
         ];
-        keys.extend_from_slice(extra);
+        for (k, v) in extra {
+            match keys.iter_mut().find(|(key, _)| key == k) {
+                Some(slot) => slot.1 = v,
+                None => keys.push((k, v)),
+            }
+        }
         let r = self.login_step(1, 3, true, &keys);
         assert_eq!(r.status_class, 0, "operational login failed: {r:?}");
         let text = String::from_utf8_lossy(&r.data).to_string();
@@ -248,7 +270,13 @@ impl Initiator {
     }
 
     /// Runs one SCSI command to completion, answering R2Ts from `write`.
-    pub fn scsi(&mut self, cdb: &[u8], edtl: u32, write: Option<&[u8]>, immediate: usize) -> ScsiResult {
+    pub fn scsi(
+        &mut self,
+        cdb: &[u8],
+        edtl: u32,
+        write: Option<&[u8]>,
+        immediate: usize,
+    ) -> ScsiResult {
         let itt = self.next_itt();
         let wdata = write.unwrap_or(&[]);
         let imm = immediate.min(wdata.len());
@@ -317,7 +345,11 @@ impl Initiator {
                 Pdu::ScsiResponse(r) => {
                     self.exp_stat_sn = r.stat_sn.wrapping_add(1);
                     data.truncate(got);
-                    let sense = if r.data.len() > 2 { r.data[2..].to_vec() } else { vec![] };
+                    let sense = if r.data.len() > 2 {
+                        r.data[2..].to_vec()
+                    } else {
+                        vec![]
+                    };
                     return ScsiResult {
                         status: r.status,
                         data,
@@ -379,5 +411,8 @@ pub fn require_tool(name: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(found, "{name} is not installed: run scripts/install-deps.sh");
+    assert!(
+        found,
+        "{name} is not installed: run scripts/install-deps.sh"
+    );
 }
