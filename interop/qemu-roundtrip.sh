@@ -19,4 +19,9 @@ head -c 8M /dev/urandom >"$DN_DIR/in.img"
 qemu-img convert -n -f raw -O raw -t none "$DN_DIR/in.img" "$URL"
 qemu-img convert -f raw -O raw "$URL" "$DN_DIR/out.img"
 cmp -n 8388608 "$DN_DIR/in.img" "$DN_DIR/out.img"
+# The same through QEMU's CRC32C header digests.
+qemu-io --image-opts "driver=iscsi,transport=tcp,portal=127.0.0.1:$DN_PORT,target=$DN_IQN,lun=0,header-digest=crc32c" \
+    -c "write -P 0x77 2M 1M" -c "read -P 0x77 2M 1M" | tee "$DN_DIR/digest.txt"
+grep -q "Pattern verification failed" "$DN_DIR/digest.txt" && { echo "pattern mismatch with header digests"; exit 1; }
+grep -q "header_digest=true" "$DN_LOG" || { echo "QEMU did not negotiate CRC32C header digests"; exit 1; }
 echo "qemu round trip: ok (64 MiB LUN, patterns and an 8 MiB image verified)"

@@ -466,3 +466,71 @@ fn malformed_login_text_gets_an_initiator_error() {
     }
     assert!(i.recv().is_none());
 }
+
+#[test]
+fn crc32c_digests_protect_io_and_a_corrupt_data_out_fails_only_its_task() {
+    let up = Up::start("demo_mode = true", "");
+    let mut i = Initiator::connect(up.addr);
+    i.login(
+        INITIATOR,
+        IQN,
+        &[("HeaderDigest", "CRC32C"), ("DataDigest", "CRC32C")],
+    );
+    assert!(i.digests.header && i.digests.data);
+    i.clear_ua();
+    let data: Vec<u8> = (0..128 * 1024).map(|n| (n % 253) as u8).collect();
+    let w = i.scsi(&write10(8, 256), data.len() as u32, Some(&data), 0);
+    assert_eq!(w.status, 0);
+    let r = i.scsi(&read10(8, 256), data.len() as u32, None, 0);
+    assert!(r.status == 0 && r.data == data);
+
+    // A write whose only Data-Out arrives with a bad data digest.
+    let itt = i.next_itt();
+    i.send(&Pdu::ScsiCommand(pdu::ScsiCommand {
+        final_: true,
+        write: true,
+        itt,
+        edtl: 512,
+        cmd_sn: i.cmd_sn,
+        exp_stat_sn: i.exp_stat_sn,
+        cdb: Bytes::copy_from_slice(&write10(0, 1)),
+        ..Default::default()
+    }));
+    i.cmd_sn += 1;
+    let Some(Pdu::R2t(r2t)) = i.recv() else {
+        panic!("expected an R2T")
+    };
+    let dout = Pdu::DataOut(pdu::DataOut {
+        final_: true,
+        itt,
+        ttt: r2t.ttt,
+        exp_stat_sn: i.exp_stat_sn,
+        data: Bytes::from(vec![0xee; 512]),
+        ..Default::default()
+    });
+    let mut bytes = dout.encode(i.digests).to_vec();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0x55; // the data digest
+    i.send_raw(&bytes);
+    let mut rejected = false;
+    loop {
+        match i.recv().expect("connection must survive") {
+            Pdu::Reject(r) => {
+                assert_eq!(r.reason, pdu::reject_reason::DATA_DIGEST_ERROR);
+                rejected = true;
+            }
+            Pdu::ScsiResponse(r) => {
+                assert_eq!(r.itt, itt);
+                assert_eq!(r.status, 2);
+                // ABORTED COMMAND / PROTOCOL SERVICE CRC ERROR (fixed format).
+                assert_eq!((r.data[2 + 2] & 0xf, r.data[2 + 12], r.data[2 + 13]), (0xb, 0x47, 0x05));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(rejected);
+    let r = i.scsi(&read10(0, 1), 512, None, 0);
+    assert_eq!(r.status, 0);
+    assert_ne!(r.data, vec![0xee; 512], "the corrupt write must not land");
+}
