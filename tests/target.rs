@@ -534,3 +534,61 @@ fn crc32c_digests_protect_io_and_a_corrupt_data_out_fails_only_its_task() {
     assert_eq!(r.status, 0);
     assert_ne!(r.data, vec![0xee; 512], "the corrupt write must not land");
 }
+
+#[test]
+fn text_requests_and_answers_continue_across_pdus() {
+    let mut extra = String::from("demo_mode = true\n");
+    for n in 0..10 {
+        extra.push_str(&format!(
+            "[[target]]\nname = \"iqn.2026-11.io.dreadnought:extra-target-{n}\"\nvolumes = [\"lun0\"]\ndemo_mode = true\n"
+        ));
+    }
+    let up = Up::start(&extra, "");
+    let mut i = Initiator::connect(up.addr);
+    let r = i.login_step(
+        0,
+        1,
+        true,
+        &[
+            ("InitiatorName", INITIATOR),
+            ("SessionType", "Discovery"),
+            ("AuthMethod", "None"),
+        ],
+    );
+    assert_eq!(r.status_class, 0);
+    let r = i.login_step(1, 3, true, &[("MaxRecvDataSegmentLength", "512")]);
+    assert_eq!(r.status_class, 0, "{r:?}");
+    let text = |i: &mut Initiator, cont: bool, ttt: u32, data: &'static [u8]| {
+        i.send(&Pdu::TextRequest(pdu::TextRequest {
+            immediate: true,
+            final_: !cont,
+            cont,
+            itt: 9,
+            ttt,
+            cmd_sn: i.cmd_sn,
+            exp_stat_sn: i.exp_stat_sn,
+            data: Bytes::from_static(data),
+            ..Default::default()
+        }));
+        match i.recv() {
+            Some(Pdu::TextResponse(t)) => t,
+            other => panic!("expected a Text Response, got {other:?}"),
+        }
+    };
+    // The request arrives in two pieces; the first is acknowledged empty.
+    let t = text(&mut i, true, RESERVED_TAG, b"SendTar");
+    assert!(!t.final_ && t.data.is_empty());
+    let mut t = text(&mut i, false, RESERVED_TAG, b"gets=All\0");
+    let mut answer = Vec::new();
+    let mut pieces = 1;
+    while !t.final_ {
+        assert!(t.cont && t.data.len() <= 512 && t.ttt != RESERVED_TAG);
+        answer.extend_from_slice(&t.data);
+        t = text(&mut i, false, t.ttt, b"");
+        pieces += 1;
+    }
+    answer.extend_from_slice(&t.data);
+    assert!(pieces >= 2, "a long answer must be split");
+    let kv = keys(&answer);
+    assert_eq!(kv.iter().filter(|(k, _)| k == "TargetName").count(), 11);
+}

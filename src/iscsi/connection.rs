@@ -256,6 +256,16 @@ enum Ordered {
     Nop(NopOut),
 }
 
+/// A Text exchange spanning several PDUs.
+struct TextExchange {
+    itt: u32,
+    ttt: u32,
+    /// Request text gathered from C=1 PDUs.
+    request: BytesMut,
+    /// Answer text not yet sent.
+    reply: Bytes,
+}
+
 /// A SCSI task from its command PDU to its response.
 struct Task {
     lun_raw: u64,
@@ -287,6 +297,7 @@ struct Conn {
     next_ttt: u32,
     /// Tag of our outstanding NOP-In ping and when it times out.
     ping: Option<(u32, Instant)>,
+    text: Option<TextExchange>,
     closing: bool,
 }
 
@@ -334,6 +345,7 @@ async fn full_feature(
         done_tx,
         next_ttt: 1,
         ping: None,
+        text: None,
         closing: false,
     };
     let interval = ctx.timing.nop_interval;
@@ -904,22 +916,66 @@ impl Conn {
         }));
     }
 
+    /// Text Request in full feature phase, with continuation both ways: requests
+    /// split with C=1 are gathered; answers longer than the initiator's
+    /// MaxRecvDataSegmentLength go out in pieces it asks for with the TTT we give.
     fn on_text(&mut self, t: TextRequest) {
-        let data = match login::text_request(&*self.ctx.targets, &self.params, &t.data) {
-            Ok(d) => d,
-            Err(e) => {
-                warn!("malformed Text Request: {e}");
-                let hdr = Pdu::TextRequest(t).encode(Digests::default()).header;
-                self.reject(reject_reason::PROTOCOL_ERROR, hdr.slice(..pdu::BHS_LEN));
-                return;
+        let pending = self.text.take().filter(|p| p.itt == t.itt);
+        let mut state = match pending {
+            Some(p) if !p.reply.is_empty() && t.ttt == p.ttt && t.data.is_empty() => p,
+            other => {
+                let mut request = other.map(|p| p.request).unwrap_or_default();
+                request.extend_from_slice(&t.data);
+                let ttt = self.alloc_ttt();
+                if t.cont {
+                    self.text = Some(TextExchange {
+                        itt: t.itt,
+                        ttt,
+                        request,
+                        reply: Bytes::new(),
+                    });
+                    self.send_text(&t, ttt, false, false, Bytes::new());
+                    return;
+                }
+                match login::text_negotiate(&*self.ctx.targets, &self.params, &request) {
+                    Ok(o) => {
+                        if let Some(n) = o.initiator_max_recv_data_segment_length {
+                            self.params.initiator_max_recv_data_segment_length = n;
+                        }
+                        TextExchange {
+                            itt: t.itt,
+                            ttt,
+                            request: BytesMut::new(),
+                            reply: o.data,
+                        }
+                    }
+                    Err(e) => {
+                        warn!("malformed Text Request: {e}");
+                        let hdr = Pdu::TextRequest(t).encode(Digests::default()).header;
+                        self.reject(reject_reason::PROTOCOL_ERROR, hdr.slice(..pdu::BHS_LEN));
+                        return;
+                    }
+                }
             }
         };
+        let max = self.params.initiator_max_recv_data_segment_length as usize;
+        if state.reply.len() <= max {
+            let reply = std::mem::take(&mut state.reply);
+            self.send_text(&t, RESERVED_TAG, true, false, reply);
+        } else {
+            let piece = state.reply.split_to(max);
+            self.send_text(&t, state.ttt, false, true, piece);
+            self.text = Some(state);
+        }
+    }
+
+    fn send_text(&self, t: &TextRequest, ttt: u32, final_: bool, cont: bool, data: Bytes) {
         self.send(Pdu::TextResponse(TextResponse {
-            final_: true,
-            cont: false,
+            final_,
+            cont,
             lun: t.lun,
             itt: t.itt,
-            ttt: RESERVED_TAG,
+            ttt,
             data,
             ..Default::default()
         }));
