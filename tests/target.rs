@@ -523,7 +523,10 @@ fn crc32c_digests_protect_io_and_a_corrupt_data_out_fails_only_its_task() {
                 assert_eq!(r.itt, itt);
                 assert_eq!(r.status, 2);
                 // ABORTED COMMAND / PROTOCOL SERVICE CRC ERROR (fixed format).
-                assert_eq!((r.data[2 + 2] & 0xf, r.data[2 + 12], r.data[2 + 13]), (0xb, 0x47, 0x05));
+                assert_eq!(
+                    (r.data[2 + 2] & 0xf, r.data[2 + 12], r.data[2 + 13]),
+                    (0xb, 0x47, 0x05)
+                );
                 break;
             }
             other => panic!("unexpected {other:?}"),

@@ -394,18 +394,23 @@ async fn full_feature(
     result
 }
 
+/// Hands out Target Transfer Tags, never the reserved 0xffffffff.
+fn next_tag(next: &mut u32) -> u32 {
+    let t = *next;
+    *next = next.wrapping_add(1);
+    if *next == RESERVED_TAG {
+        *next = 1;
+    }
+    t
+}
+
 impl Conn {
     fn send(&self, pdu: Pdu) {
         let _ = self.tx.send(Outgoing::Pdu(Box::new(pdu)));
     }
 
     fn alloc_ttt(&mut self) -> u32 {
-        let t = self.next_ttt;
-        self.next_ttt = self.next_ttt.wrapping_add(1);
-        if self.next_ttt == RESERVED_TAG {
-            self.next_ttt = 1;
-        }
-        t
+        next_tag(&mut self.next_ttt)
     }
 
     fn send_ping(&mut self) {
@@ -460,13 +465,22 @@ impl Conn {
                     }
                     return Ok(());
                 }
-                self.admit(n.cmd_sn, n.immediate, Ordered::Nop(n)).await
+                self.admit(n.cmd_sn, n.immediate, Ordered::Nop(n)).await?;
+                Ok(())
             }
             Pdu::TaskMgmtRequest(t) if !discovery => {
-                self.admit(t.cmd_sn, t.immediate, Ordered::Tmf(t)).await
+                self.admit(t.cmd_sn, t.immediate, Ordered::Tmf(t)).await?;
+                Ok(())
             }
-            Pdu::TextRequest(t) => self.admit(t.cmd_sn, t.immediate, Ordered::Text(t)).await,
-            Pdu::LogoutRequest(l) => self.admit(l.cmd_sn, l.immediate, Ordered::Logout(l)).await,
+            Pdu::TextRequest(t) => {
+                self.admit(t.cmd_sn, t.immediate, Ordered::Text(t)).await?;
+                Ok(())
+            }
+            Pdu::LogoutRequest(l) => {
+                self.admit(l.cmd_sn, l.immediate, Ordered::Logout(l))
+                    .await?;
+                Ok(())
+            }
             Pdu::SnackRequest(s) => {
                 // SNACK needs ErrorRecoveryLevel > 0, which we never negotiate.
                 let hdr = Pdu::SnackRequest(s).encode(Digests::default()).header;
@@ -521,12 +535,14 @@ impl Conn {
         Ok(())
     }
 
+    /// Passes an ordered PDU through the CmdSN window and delivers what it releases.
+    /// Returns false when the window ignored it.
     async fn admit(
         &mut self,
         cmd_sn: u32,
         immediate: bool,
         item: Ordered,
-    ) -> Result<(), ConnectionError> {
+    ) -> Result<bool, ConnectionError> {
         let admit = self.window.admit(cmd_sn, immediate, item);
         self.publish_window();
         match admit {
@@ -536,9 +552,9 @@ impl Conn {
                     exp = self.window.exp_cmd_sn(),
                     "CmdSN outside the window: ignored"
                 );
-                Ok(())
+                Ok(false)
             }
-            Admit::Queued => Ok(()),
+            Admit::Queued => Ok(true),
             Admit::Deliver(items) => {
                 for it in items {
                     self.deliver(it).await?;
@@ -546,7 +562,7 @@ impl Conn {
                         break;
                     }
                 }
-                Ok(())
+                Ok(true)
             }
         }
     }
@@ -626,29 +642,10 @@ impl Conn {
             claimed: Arc::new(AtomicBool::new(false)),
         };
         self.tasks.insert(itt, task);
-        let admit = self.window.admit(cmd_sn, immediate, Ordered::Scsi(itt));
-        self.publish_window();
-        match admit {
-            Admit::Dropped => {
-                debug!(
-                    cmd_sn,
-                    exp = self.window.exp_cmd_sn(),
-                    "CmdSN outside the window: ignored"
-                );
-                self.tasks.remove(&itt);
-                Ok(())
-            }
-            Admit::Queued => Ok(()),
-            Admit::Deliver(items) => {
-                for it in items {
-                    self.deliver(it).await?;
-                    if self.closing {
-                        break;
-                    }
-                }
-                Ok(())
-            }
+        if !self.admit(cmd_sn, immediate, Ordered::Scsi(itt)).await? {
+            self.tasks.remove(&itt);
         }
+        Ok(())
     }
 
     async fn on_data_out(&mut self, d: DataOut) -> Result<(), ConnectionError> {
@@ -695,17 +692,13 @@ impl Conn {
             }
         };
         if !ready {
-            let mut ttts = Vec::new();
-            for _ in 0..self.params.max_outstanding_r2t.max(1) {
-                ttts.push(self.alloc_ttt());
-            }
+            let next_ttt = &mut self.next_ttt;
             let task = self.tasks.get_mut(&itt).expect("present");
-            let mut it = ttts.into_iter();
             let col = task
                 .collector
                 .as_mut()
                 .expect("incomplete implies collector");
-            for r in col.next_r2ts(|| it.next().unwrap_or(RESERVED_TAG - 1)) {
+            for r in col.next_r2ts(|| next_tag(next_ttt)) {
                 r2ts.push(pdu::R2t {
                     lun: task.lun_raw,
                     itt,
