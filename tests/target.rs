@@ -595,3 +595,31 @@ fn text_requests_and_answers_continue_across_pdus() {
     let kv = keys(&answer);
     assert_eq!(kv.iter().filter(|(k, _)| k == "TargetName").count(), 11);
 }
+
+#[test]
+fn a_write_beyond_the_maximum_transfer_length_is_refused_without_gathering_it() {
+    let up = Up::start("demo_mode = true", "");
+    let mut i = Initiator::connect(up.addr);
+    i.login(INITIATOR, IQN, &[]);
+    i.clear_ua();
+    let itt = i.next_itt();
+    i.send(&Pdu::ScsiCommand(pdu::ScsiCommand {
+        final_: true,
+        write: true,
+        itt,
+        edtl: 64 << 20,
+        cmd_sn: i.cmd_sn,
+        exp_stat_sn: i.exp_stat_sn,
+        cdb: Bytes::copy_from_slice(&write10(0, 0xffff)),
+        ..Default::default()
+    }));
+    i.cmd_sn += 1;
+    match i.recv() {
+        Some(Pdu::ScsiResponse(r)) => {
+            assert_eq!((r.itt, r.status), (itt, 2));
+            assert_eq!((r.data[2 + 2] & 0xf, r.data[2 + 12]), (5, 0x24));
+        }
+        other => panic!("expected CHECK CONDITION without any R2T, got {other:?}"),
+    }
+    i.clear_ua();
+}

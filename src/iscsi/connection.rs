@@ -608,7 +608,16 @@ impl Conn {
             return Ok(());
         }
         let mut failed = None;
-        let collector = if cmd.write && cmd.edtl > 0 {
+        let collector = if cmd.write && cmd.edtl > scsi::MAX_TRANSFER_BYTES {
+            // Gathering it would let one command pin unbounded memory.
+            warn!(
+                itt = cmd.itt,
+                edtl = cmd.edtl,
+                "write longer than the maximum transfer length refused"
+            );
+            failed = Some(Sense::invalid_cdb(0, None).encode(false));
+            None
+        } else if cmd.write && cmd.edtl > 0 {
             match WriteCollector::new(
                 cmd.itt,
                 cmd.edtl,

@@ -330,6 +330,10 @@ fn precheck(op: &Op, cdb: &[u8]) -> Result<(), Sense> {
     Ok(())
 }
 
+/// The largest transfer one command may move (VPD 0xB0 MAXIMUM TRANSFER LENGTH); the
+/// transport refuses to gather more write data than this for a single command.
+pub const MAX_TRANSFER_BYTES: u32 = rw::MAX_TRANSFER_BLOCKS * BLOCK_SIZE;
+
 /// Bytes of Data-Out the CDB describes (the SCSI-level transfer length, SPDTL), so the transport can compute write residuals: WRITE(6/10/12/16)/WRITE AND VERIFY/ VERIFY with BYTCHK/ MODE SELECT parameter list length / UNMAP... ; 0 for commands without data-out; None for an unknown opcode or a CDB too short to tell.
 pub fn data_out_length(cdb: &[u8]) -> Option<u32> {
     let op = lookup(cdb).ok()?;
