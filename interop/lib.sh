@@ -38,6 +38,9 @@ TOML
 }
 
 dn_stop() {
-    [ -n "${DN_PID:-}" ] && kill "$DN_PID" 2>/dev/null && wait "$DN_PID" 2>/dev/null
+    if [ -n "${DN_PID:-}" ]; then
+        kill "$DN_PID" 2>/dev/null || true
+        wait "$DN_PID" 2>/dev/null || true
+    fi
     if [ "${DN_KEEP:-0}" = 1 ]; then echo "kept $DN_DIR" >&2; else rm -rf "$DN_DIR"; fi
 }
