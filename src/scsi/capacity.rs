@@ -25,6 +25,10 @@ pub(crate) fn read_capacity16(c: &Ctx<'_>) -> HandlerResult {
     let mut d = vec![0u8; 32];
     d[0..8].copy_from_slice(&c.unit.num_blocks().saturating_sub(1).to_be_bytes());
     d[8..12].copy_from_slice(&BLOCK_SIZE.to_be_bytes());
-    // No protection, one logical block per physical block, LBPME=0 (see inquiry.rs).
+    // No protection, one logical block per physical block. A thin backend releases
+    // deallocated blocks and reads them back as zeros: LBPME and LBPRZ.
+    if c.unit.backend().thin() {
+        d[14] = 0x80 | 0x40;
+    }
     Ok(Done::data(d, alloc))
 }

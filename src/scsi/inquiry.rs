@@ -1,11 +1,16 @@
 //! INQUIRY: standard data and the VPD pages.
 //!
-//! Logical block provisioning is reported as *full*: READ CAPACITY(16) has LBPME=0 and
-//! VPD 0xB2 lists no provisioning commands, because UNMAP and WRITE SAME are not
-//! implemented yet. Thin backends still work; they simply never get deallocation hints.
+//! Logical block provisioning follows the backend: a thin one is reported as thin
+//! provisioned with UNMAP and WRITE SAME deallocation (VPD 0xB2, unmap limits in 0xB0,
+//! LBPME/LBPRZ in READ CAPACITY(16)); any other stays fully provisioned, so initiators
+//! never send it deallocation hints it cannot honour.
 
+use super::provisioning::{
+    MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS, UNMAP_GRANULARITY,
+};
 use super::rw::MAX_TRANSFER_BLOCKS;
 use super::sense::{asc, Sense};
+use super::unit::LogicalUnit;
 use super::{cdb, status, Ctx, Done, HandlerResult, Identity, Response};
 use bytes::Bytes;
 
@@ -17,7 +22,7 @@ const VERSION_DESCRIPTORS: [u16; 4] = [0x00A0, 0x0960, 0x0460, 0x04C0];
 
 /// VPD pages in ascending order (Supported VPD Pages must list them sorted).
 /// Builds one VPD page.
-type VpdBuilder = fn(&Identity) -> Vec<u8>;
+type VpdBuilder = fn(&LogicalUnit) -> Vec<u8>;
 
 const VPD_PAGES: &[(u8, VpdBuilder)] = &[
     (0x00, supported_pages),
@@ -60,16 +65,18 @@ fn vpd(code: u8, body: &[u8]) -> Vec<u8> {
     d
 }
 
-fn supported_pages(_: &Identity) -> Vec<u8> {
+fn supported_pages(_: &LogicalUnit) -> Vec<u8> {
     let codes: Vec<u8> = VPD_PAGES.iter().map(|(c, _)| *c).collect();
     vpd(0x00, &codes)
 }
 
-fn unit_serial(id: &Identity) -> Vec<u8> {
+fn unit_serial(u: &LogicalUnit) -> Vec<u8> {
+    let id = u.identity();
     vpd(0x80, id.serial.as_bytes())
 }
 
-fn device_identification(id: &Identity) -> Vec<u8> {
+fn device_identification(u: &LogicalUnit) -> Vec<u8> {
+    let id: &Identity = u.identity();
     let mut body = Vec::new();
     // NAA IEEE Registered Extended, binary, associated with the logical unit.
     body.extend_from_slice(&[0x01, 0x03, 0x00, id.naa.len() as u8]);
@@ -87,26 +94,40 @@ fn device_identification(id: &Identity) -> Vec<u8> {
     vpd(0x83, &body)
 }
 
-fn block_limits(_: &Identity) -> Vec<u8> {
+fn block_limits(u: &LogicalUnit) -> Vec<u8> {
     let mut b = vec![0u8; 0x3C];
     // Optimal granularity 8 blocks (4 KiB): what a 4K-sector pool stores without RMW.
     b[2..4].copy_from_slice(&8u16.to_be_bytes());
     b[4..8].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
     b[8..12].copy_from_slice(&(1024u32 * 1024 / 512).to_be_bytes());
     b[12..16].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
-    // Unmap and WRITE SAME limits stay 0: not supported.
+    // WSNZ=0: WRITE SAME with zero blocks reaches the end of the medium (within the
+    // maximum below). Unmap limits stay 0 unless UNMAP is offered (LBPU).
+    if u.backend().thin() {
+        b[16..20].copy_from_slice(&MAX_UNMAP_BLOCKS.to_be_bytes());
+        b[20..24].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
+        b[24..28].copy_from_slice(&UNMAP_GRANULARITY.to_be_bytes());
+        // UGAVALID with alignment 0: granules start at LBA 0.
+        b[28] = 0x80;
+    }
+    b[32..40].copy_from_slice(&MAX_WRITE_SAME_BLOCKS.to_be_bytes());
     vpd(0xB0, &b)
 }
 
-fn block_device_characteristics(_: &Identity) -> Vec<u8> {
+fn block_device_characteristics(_: &LogicalUnit) -> Vec<u8> {
     let mut b = vec![0u8; 0x3C];
     b[0..2].copy_from_slice(&1u16.to_be_bytes()); // non-rotating medium
     vpd(0xB1, &b)
 }
 
-fn logical_block_provisioning(_: &Identity) -> Vec<u8> {
-    // No LBPU/LBPWS/LBPWS10, provisioning type 0 (full): matches LBPME=0.
-    vpd(0xB2, &[0, 0, 0, 0])
+fn logical_block_provisioning(u: &LogicalUnit) -> Vec<u8> {
+    if !u.backend().thin() {
+        // No LBPU/LBPWS/LBPWS10, provisioning type 0 (full): matches LBPME=0.
+        return vpd(0xB2, &[0, 0, 0, 0]);
+    }
+    // Threshold exponent 0: no provisioning thresholds. LBPU, LBPWS, LBPWS10 and LBPRZ
+    // (as READ CAPACITY(16) says); ANC_SUP=0, DP=0; provisioning type 2 (thin).
+    vpd(0xB2, &[0, 0x80 | 0x40 | 0x20 | 0x04, 0x02, 0])
 }
 
 pub(crate) fn inquiry(c: &Ctx<'_>) -> HandlerResult {
@@ -122,9 +143,8 @@ pub(crate) fn inquiry(c: &Ctx<'_>) -> HandlerResult {
         }
         return Ok(Done::data(standard(0x00), alloc));
     }
-    let id = c.unit.identity();
     match VPD_PAGES.iter().find(|(code, _)| *code == page) {
-        Some((_, build)) => Ok(Done::data(build(id), alloc)),
+        Some((_, build)) => Ok(Done::data(build(c.unit), alloc)),
         None => Err(Sense::invalid_cdb(2, None)),
     }
 }

@@ -10,6 +10,7 @@ pub mod cdb;
 mod inquiry;
 mod misc;
 mod mode;
+mod provisioning;
 mod report_luns;
 mod rw;
 pub mod sense;
@@ -167,6 +168,8 @@ pub(crate) enum DataOut {
     Verify,
     /// A parameter list length field: (offset, bytes).
     Param(usize, usize),
+    /// WRITE SAME: one block of pattern, none with NDOB.
+    WriteSame,
 }
 
 /// One row of the command table.
@@ -212,6 +215,8 @@ pub(crate) static OPS: &[Op] = &[
     op!(0x34, None, "PRE-FETCH(10)", D::None, S(rw::prefetch), [0x34, 0x02, FF, FF, FF, FF, 0, FF, FF, 0]),
     op!(0x35, None, "SYNCHRONIZE CACHE(10)", D::None, A(rw::sync_cache), [0x35, 0, FF, FF, FF, FF, 0, FF, FF, 0]),
     op!(0x37, None, "READ DEFECT DATA(10)", D::None, S(misc::read_defect_data), [0x37, 0, 0x1F, 0, 0, 0, 0, FF, FF, 0]),
+    op!(0x41, None, "WRITE SAME(10)", D::WriteSame, A(provisioning::write_same), [0x41, 0x08, FF, FF, FF, FF, 0, FF, FF, 0]),
+    op!(0x42, None, "UNMAP", D::Param(7, 2), A(provisioning::unmap), [0x42, 0, 0, 0, 0, 0, 0, FF, FF, 0]),
     op!(0x55, None, "MODE SELECT(10)", D::Param(7, 2), S(mode::mode_select), [0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, 0]),
     op!(0x5A, None, "MODE SENSE(10)", D::None, S(mode::mode_sense), [0x5A, 0x18, FF, FF, 0, 0, 0, FF, FF, 0]),
     op!(0x88, None, "READ(16)", D::None, A(rw::read), [0x88, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
@@ -220,7 +225,9 @@ pub(crate) static OPS: &[Op] = &[
     op!(0x8F, None, "VERIFY(16)", D::Verify, A(rw::verify), [0x8F, 0x16, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
     op!(0x90, None, "PRE-FETCH(16)", D::None, S(rw::prefetch), [0x90, 0x02, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
     op!(0x91, None, "SYNCHRONIZE CACHE(16)", D::None, A(rw::sync_cache), [0x91, 0, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0x93, None, "WRITE SAME(16)", D::WriteSame, A(provisioning::write_same), [0x93, 0x09, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
     op!(0x9E, Some(0x10), "READ CAPACITY(16)", D::None, S(capacity::read_capacity16), [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
+    op!(0x9E, Some(0x12), "GET LBA STATUS", D::None, A(provisioning::get_lba_status), [0x9E, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
     op!(0xA0, None, "REPORT LUNS", D::None, S(report_luns::report_luns), [0xA0, 0, FF, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
     op!(0xA3, Some(0x0C), "REPORT SUPPORTED OPERATION CODES", D::None, S(misc::report_supported_opcodes), [0xA3, 0x0C, 0x87, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
     op!(0xA8, None, "READ(12)", D::None, A(rw::read), [0xA8, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
@@ -334,7 +341,11 @@ fn precheck(op: &Op, cdb: &[u8]) -> Result<(), Sense> {
 /// transport refuses to gather more write data than this for a single command.
 pub const MAX_TRANSFER_BYTES: u32 = rw::MAX_TRANSFER_BLOCKS * BLOCK_SIZE;
 
-/// Bytes of Data-Out the CDB describes (the SCSI-level transfer length, SPDTL), so the transport can compute write residuals: WRITE(6/10/12/16)/WRITE AND VERIFY/ VERIFY with BYTCHK/ MODE SELECT parameter list length / UNMAP... ; 0 for commands without data-out; None for an unknown opcode or a CDB too short to tell.
+/// Bytes of Data-Out the CDB describes (SPDTL), so the transport can compute write
+/// residuals: the write length of WRITE/WRITE AND VERIFY/VERIFY with BYTCHK, the
+/// parameter list length of MODE SELECT and UNMAP, one block for WRITE SAME unless
+/// NDOB; 0 for commands without Data-Out; None for an unknown opcode or a CDB too
+/// short to tell.
 pub fn data_out_length(cdb: &[u8]) -> Option<u32> {
     let op = lookup(cdb).ok()?;
     if cdb.len() < op.usage.len() {
@@ -353,6 +364,9 @@ pub fn data_out_length(cdb: &[u8]) -> Option<u32> {
             })
         }
         DataOut::Param(off, len) => cdb::be(cdb, off, len).map(|v| v as u32),
+        // NDOB exists only in WRITE SAME(16); in (10) bit 0 is reserved.
+        DataOut::WriteSame if cdb[0] == 0x93 && cdb[1] & 0x01 != 0 => Some(0),
+        DataOut::WriteSame => Some(BLOCK_SIZE),
     }
 }
 
