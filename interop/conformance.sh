@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# libiscsi's iscsi-test-cu against a freshly started `dreadnought up`, judged by a
-# ratchet: every test in interop/ratchet.txt must pass. Prints regressions, newly
+# libiscsi's iscsi-test-cu against a freshly started `dreadnought up` (all tests on a
+# read-write LUN, and the ReadOnly suite on a read-only volume of a second target),
+# judged by a ratchet: every test in interop/ratchet.txt must pass. Prints regressions, newly
 # passing tests, and `N passed, N failed` as its last line.
 #   interop/conformance.sh            run and check the ratchet
 #   interop/conformance.sh --update   also rewrite the ratchet with today's passes
@@ -8,16 +9,27 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . interop/lib.sh
 
-dn_start
+RO_IQN=$DN_IQN-readonly
+dn_start "[[target]]
+name = \"$RO_IQN\"
+demo_mode = true
+volumes = [\"readonly\"]
+[[volume]]
+name = \"readonly\"
+size = \"64MiB\"
+read_only = true"
 RUN=$DN_DIR/cu
-mkdir -p "$RUN"
+mkdir -p "$RUN" "$RUN/ro"
 (cd "$RUN" && timeout 900 iscsi-test-cu -d -x -t ALL \
     "iscsi://127.0.0.1:$DN_PORT/$DN_IQN/0" >"$RUN/output.txt" 2>&1) || true
-python3 interop/ratchet.py "$RUN/CUnitAutomated-Results.xml" interop/ratchet.txt "$@" || {
+(cd "$RUN/ro" && timeout 300 iscsi-test-cu -d -x -t ALL.ReadOnly \
+    "iscsi://127.0.0.1:$DN_PORT/$RO_IQN/0" >"$RUN/ro/output.txt" 2>&1) || true
+RESULTS="$RUN/CUnitAutomated-Results.xml,readonly=$RUN/ro/CUnitAutomated-Results.xml"
+python3 interop/ratchet.py "$RESULTS" interop/ratchet.txt "$@" || {
     status=$?
     cp "$RUN/output.txt" /tmp/iscsi-test-cu-output.txt
     cp "$DN_LOG" /tmp/iscsi-test-cu-dreadnought.log
     echo "full output: /tmp/iscsi-test-cu-output.txt, server log: /tmp/iscsi-test-cu-dreadnought.log" >&2
-    python3 interop/ratchet.py --summary "$RUN/CUnitAutomated-Results.xml"
+    python3 interop/ratchet.py --summary "$RESULTS"
     exit $status
 }

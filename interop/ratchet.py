@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Judges an iscsi-test-cu XML result against the ratchet of tests that must pass.
 
-usage: ratchet.py RESULTS.xml RATCHET.txt [--update]
-       ratchet.py --summary RESULTS.xml
+usage: ratchet.py RESULTS.xml[,PREFIX=RESULTS.xml...] RATCHET.txt [--update]
+       ratchet.py --summary RESULTS.xml[,PREFIX=RESULTS.xml...]
+Results of a PREFIX= run are named PREFIX/Suite.Test (e.g. runs against other LUNs).
 Last line printed is always `N passed, N failed`.
 """
 import sys
@@ -30,6 +31,16 @@ def results(path):
     return out
 
 
+def all_results(spec):
+    """Merges comma-separated result files, prefixing names of PREFIX=PATH entries."""
+    out = {}
+    for part in spec.split(","):
+        prefix, _, path = part.rpartition("=")
+        for name, ok in results(path).items():
+            out[f"{prefix}/{name}" if prefix else name] = ok
+    return out
+
+
 def summary(res):
     passed = sum(1 for v in res.values() if v)
     return f"{passed} passed, {len(res) - passed} failed"
@@ -37,9 +48,9 @@ def summary(res):
 
 def main(argv):
     if argv[1] == "--summary":
-        print(summary(results(argv[2])))
+        print(summary(all_results(argv[2])))
         return 0
-    res = results(argv[1])
+    res = all_results(argv[1])
     ratchet_path = argv[2]
     update = "--update" in argv
     with open(ratchet_path) as f:
