@@ -623,3 +623,17 @@ fn a_write_beyond_the_maximum_transfer_length_is_refused_without_gathering_it() 
     }
     i.clear_ua();
 }
+
+#[test]
+fn an_itt_can_be_reused_as_soon_as_its_response_arrives() {
+    let up = Up::start("demo_mode = true", "");
+    let mut i = Initiator::connect(up.addr);
+    i.login(INITIATOR, IQN, &[]);
+    i.clear_ua();
+    // open-iscsi reuses task tags at once; none of these may be refused as in progress.
+    for _ in 0..300 {
+        i.itt = 6; // scsi() uses itt + 1 = 7 every time
+        let r = i.scsi(&read10(0, 8), 4096, None, 0);
+        assert_eq!(r.status, 0);
+    }
+}

@@ -293,7 +293,9 @@ struct Conn {
     sn: Arc<CmdSnState>,
     window: CmdWindow<Ordered>,
     tasks: HashMap<u32, Task>,
-    done_tx: mpsc::UnboundedSender<u32>,
+    /// Tasks report their end with their claim flag, which identifies the task even
+    /// after its ITT was reused.
+    done_tx: mpsc::UnboundedSender<(u32, Arc<AtomicBool>)>,
     next_ttt: u32,
     /// Tag of our outstanding NOP-In ping and when it times out.
     ping: Option<(u32, Instant)>,
@@ -367,8 +369,10 @@ async fn full_feature(
                     break Ok(());
                 }
             }
-            Some(itt) = done_rx.recv() => {
-                c.tasks.remove(&itt);
+            Some((itt, claim)) = done_rx.recv() => {
+                if c.tasks.get(&itt).is_some_and(|t| Arc::ptr_eq(&t.claimed, &claim)) {
+                    c.tasks.remove(&itt);
+                }
             }
             _ = kill.notified() => {
                 info!("session closed by the target (reinstated or reset)");
@@ -602,6 +606,15 @@ impl Conn {
     }
 
     async fn on_command(&mut self, cmd: ScsiCommand) -> Result<(), ConnectionError> {
+        // An initiator may reuse an ITT as soon as it has the response, which can be
+        // before the finished task has been reaped here.
+        if self
+            .tasks
+            .get(&cmd.itt)
+            .is_some_and(|t| t.claimed.load(Ordering::Acquire))
+        {
+            self.tasks.remove(&cmd.itt);
+        }
         if self.tasks.contains_key(&cmd.itt) {
             let hdr = Pdu::ScsiCommand(cmd).encode(Digests::default()).header;
             self.reject(reject_reason::TASK_IN_PROGRESS, hdr.slice(..pdu::BHS_LEN));
@@ -787,7 +800,7 @@ impl Conn {
             .await;
             if claimed.swap(true, Ordering::AcqRel) {
                 // Aborted by task management while running: no response.
-                let _ = done.send(itt);
+                let _ = done.send((itt, claimed));
                 return;
             }
             let data_out_len = if cmd.write {
@@ -809,7 +822,7 @@ impl Conn {
             for p in response::complete(fin, limits) {
                 let _ = tx.send(Outgoing::Pdu(Box::new(p)));
             }
-            let _ = done.send(itt);
+            let _ = done.send((itt, claimed));
         });
         task.running = Some(handle);
     }
