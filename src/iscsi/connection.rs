@@ -443,7 +443,6 @@ impl Conn {
             first_burst_length: self.params.first_burst_length,
             max_burst_length: self.params.max_burst_length,
             max_outstanding_r2t: self.params.max_outstanding_r2t,
-            max_recv_data_segment_length: self.params.target_max_recv_data_segment_length,
         }
     }
 
@@ -865,11 +864,8 @@ impl Conn {
         let response = match t.function {
             tmf::ABORT_TASK => {
                 let rtt = t.rtt;
-                let found = self
-                    .tasks
-                    .get(&rtt)
-                    .is_some_and(|task| !task.claimed.load(Ordering::Acquire));
-                if found && self.abort_where(|task| task.cmd.itt == rtt).await > 0 {
+                // A task that already answered counts as not existing.
+                if self.abort_where(|task| task.cmd.itt == rtt).await > 0 {
                     info!(itt = rtt, "task aborted");
                     tmf_response::COMPLETE
                 } else {

@@ -16,8 +16,6 @@ pub struct BurstParams {
     pub first_burst_length: u32,
     pub max_burst_length: u32,
     pub max_outstanding_r2t: u16,
-    /// Largest data segment we accept in one PDU.
-    pub max_recv_data_segment_length: u32,
 }
 
 /// Something the initiator did wrong while sending a write's data. At
@@ -292,7 +290,6 @@ mod tests {
             first_burst_length: 1024,
             max_burst_length: 2048,
             max_outstanding_r2t: 1,
-            max_recv_data_segment_length: 512,
         }
     }
 
