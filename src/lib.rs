@@ -5,6 +5,7 @@
 //! [`config`]. See `docs/ARCHITECTURE.md`.
 
 pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod iscsi;
 pub mod scsi;

@@ -1,0 +1,376 @@
+//! Control-plane messages: what scli, gateways and SDS say to the MDM (port 6611), and
+//! what the MDM says to an SDS (as `Control` frames on the SDS port 7072).
+//!
+//! Kept in one place because every component speaks some of it; all sizes are bytes
+//! and all ids are the MDM's 64-bit object ids (printed as 16 hex digits).
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Every volume is cut into chunks of this size; each chunk has two copies.
+pub const CHUNK_SIZE: u64 = 1 << 20;
+
+/// Formats an object id the way scli prints it.
+pub fn fmt_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// How an admin names an object: by id (hex), by name, or (SDS and SDC) by IP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum By {
+    Id(u64),
+    Name(String),
+    Ip(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MediaType {
+    Hdd,
+    Ssd,
+    Cloud,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSpec {
+    /// Block device or file path on the SDS host.
+    pub path: String,
+    /// Storage pool (by name, inside the SDS's protection domain).
+    pub pool: String,
+    /// Optional device name; defaults to the path.
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddSds {
+    /// `IP` or `IP:PORT` (port defaults to 7072).
+    pub ip: String,
+    pub port: Option<u16>,
+    pub protection_domain: String,
+    pub name: Option<String>,
+    pub devices: Vec<DeviceSpec>,
+}
+
+/// Admin operations (scli). Each is applied atomically and made durable before the
+/// reply; a refused request changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    AddProtectionDomain {
+        name: String,
+    },
+    RemoveProtectionDomain {
+        pd: By,
+    },
+    AddStoragePool {
+        pd: By,
+        name: String,
+        media_type: MediaType,
+    },
+    RemoveStoragePool {
+        pd: By,
+        pool: By,
+    },
+    AddSds(AddSds),
+    /// Several SDS at once (installer CSV): all are validated and contacted before any
+    /// is committed, so one bad row changes nothing.
+    AddSdsBatch(Vec<AddSds>),
+    AddSdsDevice {
+        sds: By,
+        device: DeviceSpec,
+    },
+    AddVolume {
+        pd: By,
+        pool: By,
+        name: Option<String>,
+        size_bytes: u64,
+        thin: bool,
+    },
+    RemoveVolume {
+        volume: By,
+    },
+    ModifyVolumeCapacity {
+        volume: By,
+        size_bytes: u64,
+    },
+    RenameVolume {
+        volume: By,
+        new_name: String,
+    },
+    MapVolumeToSdc {
+        volume: By,
+        sdc: By,
+    },
+    UnmapVolumeFromSdc {
+        volume: By,
+        sdc: By,
+    },
+    QueryCluster,
+    QueryAllSds,
+    QuerySds {
+        sds: By,
+    },
+    QueryProtectionDomain {
+        pd: By,
+    },
+    QueryStoragePool {
+        pd: By,
+        pool: By,
+    },
+    QueryAllVolumes,
+    QueryVolume {
+        volume: By,
+    },
+    QueryAllSdc,
+}
+
+/// Successful answers to [`AdminRequest`]s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AdminReply {
+    /// An object was created.
+    Created { kind: String, id: u64, name: String },
+    /// Several SDS were created (batch), in request order.
+    CreatedMany(Vec<(u64, String)>),
+    /// Done; the text says what changed.
+    Done(String),
+    /// A volume was created or resized; size after rounding to the granularity.
+    Volume { id: u64, name: String, size_bytes: u64 },
+    Cluster(ClusterInfo),
+    AllSds(Vec<SdsInfo>),
+    Sds(SdsInfo),
+    ProtectionDomain(PdInfo),
+    StoragePool(PoolInfo),
+    AllVolumes(Vec<VolumeInfo>),
+    Volume1(VolumeInfo),
+    AllSdc(Vec<SdcInfo>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub system_id: u64,
+    pub mdm_addr: String,
+    pub protection_domains: usize,
+    pub storage_pools: usize,
+    pub sds: usize,
+    pub sds_connected: usize,
+    pub volumes: usize,
+    pub sdc: usize,
+    pub raw_capacity_bytes: u64,
+    pub used_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SdsState {
+    /// Answered the MDM just now.
+    Connected,
+    /// Did not answer; its data is still counted (failure handling is the MDM's job).
+    Disconnected,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub id: u64,
+    pub name: String,
+    pub path: String,
+    pub pool_id: u64,
+    pub pool_name: String,
+    pub capacity_bytes: u64,
+    /// Chunk copies stored, as the SDS reports them (None if it did not answer).
+    pub used_chunks: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SdsInfo {
+    pub id: u64,
+    pub name: String,
+    pub ip: String,
+    pub port: u16,
+    pub protection_domain_id: u64,
+    pub protection_domain_name: String,
+    pub state: SdsState,
+    pub devices: Vec<DeviceInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PdInfo {
+    pub id: u64,
+    pub name: String,
+    pub pools: Vec<PoolInfo>,
+    pub sds: Vec<(u64, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolInfo {
+    pub id: u64,
+    pub name: String,
+    pub protection_domain_id: u64,
+    pub protection_domain_name: String,
+    pub media_type: MediaType,
+    pub devices: usize,
+    pub sds: usize,
+    /// Sum of device capacities (both copies live in it).
+    pub raw_capacity_bytes: u64,
+    /// What volumes can use: raw / 2 (two copies).
+    pub usable_capacity_bytes: u64,
+    /// Reserved by thick volumes (usable bytes).
+    pub thick_reserved_bytes: u64,
+    /// Chunk copies the SDS report as stored, in bytes (raw).
+    pub used_bytes: u64,
+    /// Usable bytes a new thick volume could still reserve.
+    pub free_for_thick_bytes: u64,
+    pub volumes: Vec<(u64, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub id: u64,
+    pub name: String,
+    pub size_bytes: u64,
+    pub thin: bool,
+    pub pool_id: u64,
+    pub pool_name: String,
+    pub protection_domain_name: String,
+    pub chunks: u64,
+    pub epoch: u64,
+    /// SDC (gateways) the volume is mapped to: (id, name, LUN).
+    pub mapped_sdc: Vec<(u64, String, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SdcInfo {
+    pub id: u64,
+    pub name: String,
+    pub ip: String,
+    /// Volumes mapped to it: (volume id, volume name, LUN).
+    pub volumes: Vec<(u64, String, u64)>,
+}
+
+/// Everything that arrives on the MDM port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MdmRequest {
+    Admin(AdminRequest),
+    /// A gateway (SDC role) announces itself; creates or refreshes its SDC object.
+    RegisterSdc { name: String, ip: String },
+    /// Returns at once if the mapping generation is past `since`, else waits (up to
+    /// about 20 s) for a change, then returns the SDC's mapped volumes.
+    WatchMappings { sdc_id: u64, since: u64 },
+    /// The chunk placement of one volume, for a gateway's cache.
+    GetLayout { volume_id: u64 },
+    /// An SDS that restarted reports where it now listens.
+    SdsHello { sds_id: u64, system_id: u64, addr: SocketAddr },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MdmReply {
+    Admin(AdminReply),
+    Registered { sdc_id: u64, system_id: u64 },
+    Mappings(MappedView),
+    Layout(Layout),
+    Ok,
+}
+
+/// The MDM's answer on its port: a reply or a message for the admin.
+pub type MdmResponse = Result<MdmReply, String>;
+
+/// The volumes mapped to one SDC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappedView {
+    pub generation: u64,
+    pub system_id: u64,
+    pub volumes: Vec<MappedVolume>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappedVolume {
+    pub id: u64,
+    pub name: String,
+    pub lun: u64,
+    pub size_bytes: u64,
+    pub thin: bool,
+    /// Layout epoch; a gateway refetches the layout when it moves.
+    pub epoch: u64,
+}
+
+/// Where every chunk of a volume lives. `chunks[i]` = indices into `devices` of the
+/// primary and the secondary copy of chunk `i`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub volume_id: u64,
+    pub epoch: u64,
+    pub size_bytes: u64,
+    pub thin: bool,
+    pub devices: Vec<DeviceLoc>,
+    pub chunks: Vec<[u32; 2]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceLoc {
+    pub sds_id: u64,
+    pub device_id: u64,
+    pub addr: SocketAddr,
+}
+
+/// MDM → SDS control messages (JSON in a `Control` frame of the chunk protocol).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SdsControl {
+    /// Take ownership of devices: write (or verify) each header naming system, SDS
+    /// and device. A device with another system's header is refused.
+    Claim {
+        system_id: u64,
+        sds_id: u64,
+        sds_name: String,
+        /// The MDM's port; the SDS reaches it at the connection's peer IP.
+        mdm_port: u16,
+        devices: Vec<ClaimDevice>,
+    },
+    /// Addresses of the other SDS, for forwarding mirror writes.
+    Peers { peers: Vec<(u64, SocketAddr)> },
+    /// Reserve slots for a thick volume's chunk copies on this SDS.
+    AllocateThick {
+        volume: u64,
+        chunks: Vec<(u64, u64)>, // (chunk index, device id)
+    },
+    /// Release every chunk copy of a removed volume.
+    FreeVolume { volume: u64 },
+    /// Every chunk copy held, per device, from the SDS's own tables.
+    Inventory,
+    Ping,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimDevice {
+    pub device_id: u64,
+    pub path: String,
+    pub pool_id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SdsControlReply {
+    Claimed { devices: Vec<DeviceReport> },
+    Inventory(SdsInventory),
+    Pong { system_id: u64, sds_id: u64 },
+    Ok,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceReport {
+    pub device_id: u64,
+    pub path: String,
+    pub capacity_bytes: u64,
+    /// Chunk slots the device can hold.
+    pub slots: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SdsInventory {
+    pub system_id: u64,
+    pub sds_id: u64,
+    pub devices: Vec<DeviceInventory>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInventory {
+    pub device_id: u64,
+    pub path: String,
+    pub slots: u64,
+    /// (volume id, chunk index) of every copy stored.
+    pub chunks: Vec<(u64, u64)>,
+}

@@ -1,0 +1,93 @@
+//! The chunk I/O protocol on the SDS port (7072): binary, tagged and pipelined, so a
+//! gateway keeps many requests in flight on a few connections. Spoken by gateways to
+//! SDS, by a primary SDS to the secondary it forwards writes to, and (as `Control`
+//! frames carrying JSON) by the MDM to SDS.
+//!
+//! STUB: the interface is fixed; the SDS work implements it.
+
+use crate::backend::SgList;
+use crate::cluster::api::{SdsControl, SdsControlReply};
+use bytes::Bytes;
+use std::net::SocketAddr;
+
+/// Which chunk copy a request is for, and the layout epoch it was routed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub volume: u64,
+    pub chunk: u64,
+    /// Device on the receiving SDS that holds (or will hold) the copy.
+    pub device: u64,
+    pub epoch: u64,
+}
+
+/// Where the receiving (primary) SDS forwards a write for the second copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mirror {
+    pub sds: u64,
+    pub device: u64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ChunkError {
+    #[error("layout epoch {sent} is older than the SDS's {current}; refetch the layout")]
+    StaleEpoch { sent: u64, current: u64 },
+    #[error("no free space on the SDS device for a new chunk; add devices to the pool")]
+    NoSpace,
+    #[error("SDS device I/O failed: {0}")]
+    Io(String),
+    #[error("cannot reach SDS at {addr}: {reason}")]
+    Unreachable { addr: SocketAddr, reason: String },
+    #[error("mirror copy on SDS {sds:016x} failed: {reason}")]
+    Mirror { sds: u64, reason: String },
+    #[error("SDS refused the request: {0}")]
+    Refused(String),
+    #[error("chunk protocol error: {0}")]
+    Protocol(String),
+}
+
+/// A pipelined client for one SDS.
+#[derive(Debug)]
+pub struct ChunkClient {
+    addr: SocketAddr,
+}
+
+impl ChunkClient {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr }
+    }
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    pub async fn read(&self, _at: ChunkRef, _offset: u32, _len: u32) -> Result<Bytes, ChunkError> {
+        todo!()
+    }
+    pub async fn write(
+        &self,
+        _at: ChunkRef,
+        _offset: u32,
+        _data: SgList,
+        _fua: bool,
+        _mirror: Option<Mirror>,
+    ) -> Result<(), ChunkError> {
+        todo!()
+    }
+    pub async fn write_zeroes(
+        &self,
+        _at: ChunkRef,
+        _offset: u32,
+        _len: u32,
+        _unmap: bool,
+        _mirror: Option<Mirror>,
+    ) -> Result<(), ChunkError> {
+        todo!()
+    }
+    pub async fn flush(&self) -> Result<(), ChunkError> {
+        todo!()
+    }
+    pub async fn status(&self, _at: ChunkRef, _offset: u32) -> Result<(bool, u32), ChunkError> {
+        todo!()
+    }
+    pub async fn control(&self, _msg: &SdsControl) -> Result<SdsControlReply, ChunkError> {
+        todo!()
+    }
+}

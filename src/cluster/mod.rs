@@ -1,0 +1,6 @@
+//! What the cluster's components share: the control-plane messages and their framing,
+//! and the chunk I/O protocol spoken to SDS.
+
+pub mod api;
+pub mod chunk;
+pub mod frame;
