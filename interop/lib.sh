@@ -1,5 +1,7 @@
-# Shared by the interop scripts: start a fresh `dreadnought up` on a free port in a
-# temp dir and stop it on exit. Sets DN_DIR, DN_PORT, DN_IQN, DN_LOG.
+# Shared by the interop scripts: start a fresh `dreadnought up` (MDM, three SDS and
+# the gateway, all on free loopback ports) in a temp dir and stop it on exit.
+# Target $DN_IQN LUN 0 is a thin volume on the mirrored pool; $DN_IQN-local LUN 0 is
+# a local file volume of the same size. Sets DN_DIR, DN_PORT, DN_IQN, DN_LOG.
 DN_BIN=${DN_BIN:-$(pwd)/target/debug/dreadnought}
 DN_IQN=${DN_IQN:-iqn.2026-11.io.dreadnought:interop}
 
@@ -14,17 +16,29 @@ listen = ["127.0.0.1:0"]
 [[target]]
 name = "$DN_IQN"
 demo_mode = true
+mapped = true
+[[target]]
+name = "$DN_IQN-local"
+demo_mode = true
 volumes = ["lun0"]
 $extra
 [[volume]]
 name = "lun0"
 size = "${DN_SIZE:-1GiB}"
+[cluster]
+mdm_listen = "127.0.0.1:0"
+sds_listen = ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"]
+device_size = "8GiB"
+[[cluster.volume]]
+name = "lun0"
+size = "${DN_SIZE:-1GiB}"
+thin = true
 TOML
     [ -x "$DN_BIN" ] || cargo build --bins
     "$DN_BIN" up --config "$DN_DIR/dreadnought.toml" >"$DN_LOG" 2>&1 &
     DN_PID=$!
     trap dn_stop EXIT
-    for _ in $(seq 100); do
+    for _ in $(seq 300); do
         if grep -q "ready: iSCSI target listening" "$DN_LOG"; then
             DN_PORT=$(grep -o 'portals=127.0.0.1:[0-9]*' "$DN_LOG" | head -1 | cut -d: -f2)
             return 0

@@ -30,6 +30,84 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     #[serde(default, rename = "volume")]
     pub volumes: Vec<VolumeConfig>,
+    /// The cluster `up` runs on one machine (MDM, SDS, the pool and its volumes).
+    pub cluster: Option<ClusterConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub mdm_listen: SocketAddr,
+    /// One SDS per address, each with one sparse file device.
+    pub sds_listen: Vec<SocketAddr>,
+    pub device_size: Size,
+    pub protection_domain: String,
+    pub storage_pool: String,
+    /// HDD, SSD or CLOUD.
+    pub media_type: String,
+    /// The name `up`'s gateway registers with the MDM as an SDC.
+    pub gateway_name: String,
+    #[serde(rename = "volume")]
+    pub volumes: Vec<ClusterVolumeConfig>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            mdm_listen: "127.0.0.1:6611".parse().expect("literal"),
+            sds_listen: ["127.0.0.1:7072", "127.0.0.1:7073", "127.0.0.1:7074"]
+                .iter()
+                .map(|a| a.parse().expect("literal"))
+                .collect(),
+            device_size: Size(64 << 30),
+            protection_domain: "pd1".into(),
+            storage_pool: "pool1".into(),
+            media_type: "SSD".into(),
+            gateway_name: "gateway1".into(),
+            volumes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterVolumeConfig {
+    pub name: String,
+    pub size: Size,
+    #[serde(default = "yes")]
+    pub thin: bool,
+}
+
+impl ClusterConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.sds_listen.len() < 2 {
+            return bad("cluster.sds_listen needs at least two SDS: every chunk has two copies on different SDS".into());
+        }
+        if self.device_size.0 < 256 << 20 {
+            return bad("cluster.device_size must be at least 256MiB".into());
+        }
+        if !["hdd", "ssd", "cloud"].contains(&self.media_type.to_ascii_lowercase().as_str()) {
+            return bad(format!(
+                "cluster.media_type {:?} must be HDD, SSD or CLOUD",
+                self.media_type
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for v in &self.volumes {
+            if !names.insert(v.name.as_str()) {
+                return bad(format!("cluster volume {:?} is defined twice", v.name));
+            }
+            if v.size.0 == 0 {
+                return bad(format!("cluster volume {:?}: size must be above 0", v.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_data_dir() -> PathBuf {
@@ -98,8 +176,12 @@ pub struct TargetConfig {
     pub demo_mode: bool,
     #[serde(default)]
     pub allowed_initiators: Vec<String>,
-    /// Volume names, exported as LUN 0, 1, ... in this order.
+    /// Local volume names, exported as LUN 0, 1, ... in this order.
+    #[serde(default)]
     pub volumes: Vec<String>,
+    /// Export the pool volumes the MDM maps to this gateway, at their mapped LUNs.
+    #[serde(default)]
+    pub mapped: bool,
     pub chap: Option<ChapConfig>,
 }
 
@@ -216,6 +298,12 @@ impl Config {
                     t.name
                 ));
             }
+            if t.mapped && !t.volumes.is_empty() {
+                return bad(format!(
+                    "target {:?}: set either mapped = true (pool volumes from the MDM) or volumes = [...] (local volumes), not both",
+                    t.name
+                ));
+            }
             for v in &t.volumes {
                 if !names.contains(v.as_str()) {
                     return bad(format!(
@@ -230,6 +318,9 @@ impl Config {
         }
         if let Some(c) = &self.iscsi.discovery_chap {
             c.validate("discovery")?;
+        }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
         }
         let i = &self.iscsi;
         if !(512..=16_777_215).contains(&i.max_recv_data_segment_length) {

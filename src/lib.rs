@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod cluster;
 pub mod config;
+pub mod gateway;
 pub mod iscsi;
 pub mod scsi;
-pub mod up;
+pub mod sdc;

@@ -1,5 +1,6 @@
 use clap::{Parser, Subcommand};
-use dreadnought::up;
+use dreadnought::gateway::{self, ClusterLink, Overrides};
+use dreadnought::{mdm, sds, up};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,18 +15,138 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Serve the volumes of a config file on one machine (first run, demo, tests).
+    /// A whole cluster on one machine (MDM, SDS, gateway) from a config file: first
+    /// run, demo, tests.
     Up {
         /// Config file.
         #[arg(long, default_value = "conf/dreadnought.toml")]
         config: PathBuf,
-        /// Portal to listen on (repeatable); overrides iscsi.listen.
+        /// iSCSI portal to listen on (repeatable); overrides iscsi.listen.
         #[arg(long, value_name = "ADDR:PORT")]
         listen: Vec<SocketAddr>,
-        /// Directory for volume files and the system id; overrides data_dir.
+        /// Directory for all state; overrides data_dir.
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// The metadata manager: the cluster's object model, layouts and admin API.
+    Mdm {
+        #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:6611")]
+        listen: SocketAddr,
+        /// Where the MDM keeps its state.
+        #[arg(long, value_name = "DIR", default_value = "data/mdm")]
+        data_dir: PathBuf,
+    },
+    /// A data server: stores chunk copies on the devices the MDM hands it.
+    Sds {
+        #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:7072")]
+        listen: SocketAddr,
+        /// Where the SDS remembers its identity and devices.
+        #[arg(long, value_name = "DIR", default_value = "data/sds")]
+        data_dir: PathBuf,
+        /// MDM address, overriding the one remembered from when the SDS was added.
+        #[arg(long, value_name = "HOST:PORT")]
+        mdm: Option<String>,
+    },
+    /// The iSCSI gateway: the targets of a config file; with --mdm it registers as an
+    /// SDC and exports the pool volumes mapped to it.
+    Target {
+        /// MDM address (HOST:PORT).
+        #[arg(long, value_name = "HOST:PORT")]
+        mdm: Option<String>,
+        /// Config file ([iscsi], [[target]], local [[volume]]s; [cluster] is ignored).
+        #[arg(long, default_value = "conf/dreadnought.toml")]
+        config: PathBuf,
+        /// The SDC name to register (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The IP admins map volumes to (--sdc_ip); default: the local address that
+        /// reaches the MDM.
+        #[arg(long, value_name = "IP")]
+        sdc_ip: Option<String>,
+        /// iSCSI portal to listen on (repeatable); overrides iscsi.listen.
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Vec<SocketAddr>,
+        /// Directory for local volume files and the system id; overrides data_dir.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "gateway".into())
+}
+
+/// The local address the kernel would use to reach `mdm` (no packet is sent).
+fn local_ip_towards(mdm: &str) -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let target = mdm.to_socket_addrs().ok()?.next()?;
+    let bind = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect(target).ok()?;
+    Some(s.local_addr().ok()?.ip().to_string())
+}
+
+async fn run(cmd: Cmd) -> Result<(), String> {
+    match cmd {
+        Cmd::Up {
+            config,
+            listen,
+            data_dir,
+        } => up::run(&config, Overrides { listen, data_dir })
+            .await
+            .map_err(|e| e.to_string()),
+        Cmd::Mdm { listen, data_dir } => {
+            let h = mdm::start(mdm::MdmOptions { listen, data_dir })
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(addr = %h.addr, system = %format!("{:016x}", h.system_id), "ready: MDM listening");
+            h.wait().await;
+            Ok(())
+        }
+        Cmd::Sds {
+            listen,
+            data_dir,
+            mdm,
+        } => {
+            let h = sds::start(sds::SdsOptions {
+                listen,
+                data_dir,
+                mdm,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            tracing::info!(addr = %h.addr, "ready: SDS listening");
+            h.wait().await;
+            Ok(())
+        }
+        Cmd::Target {
+            mdm,
+            config,
+            name,
+            sdc_ip,
+            listen,
+            data_dir,
+        } => {
+            let link = mdm.map(|mdm| ClusterLink {
+                ip: sdc_ip
+                    .or_else(|| local_ip_towards(&mdm))
+                    .unwrap_or_else(|| "127.0.0.1".into()),
+                name: name.unwrap_or_else(host_name),
+                mdm,
+            });
+            gateway::run(&config, Overrides { listen, data_dir }, link)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -47,16 +168,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(async {
-        match cli.cmd {
-            Cmd::Up {
-                config,
-                listen,
-                data_dir,
-            } => up::run(&config, up::Overrides { listen, data_dir }).await,
-        }
-    });
-    match result {
+    match rt.block_on(run(cli.cmd)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

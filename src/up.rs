@@ -1,183 +1,247 @@
-//! `dreadnought up`: everything on one machine from `conf/`, for a first run, a demo
-//! and the tests. In this release that is the iSCSI target over file-backed volumes.
+//! `dreadnought up`: a whole cluster on one machine from `conf/dreadnought.toml` — one
+//! MDM, an SDS per `cluster.sds_listen` address with a sparse file device under the
+//! data dir, and the iSCSI gateway — for a first run, a demo and the tests. The parts
+//! run in one process but talk over TCP exactly as on separate hosts.
+//!
+//! The first start creates the protection domain, pool, SDS and volumes through the
+//! MDM's admin API (what scli would send); later starts find them in the MDM's state.
 
-use crate::backend::{BlockBackend, FileBackend};
-use crate::config::{ChapConfig, Config, ConfigError};
-use crate::iscsi::login::{ChapSecrets, Limits};
-use crate::iscsi::server::{Server, ServerCtx, Timing};
-use crate::iscsi::session::SessionTable;
-use crate::iscsi::target::{Target, TargetSet};
-use crate::scsi::{Identity, LogicalUnit, LunMap};
-use std::collections::HashMap;
+use crate::cluster::api::{
+    AddSds, AdminReply, AdminRequest, By, DeviceSpec, MdmReply, MdmRequest, MdmResponse,
+    MediaType, SdsInfo,
+};
+use crate::cluster::frame;
+use crate::config::{ClusterConfig, Config, ConfigError};
+use crate::gateway::{self, ClusterLink, GatewayError, Overrides};
+use crate::{mdm, sds};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
-use tracing::{info, warn};
+use std::time::{Duration, Instant};
+use tracing::info;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot open volume {name:?} at {path}: {source}; check the path and free space")]
-    Volume {
-        name: String,
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    #[error("MDM: {0}")]
+    Mdm(#[from] mdm::MdmError),
+    #[error("SDS: {0}")]
+    Sds(#[from] sds::SdsError),
+    #[error("cannot create the device file {path}: {source}; check free space and permissions")]
+    Device {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot use data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Listen(std::io::Error),
-}
-
-/// Command-line overrides of the config file.
-#[derive(Debug, Default, Clone)]
-pub struct Overrides {
-    pub listen: Vec<SocketAddr>,
-    pub data_dir: Option<PathBuf>,
-}
-
-/// The cluster-wide id that makes volume identities (NAA, serial) unique to this
-/// installation and stable across restarts: created once, then read back.
-fn system_id(data_dir: &Path) -> Result<u64, UpError> {
-    let err = |source| UpError::DataDir {
-        path: data_dir.to_owned(),
-        source,
-    };
-    std::fs::create_dir_all(data_dir).map_err(err)?;
-    let p = data_dir.join("system-id");
-    if let Ok(s) = std::fs::read_to_string(&p) {
-        if let Ok(id) = u64::from_str_radix(s.trim(), 16) {
-            return Ok(id);
-        }
-        warn!(path = %p.display(), "system-id is unreadable; generating a new one");
-    }
-    let id: u64 = rand::random();
-    let tmp = data_dir.join("system-id.tmp");
-    std::fs::write(&tmp, format!("{id:016x}\n")).map_err(err)?;
-    std::fs::rename(&tmp, &p).map_err(err)?;
-    Ok(id)
-}
-
-/// FNV-1a: a hash whose value never changes between builds, unlike std's.
-fn stable_hash(seed: u64, s: &str) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
-    for b in s.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-fn chap(c: &Option<ChapConfig>) -> Option<ChapSecrets> {
-    c.as_ref().map(|c| ChapSecrets {
-        username: c.username.clone(),
-        secret: c.secret.clone(),
-        mutual: c.mutual_username.clone().zip(c.mutual_secret.clone()),
-    })
-}
-
-/// Builds the server from a config; returns it bound and ready to run.
-pub async fn build(cfg: &Config, ov: &Overrides) -> Result<Server, UpError> {
-    let data_dir = ov.data_dir.clone().unwrap_or_else(|| cfg.data_dir.clone());
-    let sys = system_id(&data_dir)?;
-    let mut units: HashMap<String, Arc<LogicalUnit>> = HashMap::new();
-    for v in &cfg.volumes {
-        let path = v
-            .file
-            .clone()
-            .unwrap_or_else(|| data_dir.join("volumes").join(format!("{}.img", v.name)));
-        let be = FileBackend::open(&path, v.size.0).map_err(|source| UpError::Volume {
-            name: v.name.clone(),
-            path: path.clone(),
-            source,
-        })?;
-        let be: Arc<dyn BlockBackend> = Arc::new(be);
-        let id = Identity::from_volume_id(&v.name, stable_hash(sys, &v.name));
-        info!(volume = %v.name, size = v.size.0, serial = %id.serial, path = %path.display(), read_only = v.read_only, "volume online");
-        units.insert(
-            v.name.clone(),
-            Arc::new(LogicalUnit::new(be, id, v.read_only)),
-        );
-    }
-    let mut targets = Vec::new();
-    for t in &cfg.targets {
-        let luns: LunMap = t
-            .volumes
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (i as u64, units[v].clone()))
-            .collect();
-        if t.demo_mode {
-            warn!(target = %t.name, "DEMO MODE: every initiator can log in and see every LUN of this target; turn demo_mode off in production");
-        }
-        targets.push(Arc::new(Target {
-            name: t.name.clone(),
-            alias: t.alias.clone(),
-            chap: chap(&t.chap),
-            demo_mode: t.demo_mode,
-            allowed_initiators: t.allowed_initiators.clone(),
-            luns: Arc::new(luns),
-        }));
-    }
-    let i = &cfg.iscsi;
-    let listen = if ov.listen.is_empty() {
-        i.listen.clone()
-    } else {
-        ov.listen.clone()
-    };
-    let limits = Limits {
-        max_recv_data_segment_length: i.max_recv_data_segment_length,
-        max_burst_length: i.max_burst_length,
-        first_burst_length: i.first_burst_length,
-        max_outstanding_r2t: i.max_outstanding_r2t,
-        initial_r2t: i.initial_r2t,
-        immediate_data: i.immediate_data,
-        allow_header_digest: i.header_digest,
-        allow_data_digest: i.data_digest,
-        ..Limits::default()
-    };
-    let timing = Timing {
-        nop_interval: Duration::from_secs(i.nop_interval_secs.max(1)),
-        nop_timeout: Duration::from_secs(i.nop_timeout_secs.max(1)),
-        login_timeout: Duration::from_secs(i.login_timeout_secs.max(1)),
-    };
-    // Bind first so SendTargets reports the real ports (tests listen on port 0).
-    let listeners = crate::iscsi::server::bind(&listen)
-        .await
-        .map_err(UpError::Listen)?;
-    let portals = listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .collect();
-    let ctx = ServerCtx {
-        targets: Arc::new(TargetSet {
-            targets,
-            portals,
-            portal_group_tag: i.portal_group_tag,
-            discovery_chap: chap(&i.discovery_chap),
-        }),
-        limits,
-        sessions: Arc::new(SessionTable::default()),
-        timing,
-        queue_depth: i.queue_depth,
-    };
-    Ok(Server::new(Arc::new(ctx), listeners, i.max_connections))
+    #[error("creating the cluster failed at {step}: {reason}; to start over, stop and remove the data directory")]
+    Bootstrap { step: String, reason: String },
 }
 
 /// Runs `up` until the process is stopped.
 pub async fn run(config: &Path, ov: Overrides) -> Result<(), UpError> {
     let cfg = Config::load(config)?;
-    let server = build(&cfg, &ov).await?;
-    for t in &cfg.targets {
-        info!(target = %t.name, luns = t.volumes.len(), "target ready");
+    let Some(cl) = cfg.cluster.clone() else {
+        // No cluster configured: just the gateway over local file volumes.
+        return Ok(gateway::run(config, ov, None).await?);
+    };
+    let data_dir = ov.data_dir.clone().unwrap_or_else(|| cfg.data_dir.clone());
+    let mdm = mdm::start(mdm::MdmOptions {
+        listen: cl.mdm_listen,
+        data_dir: data_dir.join("mdm"),
+    })
+    .await?;
+    let mdm_addr = frame::reachable(mdm.addr).to_string();
+    let mut servers = Vec::new();
+    for (i, listen) in cl.sds_listen.iter().enumerate() {
+        let h = sds::start(sds::SdsOptions {
+            listen: *listen,
+            data_dir: data_dir.join(format!("sds{}", i + 1)),
+            mdm: Some(mdm_addr.clone()),
+        })
+        .await?;
+        servers.push(h);
     }
-    let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
-    info!(portals = %addrs.join(","), "ready: iSCSI target listening");
-    server.run().await;
+    let sds_addrs: Vec<SocketAddr> = servers.iter().map(|s| frame::reachable(s.addr)).collect();
+    let marker = data_dir.join("cluster-created");
+    if marker.exists() {
+        wait_for_sds(&mdm_addr, &sds_addrs).await?;
+    } else {
+        bootstrap(&cl, &mdm_addr, &sds_addrs, &data_dir).await?;
+        std::fs::write(&marker, "created by dreadnought up\n").map_err(|source| {
+            UpError::Device {
+                path: marker.clone(),
+                source,
+            }
+        })?;
+    }
+    let link = ClusterLink {
+        mdm: mdm_addr.clone(),
+        name: cl.gateway_name.clone(),
+        ip: "127.0.0.1".into(),
+    };
+    let server = gateway::build(&cfg, &ov, Some(&link)).await?;
+    let sds_list: Vec<String> = sds_addrs.iter().map(|a| a.to_string()).collect();
+    info!(mdm = %mdm_addr, sds = %sds_list.join(","), "cluster ready");
+    tokio::select! {
+        _ = gateway::serve(&cfg, server) => {}
+        _ = mdm.wait() => {}
+    }
     Ok(())
+}
+
+async fn admin(mdm: &str, step: &str, req: AdminRequest) -> Result<AdminReply, UpError> {
+    match call(mdm, step, MdmRequest::Admin(req)).await? {
+        MdmReply::Admin(r) => Ok(r),
+        other => Err(UpError::Bootstrap {
+            step: step.into(),
+            reason: format!("unexpected reply {other:?}"),
+        }),
+    }
+}
+
+async fn call(mdm: &str, step: &str, req: MdmRequest) -> Result<MdmReply, UpError> {
+    let err = |reason: String| UpError::Bootstrap {
+        step: step.into(),
+        reason,
+    };
+    let resp: MdmResponse = frame::call(mdm, &req, Duration::from_secs(120))
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    resp.map_err(err)
+}
+
+/// A sparse file of the configured size: the SDS's device.
+fn device_file(dir: &Path, size: u64) -> Result<PathBuf, UpError> {
+    let err = |path: &Path, source| UpError::Device {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
+    let dir = std::fs::canonicalize(dir).map_err(|e| err(dir, e))?;
+    let path = dir.join("device0.img");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| err(&path, e))?;
+    if f.metadata().map_err(|e| err(&path, e))?.len() < size {
+        f.set_len(size).map_err(|e| err(&path, e))?;
+    }
+    Ok(path)
+}
+
+fn media_type(s: &str) -> MediaType {
+    match s.to_ascii_lowercase().as_str() {
+        "hdd" => MediaType::Hdd,
+        "cloud" => MediaType::Cloud,
+        _ => MediaType::Ssd,
+    }
+}
+
+async fn bootstrap(
+    cl: &ClusterConfig,
+    mdm: &str,
+    sds: &[SocketAddr],
+    data_dir: &Path,
+) -> Result<(), UpError> {
+    let pd = cl.protection_domain.clone();
+    let pool = cl.storage_pool.clone();
+    admin(
+        mdm,
+        "add protection domain",
+        AdminRequest::AddProtectionDomain { name: pd.clone() },
+    )
+    .await?;
+    admin(
+        mdm,
+        "add storage pool",
+        AdminRequest::AddStoragePool {
+            pd: By::Name(pd.clone()),
+            name: pool.clone(),
+            media_type: media_type(&cl.media_type),
+        },
+    )
+    .await?;
+    for (i, addr) in sds.iter().enumerate() {
+        let path = device_file(&data_dir.join(format!("sds{}", i + 1)), cl.device_size.0)?;
+        admin(
+            mdm,
+            "add SDS",
+            AdminRequest::AddSds(AddSds {
+                ip: addr.ip().to_string(),
+                port: Some(addr.port()),
+                protection_domain: pd.clone(),
+                name: Some(format!("sds{}", i + 1)),
+                devices: vec![DeviceSpec {
+                    path: path.display().to_string(),
+                    pool: pool.clone(),
+                    name: None,
+                }],
+            }),
+        )
+        .await?;
+    }
+    call(
+        mdm,
+        "register the gateway",
+        MdmRequest::RegisterSdc {
+            name: cl.gateway_name.clone(),
+            ip: "127.0.0.1".into(),
+        },
+    )
+    .await?;
+    for v in &cl.volumes {
+        admin(
+            mdm,
+            "add volume",
+            AdminRequest::AddVolume {
+                pd: By::Name(pd.clone()),
+                pool: By::Name(pool.clone()),
+                name: Some(v.name.clone()),
+                size_bytes: v.size.0,
+                thin: v.thin,
+            },
+        )
+        .await?;
+        admin(
+            mdm,
+            "map volume",
+            AdminRequest::MapVolumeToSdc {
+                volume: By::Name(v.name.clone()),
+                sdc: By::Name(cl.gateway_name.clone()),
+            },
+        )
+        .await?;
+    }
+    info!(protection_domain = %pd, pool = %pool, sds = sds.len(), volumes = cl.volumes.len(), "cluster created");
+    Ok(())
+}
+
+/// After a restart each SDS reports its (possibly new) address to the MDM; the
+/// gateway must not fetch layouts before the MDM knows them.
+async fn wait_for_sds(mdm: &str, sds: &[SocketAddr]) -> Result<(), UpError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let known: Vec<SdsInfo> = match admin(mdm, "query SDS", AdminRequest::QueryAllSds).await? {
+            AdminReply::AllSds(v) => v,
+            _ => Vec::new(),
+        };
+        let all = sds.iter().all(|a| {
+            known
+                .iter()
+                .any(|s| s.ip == a.ip().to_string() && s.port == a.port())
+        });
+        if all {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(UpError::Bootstrap {
+                step: "restart".into(),
+                reason: "the SDS did not report their addresses to the MDM within 30 s".into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -322,11 +322,7 @@ async fn full_feature(
         writer::run(wr, rx, sn.clone(), li.stat_sn, digests).instrument(tracing::Span::current()),
     );
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let luns = li
-        .target
-        .as_ref()
-        .map(|t| t.luns.clone())
-        .unwrap_or_default();
+    let luns = li.target.as_ref().map(|t| t.luns()).unwrap_or_default();
     let nexus = ItNexus {
         initiator: li.params.initiator_name.as_str().into(),
         isid: li.isid,

@@ -5,7 +5,7 @@
 use super::login::{ChapSecrets, Lookup, SendTarget, TargetDirectory};
 use crate::scsi::LunMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// One iSCSI target: a name and the LUNs behind it.
 #[derive(Debug)]
@@ -17,10 +17,38 @@ pub struct Target {
     pub demo_mode: bool,
     /// Initiator names allowed in when not in demo mode.
     pub allowed_initiators: Vec<String>,
-    pub luns: Arc<LunMap>,
+    /// Replaced whole when the MDM maps or unmaps a volume; a session keeps the map it
+    /// logged in with.
+    luns: RwLock<Arc<LunMap>>,
 }
 
 impl Target {
+    pub fn new(
+        name: String,
+        alias: Option<String>,
+        chap: Option<ChapSecrets>,
+        demo_mode: bool,
+        allowed_initiators: Vec<String>,
+        luns: LunMap,
+    ) -> Self {
+        Self {
+            name,
+            alias,
+            chap,
+            demo_mode,
+            allowed_initiators,
+            luns: RwLock::new(Arc::new(luns)),
+        }
+    }
+
+    pub fn luns(&self) -> Arc<LunMap> {
+        self.luns.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_luns(&self, luns: Arc<LunMap>) {
+        *self.luns.write().unwrap_or_else(|p| p.into_inner()) = luns;
+    }
+
     pub fn admits(&self, initiator: &str) -> bool {
         self.demo_mode || self.allowed_initiators.iter().any(|i| i == initiator)
     }

@@ -3,6 +3,8 @@
 //! PDUs (good or malformed) they mean to.
 #![allow(dead_code)]
 
+pub mod proc;
+
 use bytes::{Bytes, BytesMut};
 use dreadnought::iscsi::pdu::{self, Digests, LoginRequest, Pdu, RESERVED_TAG};
 use std::io::{BufRead, BufReader, Read, Write};

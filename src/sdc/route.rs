@@ -1,0 +1,170 @@
+//! Routing a byte range of a volume to chunk copies: pure arithmetic over a cached
+//! [`Layout`], kept apart from the I/O so it can be tested exhaustively.
+
+use crate::cluster::api::{DeviceLoc, Layout, CHUNK_SIZE};
+use crate::cluster::chunk::{ChunkRef, Mirror};
+
+/// The part of a request that falls in one chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub chunk: u64,
+    /// Offset inside the chunk.
+    pub offset: u32,
+    pub len: u32,
+    /// Offset of this piece inside the request's payload.
+    pub buf_offset: usize,
+}
+
+/// Cuts `[start, start+len)` at chunk boundaries.
+pub fn pieces(start: u64, len: u64) -> impl Iterator<Item = Piece> {
+    let end = start + len;
+    let mut pos = start;
+    std::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        let chunk = pos / CHUNK_SIZE;
+        let offset = pos % CHUNK_SIZE;
+        let n = (CHUNK_SIZE - offset).min(end - pos);
+        let p = Piece {
+            chunk,
+            offset: offset as u32,
+            len: n as u32,
+            buf_offset: (pos - start) as usize,
+        };
+        pos += n;
+        Some(p)
+    })
+}
+
+/// Where one chunk's I/O goes: the primary copy, and the secondary the primary
+/// forwards writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route<'a> {
+    pub primary: &'a DeviceLoc,
+    pub at: ChunkRef,
+    pub mirror: Option<Mirror>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("chunk {chunk} is past the end of the layout ({chunks} chunks); the gateway's layout is stale")]
+    PastEnd { chunk: u64, chunks: usize },
+    #[error("layout of volume {volume:016x} names device index {index}, which it does not list; the MDM sent a corrupt layout")]
+    BadIndex { volume: u64, index: u32 },
+}
+
+pub fn route(layout: &Layout, chunk: u64) -> Result<Route<'_>, RouteError> {
+    let [p, s] = *layout
+        .chunks
+        .get(chunk as usize)
+        .ok_or(RouteError::PastEnd {
+            chunk,
+            chunks: layout.chunks.len(),
+        })?;
+    let dev = |index: u32| {
+        layout
+            .devices
+            .get(index as usize)
+            .ok_or(RouteError::BadIndex {
+                volume: layout.volume_id,
+                index,
+            })
+    };
+    let (primary, secondary) = (dev(p)?, dev(s)?);
+    Ok(Route {
+        primary,
+        at: ChunkRef {
+            volume: layout.volume_id,
+            chunk,
+            device: primary.device_id,
+            epoch: layout.epoch,
+        },
+        mirror: (secondary.sds_id != primary.sds_id).then_some(Mirror {
+            sds: secondary.sds_id,
+            device: secondary.device_id,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_cut_at_chunk_boundaries() {
+        let c = CHUNK_SIZE;
+        let v: Vec<Piece> = pieces(c - 512, 1024 + c).collect();
+        assert_eq!(
+            v,
+            vec![
+                Piece {
+                    chunk: 0,
+                    offset: (c - 512) as u32,
+                    len: 512,
+                    buf_offset: 0
+                },
+                Piece {
+                    chunk: 1,
+                    offset: 0,
+                    len: c as u32,
+                    buf_offset: 512
+                },
+                Piece {
+                    chunk: 2,
+                    offset: 0,
+                    len: 512,
+                    buf_offset: 512 + c as usize
+                },
+            ]
+        );
+        assert_eq!(pieces(4096, 0).count(), 0);
+        let inside: Vec<Piece> = pieces(4096, 8192).collect();
+        assert_eq!(inside.len(), 1);
+        assert_eq!(inside[0].offset, 4096);
+    }
+
+    fn layout() -> Layout {
+        let loc = |sds, device, port| DeviceLoc {
+            sds_id: sds,
+            device_id: device,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        };
+        Layout {
+            volume_id: 9,
+            epoch: 3,
+            size_bytes: 2 * CHUNK_SIZE,
+            thin: true,
+            devices: vec![loc(1, 10, 7072), loc(2, 20, 7073)],
+            chunks: vec![[0, 1], [1, 0]],
+        }
+    }
+
+    #[test]
+    fn routes_to_primary_with_secondary_as_mirror() {
+        let l = layout();
+        let r = route(&l, 1).unwrap();
+        assert_eq!(r.primary.sds_id, 2);
+        assert_eq!(
+            r.at,
+            ChunkRef {
+                volume: 9,
+                chunk: 1,
+                device: 20,
+                epoch: 3
+            }
+        );
+        assert_eq!(r.mirror, Some(Mirror { sds: 1, device: 10 }));
+    }
+
+    #[test]
+    fn stale_or_corrupt_layouts_are_errors_not_panics() {
+        let mut l = layout();
+        assert!(matches!(route(&l, 2), Err(RouteError::PastEnd { .. })));
+        l.chunks[0] = [0, 7];
+        assert!(matches!(
+            route(&l, 0),
+            Err(RouteError::BadIndex { index: 7, .. })
+        ));
+    }
+}

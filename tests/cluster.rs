@@ -1,0 +1,507 @@
+//! The cluster as separate processes on loopback: an MDM, SDS and an iSCSI gateway,
+//! driven by `scli` exactly as a ScaleIO admin would, with I/O from QEMU's iSCSI
+//! driver. Checks come from each component's own view (SDS inventories), not the MDM's
+//! intentions.
+
+mod common;
+
+use common::proc::Proc;
+use common::require_tool;
+use dreadnought::cluster::api::{SdsControl, SdsControlReply, CHUNK_SIZE};
+use dreadnought::cluster::chunk::ChunkClient;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const GW_IQN: &str = "iqn.2026-11.io.dreadnought:gw1";
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    mdm: Option<Proc>,
+    mdm_addr: SocketAddr,
+    sds: Vec<Option<Proc>>,
+    sds_addrs: Vec<SocketAddr>,
+}
+
+fn start_mdm(dir: &Path, listen: &str) -> (Proc, SocketAddr) {
+    let data = dir.join("mdm");
+    let p = Proc::dreadnought(
+        &[
+            "mdm",
+            "--listen",
+            listen,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        "ready: MDM listening",
+    );
+    let a = p.addr("ready: MDM listening", "addr");
+    (p, a)
+}
+
+fn start_sds(dir: &Path, i: usize, listen: &str) -> (Proc, SocketAddr) {
+    let data = dir.join(format!("sds{i}"));
+    let p = Proc::dreadnought(
+        &[
+            "sds",
+            "--listen",
+            listen,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        "ready: SDS listening",
+    );
+    let a = p.addr("ready: SDS listening", "addr");
+    (p, a)
+}
+
+impl Cluster {
+    fn start(sds: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let (mdm, mdm_addr) = start_mdm(dir.path(), "127.0.0.1:0");
+        let mut procs = Vec::new();
+        let mut addrs = Vec::new();
+        for i in 1..=sds {
+            let (p, a) = start_sds(dir.path(), i, "127.0.0.1:0");
+            procs.push(Some(p));
+            addrs.push(a);
+        }
+        Cluster {
+            dir,
+            mdm: Some(mdm),
+            mdm_addr,
+            sds: procs,
+            sds_addrs: addrs,
+        }
+    }
+
+    /// A sparse file to hand to an SDS as its device.
+    fn device(&self, name: &str, size: u64) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::File::create(&p).unwrap().set_len(size).unwrap();
+        p
+    }
+
+    /// Runs scli against this MDM; returns (success, stdout + stderr).
+    fn scli(&self, args: &[&str]) -> (bool, String) {
+        let mdm = self.mdm_addr.to_string();
+        let out = Command::new(env!("CARGO_BIN_EXE_scli"))
+            .args(["--mdm_ip", &mdm])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, text) = self.scli(args);
+        assert!(ok, "scli {args:?} failed:\n{text}");
+        text
+    }
+
+    /// scli must refuse, naming every word of `names`, and change nothing.
+    fn refused(&self, args: &[&str], names: &[&str]) {
+        let before = self.state();
+        let (ok, text) = self.scli(args);
+        assert!(!ok, "scli {args:?} should have been refused:\n{text}");
+        for n in names {
+            assert!(
+                text.contains(n),
+                "refusal of {args:?} should name {n:?}:\n{text}"
+            );
+        }
+        assert_eq!(before, self.state(), "refused {args:?} changed the cluster");
+    }
+
+    /// Everything the MDM knows, as JSON, for before/after comparisons.
+    fn state(&self) -> String {
+        [
+            "--query_all_sds",
+            "--query_all_volumes",
+            "--query_all_sdc",
+            "--query_cluster",
+        ]
+        .iter()
+        .map(|q| self.ok(&[q, "--json"]))
+        .collect::<Vec<_>>()
+        .join("\n")
+        // Liveness and usage are measured at query time; only the objects matter here.
+        .lines()
+        .filter(|l| !l.contains("\"state\"") && !l.contains("used"))
+        .collect::<Vec<_>>()
+        .join("\n")
+    }
+
+    fn kill9_mdm(&mut self) {
+        self.mdm.take().unwrap().kill9();
+    }
+
+    fn restart_mdm(&mut self) {
+        let (p, a) = start_mdm(self.dir.path(), &self.mdm_addr.to_string());
+        assert_eq!(a, self.mdm_addr);
+        self.mdm = Some(p);
+    }
+
+    fn kill9_sds(&mut self, i: usize) {
+        self.sds[i].take().unwrap().kill9();
+    }
+
+    fn restart_sds(&mut self, i: usize) {
+        let (p, a) = start_sds(self.dir.path(), i + 1, &self.sds_addrs[i].to_string());
+        assert_eq!(a, self.sds_addrs[i]);
+        self.sds[i] = Some(p);
+    }
+
+    fn gateway(&self) -> (Proc, SocketAddr) {
+        let cfg = self.dir.path().join("gateway.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = \"{}\"\n[iscsi]\nlisten = [\"127.0.0.1:0\"]\n[[target]]\nname = \"{GW_IQN}\"\nmapped = true\ndemo_mode = true\n",
+                self.dir.path().join("gw").display()
+            ),
+        )
+        .unwrap();
+        let mdm = self.mdm_addr.to_string();
+        let p = Proc::dreadnought(
+            &[
+                "target",
+                "--mdm",
+                &mdm,
+                "--name",
+                "gw1",
+                "--sdc-ip",
+                "127.0.0.1",
+                "--config",
+                cfg.to_str().unwrap(),
+            ],
+            "ready: iSCSI target listening",
+        );
+        let a = p.addr("ready: iSCSI target listening", "portals");
+        (p, a)
+    }
+
+    /// Every chunk copy each SDS reports holding, from its own tables.
+    fn inventories(&self) -> Vec<Vec<(u64, u64)>> {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        self.sds_addrs
+            .iter()
+            .map(|a| {
+                let reply = rt
+                    .block_on(ChunkClient::new(*a).control(&SdsControl::Inventory))
+                    .unwrap();
+                let SdsControlReply::Inventory(inv) = reply else {
+                    panic!("unexpected inventory reply {reply:?}")
+                };
+                inv.devices.into_iter().flat_map(|d| d.chunks).collect()
+            })
+            .collect()
+    }
+}
+
+/// Runs qemu-io commands (one per line) against a LUN; returns its output.
+fn qemu_io(portal: SocketAddr, lun: u32, commands: &str) -> String {
+    let url = format!("iscsi://{portal}/{GW_IQN}/{lun}");
+    let mut child = Command::new("qemu-io")
+        .args(["-f", "raw", &url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let cmds = commands.to_string();
+    let feeder = std::thread::spawn(move || {
+        stdin.write_all(cmds.as_bytes()).unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "qemu-io failed:\n{text}");
+    text
+}
+
+/// Where the test block of chunk `c` goes: a different 4 KiB block in every chunk.
+fn probe(c: u64) -> (u64, u8) {
+    let block = (c * 7919) % (CHUNK_SIZE / 4096);
+    (c * CHUNK_SIZE + block * 4096, (c % 251) as u8 + 1)
+}
+
+fn pattern(chunks: u64, op: &str) -> String {
+    (0..chunks)
+        .map(|c| {
+            let (off, pat) = probe(c);
+            format!("{op} -P {pat} {off} 4k\n")
+        })
+        .collect()
+}
+
+fn assert_pattern(portal: SocketAddr, chunks: u64) {
+    let out = qemu_io(portal, 0, &pattern(chunks, "read"));
+    assert!(
+        !out.contains("Pattern verification failed") && !out.contains("error"),
+        "read-back found differences:\n{}",
+        out.lines()
+            .filter(|l| l.contains("failed") || l.contains("error"))
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(out.matches("read 4096/4096").count() as u64, chunks);
+}
+
+#[test]
+fn scaleio_walkthrough_stripes_and_mirrors_a_20gb_volume() {
+    require_tool("qemu-io");
+    let mut c = Cluster::start(4);
+    c.ok(&[
+        "--add_protection_domain",
+        "--protection_domain_name",
+        "awspdomain01",
+    ]);
+    c.ok(&[
+        "--add_storage_pool",
+        "--protection_domain_name",
+        "awspdomain01",
+        "--storage_pool_name",
+        "pool03",
+    ]);
+    for i in 0..4 {
+        let dev = c.device(&format!("xvdf{i}"), 16 << 30);
+        let ip = c.sds_addrs[i].to_string();
+        let name = format!("aws{}sds", i + 1);
+        c.ok(&[
+            "--add_sds",
+            "--sds_ip",
+            &ip,
+            "--protection_domain_name",
+            "awspdomain01",
+            "--device_name",
+            dev.to_str().unwrap(),
+            "--storage_pool_name",
+            "pool03",
+            "--sds_name",
+            &name,
+        ]);
+    }
+    let (gw, portal) = c.gateway();
+    c.ok(&[
+        "--add_volume",
+        "--protection_domain_name",
+        "awspdomain01",
+        "--storage_pool_name",
+        "pool03",
+        "--size",
+        "20",
+        "--volume_name",
+        "awsvol01",
+    ]);
+    c.ok(&[
+        "--map_volume_to_sdc",
+        "--volume_name",
+        "awsvol01",
+        "--sdc_ip",
+        "127.0.0.1",
+    ]);
+    let all = c.ok(&["--query_all_sds"]);
+    assert!(all.contains("Query-all-SDS returned 4 SDS nodes."), "{all}");
+    for i in 1..=4 {
+        assert!(all.contains(&format!("aws{i}sds")), "{all}");
+    }
+    let pool = c.ok(&[
+        "--query_storage_pool",
+        "--protection_domain_name",
+        "awspdomain01",
+        "--storage_pool_name",
+        "pool03",
+    ]);
+    assert!(pool.contains("pool03"), "{pool}");
+    let vol = c.ok(&["--query_volume", "--volume_name", "awsvol01", "--json"]);
+    assert!(
+        vol.contains("\"thin\": true"),
+        "the walkthrough's volume is thin: {vol}"
+    );
+
+    // The mapping reaches the running gateway without a restart.
+    gw.wait_for("pool volume online", Duration::from_secs(30));
+    let chunks = 20 * 1024;
+    let out = qemu_io(portal, 0, &pattern(chunks, "write"));
+    assert_eq!(
+        out.matches("wrote 4096/4096").count() as u64,
+        chunks,
+        "{}",
+        &out[..out.len().min(2000)]
+    );
+    assert_pattern(portal, chunks);
+
+    // Every chunk has exactly two copies on two different SDS, each SDS its share.
+    let inv = c.inventories();
+    let mut copies: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut volume = None;
+    for (sds, list) in inv.iter().enumerate() {
+        for &(v, chunk) in list {
+            assert_eq!(*volume.get_or_insert(v), v, "one volume only");
+            copies.entry(chunk).or_default().push(sds);
+        }
+    }
+    assert_eq!(copies.len() as u64, chunks, "every chunk was written");
+    for (chunk, on) in &copies {
+        assert_eq!(on.len(), 2, "chunk {chunk} has copies on SDS {on:?}");
+        assert_ne!(on[0], on[1], "chunk {chunk}: both copies on one SDS");
+    }
+    let fair = 2.0 * chunks as f64 / 4.0;
+    for (i, list) in inv.iter().enumerate() {
+        let dev = (list.len() as f64 - fair) / fair;
+        println!(
+            "SDS {i}: {} chunk copies ({:+.1} % of fair share)",
+            list.len(),
+            dev * 100.0
+        );
+        assert!(
+            dev.abs() <= 0.15,
+            "SDS {i} holds {} copies, fair is {fair}",
+            list.len()
+        );
+    }
+
+    // kill -9 of the MDM: every object is still there after the restart.
+    let before = c.state();
+    c.kill9_mdm();
+    c.restart_mdm();
+    assert_eq!(before, c.state());
+
+    // kill -9 of an SDS: every acknowledged byte is still there after the restart.
+    c.kill9_sds(2);
+    c.restart_sds(2);
+    assert_pattern(portal, chunks);
+    assert_eq!(inv, c.inventories(), "the restarted SDS lost chunk copies");
+    drop(gw);
+}
+
+#[test]
+fn bad_admin_input_is_refused_by_name_and_changes_nothing() {
+    let c = Cluster::start(2);
+    c.ok(&["--add_protection_domain", "--protection_domain_name", "pd1"]);
+    c.ok(&["--add_protection_domain", "--protection_domain_name", "pd2"]);
+    c.ok(&[
+        "--add_storage_pool",
+        "--protection_domain_name",
+        "pd1",
+        "--storage_pool_name",
+        "pool1",
+    ]);
+    let d1 = c.device("d1", 1 << 30);
+    let d2 = c.device("d2", 1 << 30);
+    let add = |i: usize, dev: &Path, pd: &str| {
+        let ip = c.sds_addrs[i].to_string();
+        let name = format!("sds{}", i + 1);
+        vec![
+            "--add_sds".to_string(),
+            "--sds_ip".into(),
+            ip,
+            "--protection_domain_name".into(),
+            pd.into(),
+            "--device_name".into(),
+            dev.display().to_string(),
+            "--storage_pool_name".into(),
+            "pool1".into(),
+            "--sds_name".into(),
+            name,
+        ]
+    };
+    let args = |v: &Vec<String>| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let run = |v: Vec<String>| {
+        let a = args(&v);
+        c.ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    };
+    run(add(0, &d1, "pd1"));
+
+    // A pool in another protection domain.
+    let bad = args(&add(1, &d2, "pd2"));
+    c.refused(
+        &bad.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        &["pool1", "pd2"],
+    );
+    run(add(1, &d2, "pd1"));
+
+    // A device already claimed (by the other SDS of this system).
+    c.refused(
+        &[
+            "--add_sds_device",
+            "--sds_name",
+            "sds2",
+            "--device_path",
+            d1.to_str().unwrap(),
+            "--storage_pool_name",
+            "pool1",
+        ],
+        &[d1.to_str().unwrap()],
+    );
+    // A duplicate name.
+    c.refused(
+        &["--add_protection_domain", "--protection_domain_name", "pd1"],
+        &["pd1"],
+    );
+    // A thick volume larger than the pool's free capacity (2 x 1 GiB raw = ~1 GiB usable).
+    c.refused(
+        &[
+            "--add_volume",
+            "--protection_domain_name",
+            "pd1",
+            "--storage_pool_name",
+            "pool1",
+            "--size_gb",
+            "8",
+            "--volume_name",
+            "big",
+            "--thick_provisioned",
+        ],
+        &["big"],
+    );
+    // Unknown objects.
+    c.refused(&["--query_volume", "--volume_name", "nope"], &["nope"]);
+    c.refused(
+        &[
+            "--map_volume_to_sdc",
+            "--volume_name",
+            "nope",
+            "--sdc_name",
+            "gwx",
+        ],
+        &["nope"],
+    );
+    // A malformed CSV row: nothing of the file is applied.
+    let d3 = c.device("d3", 1 << 30);
+    let csv = c.dir.path().join("sds.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "IP,Password,Operating System,Is MDM/TB,MDM NIC,Is SDS,is SDC,SDS Name,Domain,SDS Device List,SDS Pool List\n\
+             127.0.0.1:1,pw,linux,No,,Yes,No,sds9,pd1,{},pool1\n\
+             not-an-ip,pw,linux,No,,Yes,No,sds10,pd1,{},pool1\n",
+            d3.display(),
+            d3.display()
+        ),
+    )
+    .unwrap();
+    c.refused(
+        &["--add_sds_from_csv", csv.to_str().unwrap()],
+        &["not-an-ip"],
+    );
+
+    // And an en dash pasted from a blog post gets a hint.
+    let (ok, text) = c.scli(&["\u{2013}query_all_sds"]);
+    assert!(!ok && text.contains("--query_all_sds"), "{text}");
+}
