@@ -9,5 +9,6 @@ pub mod cluster;
 pub mod config;
 pub mod gateway;
 pub mod iscsi;
+pub mod scli;
 pub mod scsi;
 pub mod sdc;

@@ -1,0 +1,703 @@
+//! What each action sends: the options of an [`Invocation`] turned into the
+//! [`AdminRequest`] the MDM understands, every value checked before anything is sent,
+//! so a bad command line never reaches the MDM.
+
+use super::args::{self, Action, Invocation, Opt};
+use super::value::{self, ValueError};
+use crate::cluster::api::{AddSds, AdminRequest, By, DeviceSpec, MediaType};
+use std::path::PathBuf;
+
+/// What an invocation turns into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Job {
+    Admin(AdminRequest),
+    /// `--add_sds_from_csv`: the file still has to be read and checked.
+    Csv(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("{action} needs {needs}")]
+    Missing { action: String, needs: String },
+    #[error("give only one of {0}")]
+    OneOf(String),
+    #[error("{option}: {reason}")]
+    BadValue { option: String, reason: ValueError },
+    #[error("{option} takes one value for {action}; got {}: {}", .values.len(), .values.join(", "))]
+    OneValue {
+        option: String,
+        action: String,
+        values: Vec<String>,
+    },
+    #[error(
+        "{devices} devices but {pools} storage pools; give one --storage_pool_name per device, \
+         or one for all devices"
+    )]
+    PoolCount { devices: usize, pools: usize },
+    #[error(
+        "{paths} device paths but {names} device names; give one --device_name per \
+         --device_path, or none"
+    )]
+    NameCount { paths: usize, names: usize },
+    #[error("--sds_ip `{0}` already has a port; drop --sds_port or the :PORT")]
+    SdsPortTwice(String),
+}
+
+/// Turns a checked command line into the request to send.
+pub fn build(inv: &Invocation) -> Result<Job, RequestError> {
+    let b = Builder { inv };
+    let req = match inv.action {
+        Action::AddProtectionDomain => AdminRequest::AddProtectionDomain {
+            name: b.required(Opt::ProtectionDomainName)?,
+        },
+        Action::RemoveProtectionDomain => AdminRequest::RemoveProtectionDomain { pd: b.pd()? },
+        Action::AddStoragePool => AdminRequest::AddStoragePool {
+            pd: b.pd()?,
+            name: b.required(Opt::StoragePoolName)?,
+            media_type: b.media_type()?,
+        },
+        Action::RemoveStoragePool => AdminRequest::RemoveStoragePool {
+            pd: b.pd()?,
+            pool: b.pool()?,
+        },
+        Action::AddSds => AdminRequest::AddSds(b.add_sds()?),
+        Action::AddSdsDevice => AdminRequest::AddSdsDevice {
+            sds: b.sds()?,
+            device: b.one_device()?,
+        },
+        Action::AddSdsFromCsv => {
+            return match &inv.argument {
+                Some(file) => Ok(Job::Csv(PathBuf::from(file))),
+                None => Err(b.missing("the CSV file: --add_sds_from_csv FILE")),
+            }
+        }
+        Action::AddVolume => AdminRequest::AddVolume {
+            pd: b.pd()?,
+            pool: b.pool()?,
+            name: b.optional(Opt::VolumeName)?,
+            size_bytes: b.size()?,
+            thin: b.thin()?,
+        },
+        Action::RemoveVolume => AdminRequest::RemoveVolume {
+            volume: b.volume()?,
+        },
+        Action::ModifyVolumeCapacity => AdminRequest::ModifyVolumeCapacity {
+            volume: b.volume()?,
+            size_bytes: b.size()?,
+        },
+        Action::RenameVolume => AdminRequest::RenameVolume {
+            volume: b.volume()?,
+            new_name: b.required(Opt::NewName)?,
+        },
+        Action::MapVolumeToSdc => AdminRequest::MapVolumeToSdc {
+            volume: b.volume()?,
+            sdc: b.sdc()?,
+        },
+        Action::UnmapVolumeFromSdc => AdminRequest::UnmapVolumeFromSdc {
+            volume: b.volume()?,
+            sdc: b.sdc()?,
+        },
+        Action::QueryCluster => AdminRequest::QueryCluster,
+        Action::QueryAllSds => AdminRequest::QueryAllSds,
+        Action::QuerySds => AdminRequest::QuerySds { sds: b.sds()? },
+        Action::QueryProtectionDomain => AdminRequest::QueryProtectionDomain { pd: b.pd()? },
+        Action::QueryStoragePool => AdminRequest::QueryStoragePool {
+            pd: b.pd()?,
+            pool: b.pool()?,
+        },
+        Action::QueryAllVolumes => AdminRequest::QueryAllVolumes,
+        Action::QueryVolume => AdminRequest::QueryVolume {
+            volume: b.volume()?,
+        },
+        Action::QueryAllSdc => AdminRequest::QueryAllSdc,
+    };
+    Ok(Job::Admin(req))
+}
+
+struct Builder<'a> {
+    inv: &'a Invocation,
+}
+
+impl Builder<'_> {
+    fn missing(&self, needs: &str) -> RequestError {
+        RequestError::Missing {
+            action: args::action_flag(self.inv.action),
+            needs: needs.to_string(),
+        }
+    }
+
+    fn bad(opt: Opt, reason: ValueError) -> RequestError {
+        RequestError::BadValue {
+            option: args::flag(opt),
+            reason,
+        }
+    }
+
+    /// The single value of an option, if given; list options may hold several.
+    fn optional(&self, opt: Opt) -> Result<Option<String>, RequestError> {
+        match self.inv.values(opt) {
+            [] => Ok(None),
+            [one] => Ok(Some(one.clone())),
+            many => Err(RequestError::OneValue {
+                option: args::flag(opt),
+                action: args::action_flag(self.inv.action),
+                values: many.to_vec(),
+            }),
+        }
+    }
+
+    fn required(&self, opt: Opt) -> Result<String, RequestError> {
+        self.optional(opt)?
+            .ok_or_else(|| self.missing(&args::flag(opt)))
+    }
+
+    /// The one option of a group that the admin gave; none or several is an error.
+    fn one_of(&self, group: &[Opt]) -> Result<Opt, RequestError> {
+        let given: Vec<Opt> = group.iter().copied().filter(|o| self.inv.has(*o)).collect();
+        let names = || group.iter().map(|o| args::flag(*o)).collect::<Vec<_>>();
+        match given[..] {
+            [one] => Ok(one),
+            [] => {
+                let mut names = names();
+                let last = names.pop().unwrap_or_default();
+                let needs = if names.is_empty() {
+                    last
+                } else {
+                    format!("{} or {last}", names.join(", "))
+                };
+                Err(self.missing(&needs))
+            }
+            _ => Err(RequestError::OneOf(names().join(", "))),
+        }
+    }
+
+    /// An object named by name, hex id or (SDS and SDC) IP.
+    fn by(&self, name: Opt, id: Opt, ip: Option<Opt>) -> Result<By, RequestError> {
+        let group: Vec<Opt> = [Some(name), Some(id), ip].into_iter().flatten().collect();
+        let opt = self.one_of(&group)?;
+        let v = self.required(opt)?;
+        if opt == name {
+            Ok(By::Name(v))
+        } else if opt == id {
+            value::id(&v).map(By::Id).map_err(|r| Self::bad(opt, r))
+        } else {
+            value::ip(&v).map(By::Ip).map_err(|r| Self::bad(opt, r))
+        }
+    }
+
+    fn pd(&self) -> Result<By, RequestError> {
+        self.by(Opt::ProtectionDomainName, Opt::ProtectionDomainId, None)
+    }
+
+    fn pool(&self) -> Result<By, RequestError> {
+        self.by(Opt::StoragePoolName, Opt::StoragePoolId, None)
+    }
+
+    fn volume(&self) -> Result<By, RequestError> {
+        self.by(Opt::VolumeName, Opt::VolumeId, None)
+    }
+
+    fn sds(&self) -> Result<By, RequestError> {
+        self.by(Opt::SdsName, Opt::SdsId, Some(Opt::SdsIp))
+    }
+
+    fn sdc(&self) -> Result<By, RequestError> {
+        self.by(Opt::SdcName, Opt::SdcId, Some(Opt::SdcIp))
+    }
+
+    /// Bytes from `--size_gb` or its ScaleIO synonym `--size`.
+    fn size(&self) -> Result<u64, RequestError> {
+        let opt = self.one_of(&[Opt::SizeGb, Opt::Size])?;
+        value::gb(&self.required(opt)?).map_err(|r| Self::bad(opt, r))
+    }
+
+    /// Thick unless asked otherwise, as ScaleIO does.
+    fn thin(&self) -> Result<bool, RequestError> {
+        let (thin, thick) = (Opt::ThinProvisioned, Opt::ThickProvisioned);
+        if self.inv.has(thin) && self.inv.has(thick) {
+            return Err(RequestError::OneOf(format!(
+                "{}, {}",
+                args::flag(thin),
+                args::flag(thick)
+            )));
+        }
+        Ok(self.inv.has(thin))
+    }
+
+    fn media_type(&self) -> Result<MediaType, RequestError> {
+        match self.optional(Opt::MediaType)? {
+            None => Ok(MediaType::Hdd),
+            Some(v) => value::media_type(&v).map_err(|r| Self::bad(Opt::MediaType, r)),
+        }
+    }
+
+    /// Device paths and optional names. ScaleIO 1.x took paths in `--device_name`;
+    /// 2.x takes them in `--device_path` and names in `--device_name`. Both work.
+    fn devices(&self) -> Result<Vec<(String, Option<String>)>, RequestError> {
+        let paths = self.inv.values(Opt::DevicePath);
+        let names = self.inv.values(Opt::DeviceName);
+        if paths.is_empty() {
+            if names.is_empty() {
+                return Err(self.missing("--device_name PATH[,PATH...] (or --device_path)"));
+            }
+            return Ok(names.iter().map(|p| (p.clone(), None)).collect());
+        }
+        if !names.is_empty() && names.len() != paths.len() {
+            return Err(RequestError::NameCount {
+                paths: paths.len(),
+                names: names.len(),
+            });
+        }
+        Ok(paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.clone(), names.get(i).cloned()))
+            .collect())
+    }
+
+    fn add_sds(&self) -> Result<AddSds, RequestError> {
+        let given = self.required(Opt::SdsIp)?;
+        let (ip, own_port) = value::ip_port(&given).map_err(|r| Self::bad(Opt::SdsIp, r))?;
+        let port = match (own_port, self.optional(Opt::SdsPort)?) {
+            (Some(_), Some(_)) => return Err(RequestError::SdsPortTwice(given)),
+            (p, None) => p,
+            (None, Some(p)) => Some(value::port(&p).map_err(|r| Self::bad(Opt::SdsPort, r))?),
+        };
+        let protection_domain = self.required(Opt::ProtectionDomainName)?;
+        let devices = self.devices()?;
+        let pools = self.inv.values(Opt::StoragePoolName);
+        let pool_of = |i: usize| match pools {
+            [one] => one.clone(),
+            many => many[i].clone(),
+        };
+        if pools.is_empty() {
+            return Err(self.missing("--storage_pool_name POOL[,POOL...]"));
+        }
+        if pools.len() != 1 && pools.len() != devices.len() {
+            return Err(RequestError::PoolCount {
+                devices: devices.len(),
+                pools: pools.len(),
+            });
+        }
+        let devices = devices
+            .into_iter()
+            .enumerate()
+            .map(|(i, (path, name))| DeviceSpec {
+                path,
+                pool: pool_of(i),
+                name,
+            })
+            .collect();
+        Ok(AddSds {
+            ip,
+            port,
+            protection_domain,
+            name: self.optional(Opt::SdsName)?,
+            devices,
+        })
+    }
+
+    fn one_device(&self) -> Result<DeviceSpec, RequestError> {
+        let pool = self.required(Opt::StoragePoolName)?;
+        let mut devices = self.devices()?;
+        if devices.len() > 1 {
+            let opt = if self.inv.has(Opt::DevicePath) {
+                Opt::DevicePath
+            } else {
+                Opt::DeviceName
+            };
+            return Err(RequestError::OneValue {
+                option: args::flag(opt),
+                action: args::action_flag(self.inv.action),
+                values: devices.into_iter().map(|(p, _)| p).collect(),
+            });
+        }
+        let (path, name) = devices.remove(0);
+        Ok(DeviceSpec { path, pool, name })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scli::args::Command;
+    use crate::scli::value::GB;
+
+    fn build_line(line: &str) -> Result<Job, RequestError> {
+        let argv: Vec<String> = line.split_whitespace().map(String::from).collect();
+        match args::parse(&argv) {
+            Ok(Command::Run(inv)) => build(&inv),
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    fn req(line: &str) -> AdminRequest {
+        match build_line(line) {
+            Ok(Job::Admin(r)) => r,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    fn err(line: &str) -> String {
+        match build_line(line) {
+            Err(e) => e.to_string(),
+            other => panic!("{line}: expected an error, got {other:?}"),
+        }
+    }
+
+    fn name(s: &str) -> By {
+        By::Name(s.into())
+    }
+
+    fn dev(path: &str, pool: &str, name: Option<&str>) -> DeviceSpec {
+        DeviceSpec {
+            path: path.into(),
+            pool: pool.into(),
+            name: name.map(String::from),
+        }
+    }
+
+    #[test]
+    fn protection_domains() {
+        assert_eq!(
+            req("--add_protection_domain --protection_domain_name awspdomain01"),
+            AdminRequest::AddProtectionDomain {
+                name: "awspdomain01".into()
+            }
+        );
+        assert_eq!(
+            req("--remove_protection_domain --protection_domain_id 5a8e5b2c00000001"),
+            AdminRequest::RemoveProtectionDomain {
+                pd: By::Id(0x5a8e_5b2c_0000_0001)
+            }
+        );
+        assert_eq!(
+            req("--query_protection_domain --protection_domain_name pd"),
+            AdminRequest::QueryProtectionDomain { pd: name("pd") }
+        );
+    }
+
+    #[test]
+    fn storage_pools() {
+        assert_eq!(
+            req("--add_storage_pool --protection_domain_name awspdomain01 --storage_pool_name pool03"),
+            AdminRequest::AddStoragePool {
+                pd: name("awspdomain01"),
+                name: "pool03".into(),
+                media_type: MediaType::Hdd
+            }
+        );
+        assert_eq!(
+            req("--add_storage_pool --protection_domain_name pd --storage_pool_name p --media_type ssd"),
+            AdminRequest::AddStoragePool {
+                pd: name("pd"),
+                name: "p".into(),
+                media_type: MediaType::Ssd
+            }
+        );
+        assert_eq!(
+            req("--remove_storage_pool --protection_domain_name pd --storage_pool_id 0x1f"),
+            AdminRequest::RemoveStoragePool {
+                pd: name("pd"),
+                pool: By::Id(0x1f)
+            }
+        );
+        assert_eq!(
+            req("--query_storage_pool --protection_domain_name pd --storage_pool_name p"),
+            AdminRequest::QueryStoragePool {
+                pd: name("pd"),
+                pool: name("p")
+            }
+        );
+    }
+
+    #[test]
+    fn add_sds_scaleio_1_style() {
+        assert_eq!(
+            req(
+                "--add_sds --sds_ip 10.0.0.11 --protection_domain_name awspdomain01 \
+                 --device_name /dev/xvdf --storage_pool_name pool03 --sds_name aws1sds"
+            ),
+            AdminRequest::AddSds(AddSds {
+                ip: "10.0.0.11".into(),
+                port: None,
+                protection_domain: "awspdomain01".into(),
+                name: Some("aws1sds".into()),
+                devices: vec![dev("/dev/xvdf", "pool03", None)],
+            })
+        );
+    }
+
+    #[test]
+    fn add_sds_lists_ports_and_scaleio_2_style_names() {
+        let AdminRequest::AddSds(sds) = req(
+            "--add_sds --sds_ip 10.0.0.11:7073 --protection_domain_name pd \
+                 --device_path /dev/sdb,/dev/sdc --device_name fast,slow --storage_pool_name p1,p2",
+        ) else {
+            panic!()
+        };
+        assert_eq!(sds.port, Some(7073));
+        assert_eq!(sds.name, None);
+        assert_eq!(
+            sds.devices,
+            [
+                dev("/dev/sdb", "p1", Some("fast")),
+                dev("/dev/sdc", "p2", Some("slow"))
+            ]
+        );
+        let AdminRequest::AddSds(sds) = req("--add_sds --sds_ip fd00::11 --sds_port 7074 \
+                 --protection_domain_name pd --device_name /dev/sdb --device_name /dev/sdc \
+                 --storage_pool_name p1")
+        else {
+            panic!()
+        };
+        assert_eq!((sds.ip.as_str(), sds.port), ("fd00::11", Some(7074)));
+        assert_eq!(
+            sds.devices,
+            [dev("/dev/sdb", "p1", None), dev("/dev/sdc", "p1", None)]
+        );
+    }
+
+    #[test]
+    fn add_sds_errors() {
+        let base = "--add_sds --protection_domain_name pd";
+        assert_eq!(
+            err(&format!("{base} --sds_ip 10.0.0.11 --device_name a,b,c --storage_pool_name p1,p2")),
+            "3 devices but 2 storage pools; give one --storage_pool_name per device, or one for all devices"
+        );
+        assert_eq!(
+            err(&format!(
+                "{base} --sds_ip 10.0.0.11 --device_path a,b --device_name x --storage_pool_name p"
+            )),
+            "2 device paths but 1 device names; give one --device_name per --device_path, or none"
+        );
+        assert_eq!(
+            err(&format!("{base} --sds_ip 10.0.0.11 --storage_pool_name p")),
+            "--add_sds needs --device_name PATH[,PATH...] (or --device_path)"
+        );
+        assert_eq!(
+            err(&format!("{base} --sds_ip 10.0.0.11 --device_name a")),
+            "--add_sds needs --storage_pool_name POOL[,POOL...]"
+        );
+        assert_eq!(
+            err(&format!("{base} --device_name a --storage_pool_name p")),
+            "--add_sds needs --sds_ip"
+        );
+        assert_eq!(
+            err("--add_sds --sds_ip 10.0.0.11 --device_name a --storage_pool_name p"),
+            "--add_sds needs --protection_domain_name"
+        );
+        assert_eq!(
+            err(&format!("{base} --sds_ip 10.0.0.11:7073 --sds_port 7074 --device_name a --storage_pool_name p")),
+            "--sds_ip `10.0.0.11:7073` already has a port; drop --sds_port or the :PORT"
+        );
+        assert!(err(&format!(
+            "{base} --sds_ip sds1 --device_name a --storage_pool_name p"
+        ))
+        .starts_with("--sds_ip: `sds1` is not an IP address"));
+        assert_eq!(
+            err(&format!(
+                "{base} --sds_ip 10.0.0.11 --sds_port 0 --device_name a --storage_pool_name p"
+            )),
+            "--sds_port: `0` is not a TCP port; give a number from 1 to 65535"
+        );
+    }
+
+    #[test]
+    fn add_sds_device() {
+        assert_eq!(
+            req("--add_sds_device --sds_name aws1sds --device_name /dev/xvdg --storage_pool_name pool03"),
+            AdminRequest::AddSdsDevice {
+                sds: name("aws1sds"),
+                device: dev("/dev/xvdg", "pool03", None)
+            }
+        );
+        assert_eq!(
+            req("--add_sds_device --sds_ip 10.0.0.11 --device_path /dev/xvdg --device_name d2 --storage_pool_name p"),
+            AdminRequest::AddSdsDevice {
+                sds: By::Ip("10.0.0.11".into()),
+                device: dev("/dev/xvdg", "p", Some("d2"))
+            }
+        );
+        assert_eq!(
+            err("--add_sds_device --sds_id 1 --device_name /dev/a,/dev/b --storage_pool_name p"),
+            "--device_name takes one value for --add_sds_device; got 2: /dev/a, /dev/b"
+        );
+        assert_eq!(
+            err("--add_sds_device --sds_id 1 --device_name /dev/a --storage_pool_name p,q"),
+            "--storage_pool_name takes one value for --add_sds_device; got 2: p, q"
+        );
+        assert_eq!(
+            err("--add_sds_device --device_name /dev/a --storage_pool_name p"),
+            "--add_sds_device needs --sds_name, --sds_id or --sds_ip"
+        );
+        assert_eq!(
+            err("--add_sds_device --sds_name s --sds_id 1 --device_name /dev/a --storage_pool_name p"),
+            "give only one of --sds_name, --sds_id, --sds_ip"
+        );
+    }
+
+    #[test]
+    fn add_volume_is_thick_unless_asked_and_sizes_are_gib() {
+        assert_eq!(
+            req(
+                "--add_volume --protection_domain_name awspdomain01 --storage_pool_name pool03 \
+                 --size 20 --volume_name awsvol01"
+            ),
+            AdminRequest::AddVolume {
+                pd: name("awspdomain01"),
+                pool: name("pool03"),
+                name: Some("awsvol01".into()),
+                size_bytes: 20 * GB,
+                thin: false
+            }
+        );
+        assert_eq!(
+            req("--add_volume --protection_domain_id 1 --storage_pool_id 2 --size_gb 0.5 --thin_provisioned"),
+            AdminRequest::AddVolume {
+                pd: By::Id(1),
+                pool: By::Id(2),
+                name: None,
+                size_bytes: GB / 2,
+                thin: true
+            }
+        );
+        let AdminRequest::AddVolume { thin, .. } = req("--add_volume --protection_domain_name pd \
+                 --storage_pool_name p --size_gb 1 --thick_provisioned")
+        else {
+            panic!()
+        };
+        assert!(!thin);
+    }
+
+    #[test]
+    fn add_volume_errors() {
+        let base = "--add_volume --protection_domain_name pd --storage_pool_name p";
+        assert_eq!(err(base), "--add_volume needs --size_gb or --size");
+        assert_eq!(
+            err(&format!("{base} --size 1 --size_gb 1")),
+            "give only one of --size_gb, --size"
+        );
+        assert_eq!(
+            err(&format!("{base} --size_gb 20GB")),
+            "--size_gb: `20GB` is not a size in GB; give a number such as 20 or 0.5"
+        );
+        assert_eq!(
+            err(&format!("{base} --size_gb 0")),
+            "--size_gb: the size must be more than 0 GB"
+        );
+        assert_eq!(
+            err(&format!(
+                "{base} --size_gb 1 --thin_provisioned --thick_provisioned"
+            )),
+            "give only one of --thin_provisioned, --thick_provisioned"
+        );
+        assert_eq!(
+            err("--add_volume --protection_domain_name pd --storage_pool_name p,q --size_gb 1"),
+            "--storage_pool_name takes one value for --add_volume; got 2: p, q"
+        );
+        assert_eq!(
+            err("--add_volume --storage_pool_name p --size_gb 1"),
+            "--add_volume needs --protection_domain_name or --protection_domain_id"
+        );
+        assert_eq!(
+            err("--add_volume --protection_domain_id pd --storage_pool_name p --size_gb 1"),
+            "--protection_domain_id: `pd` is not an object id; give the 16 hex digits scli prints, e.g. 5a8e5b2c00000001"
+        );
+    }
+
+    #[test]
+    fn volume_changes() {
+        assert_eq!(
+            req("--remove_volume --volume_name v"),
+            AdminRequest::RemoveVolume { volume: name("v") }
+        );
+        assert_eq!(
+            req("--modify_volume_capacity --volume_id 7a5a9f1e00000001 --size_gb 30"),
+            AdminRequest::ModifyVolumeCapacity {
+                volume: By::Id(0x7a5a_9f1e_0000_0001),
+                size_bytes: 30 * GB
+            }
+        );
+        assert_eq!(
+            req("--rename_volume --volume_name v --new_name w"),
+            AdminRequest::RenameVolume {
+                volume: name("v"),
+                new_name: "w".into()
+            }
+        );
+        assert_eq!(
+            err("--rename_volume --volume_name v"),
+            "--rename_volume needs --new_name"
+        );
+        assert_eq!(
+            err("--modify_volume_capacity --volume_name v"),
+            "--modify_volume_capacity needs --size_gb or --size"
+        );
+        assert_eq!(
+            err("--remove_volume"),
+            "--remove_volume needs --volume_name or --volume_id"
+        );
+    }
+
+    #[test]
+    fn mappings() {
+        assert_eq!(
+            req("--map_volume_to_sdc --volume_name awsvol01 --sdc_ip 10.0.0.5"),
+            AdminRequest::MapVolumeToSdc {
+                volume: name("awsvol01"),
+                sdc: By::Ip("10.0.0.5".into())
+            }
+        );
+        assert_eq!(
+            req("--unmap_volume_from_sdc --volume_name v --sdc_name gw1"),
+            AdminRequest::UnmapVolumeFromSdc {
+                volume: name("v"),
+                sdc: name("gw1")
+            }
+        );
+        assert_eq!(
+            req("--map_volume_to_sdc --volume_name v --sdc_id 0x2"),
+            AdminRequest::MapVolumeToSdc {
+                volume: name("v"),
+                sdc: By::Id(2)
+            }
+        );
+        assert_eq!(
+            err("--map_volume_to_sdc --volume_name v"),
+            "--map_volume_to_sdc needs --sdc_name, --sdc_id or --sdc_ip"
+        );
+        assert!(err("--map_volume_to_sdc --volume_name v --sdc_ip gw1")
+            .starts_with("--sdc_ip: `gw1` is not an IP address"));
+    }
+
+    #[test]
+    fn queries() {
+        assert_eq!(req("--query_cluster"), AdminRequest::QueryCluster);
+        assert_eq!(req("--query_all_sds --json"), AdminRequest::QueryAllSds);
+        assert_eq!(req("--query_all_volumes"), AdminRequest::QueryAllVolumes);
+        assert_eq!(req("--query_all_sdc"), AdminRequest::QueryAllSdc);
+        assert_eq!(
+            req("--query_sds --sds_ip 10.0.0.11"),
+            AdminRequest::QuerySds {
+                sds: By::Ip("10.0.0.11".into())
+            }
+        );
+        assert_eq!(
+            req("--query_volume --volume_name v"),
+            AdminRequest::QueryVolume { volume: name("v") }
+        );
+        assert_eq!(
+            err("--query_storage_pool --protection_domain_name pd"),
+            "--query_storage_pool needs --storage_pool_name or --storage_pool_id"
+        );
+    }
+
+    #[test]
+    fn csv_is_read_later() {
+        assert_eq!(
+            build_line("--add_sds_from_csv /tmp/hosts.csv"),
+            Ok(Job::Csv(PathBuf::from("/tmp/hosts.csv")))
+        );
+    }
+}
