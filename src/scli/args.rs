@@ -266,7 +266,7 @@ const ACTIONS: &[ActionSpec] = &[
         usage: "(--protection_domain_name NAME | --protection_domain_id ID) \
                 (--storage_pool_name NAME | --storage_pool_id ID) (--size_gb GB | --size GB) \
                 [--volume_name NAME] [--thin_provisioned | --thick_provisioned]",
-        summary: "Create a volume (thick unless --thin_provisioned), rounded up to whole 1 MB chunks.",
+        summary: "Create a volume (thin unless --thick_provisioned), rounded up to whole 1 MB chunks.",
     },
     ActionSpec {
         action: Action::RemoveVolume,

@@ -211,7 +211,9 @@ impl Builder<'_> {
         value::gb(&self.required(opt)?).map_err(|r| Self::bad(opt, r))
     }
 
-    /// Thick unless asked otherwise, as ScaleIO does.
+    /// Thin unless asked otherwise: a thin volume costs nothing until written, so the
+    /// walkthrough's `--add_volume --size 20` works on any pool; thick reservations are
+    /// an explicit choice.
     fn thin(&self) -> Result<bool, RequestError> {
         let (thin, thick) = (Opt::ThinProvisioned, Opt::ThickProvisioned);
         if self.inv.has(thin) && self.inv.has(thick) {
@@ -221,7 +223,7 @@ impl Builder<'_> {
                 args::flag(thick)
             )));
         }
-        Ok(self.inv.has(thin))
+        Ok(!self.inv.has(thick))
     }
 
     fn media_type(&self) -> Result<MediaType, RequestError> {
@@ -538,7 +540,7 @@ mod tests {
     }
 
     #[test]
-    fn add_volume_is_thick_unless_asked_and_sizes_are_gib() {
+    fn add_volume_is_thin_unless_asked_and_sizes_are_gib() {
         assert_eq!(
             req(
                 "--add_volume --protection_domain_name awspdomain01 --storage_pool_name pool03 \
@@ -549,7 +551,7 @@ mod tests {
                 pool: name("pool03"),
                 name: Some("awsvol01".into()),
                 size_bytes: 20 * GB,
-                thin: false
+                thin: true
             }
         );
         assert_eq!(
