@@ -1,8 +1,11 @@
 //! Dreadnought: software-defined block storage with a native iSCSI target.
 //!
 //! Layers, outermost first: [`iscsi`] speaks RFC 7143 to initiators, [`scsi`] executes
-//! SPC-4/SBC-3 commands, [`backend`] stores the blocks. [`up`] assembles them from
-//! [`config`]. See `docs/ARCHITECTURE.md`.
+//! SPC-4/SBC-3 commands, [`backend`] stores the blocks — a local file, or a pool volume
+//! whose chunks live on the SDS ([`sdc`]). [`gateway`] assembles a target from
+//! [`config`]. [`cluster`] holds what the MDM ([`mdm`]), the SDS ([`sds`]), gateways and
+//! [`scli`] say to each other; [`up`] runs a whole cluster on one machine.
+//! See `docs/ARCHITECTURE.md`.
 
 pub mod backend;
 pub mod cluster;
@@ -12,3 +15,4 @@ pub mod iscsi;
 pub mod scli;
 pub mod scsi;
 pub mod sdc;
+pub mod sds;

@@ -1,11 +1,11 @@
 //! A volume kept in one local file (or block device), created sparse.
 
+use super::fileops::{punch_hole, seek, write_zeros, SEEK_DATA, SEEK_HOLE};
 use super::{BackendError, BlockBackend, Provisioning, SgList, BLOCK_SIZE};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -60,51 +60,6 @@ fn map_io(e: std::io::Error) -> BackendError {
 
 const fn libc_enospc() -> i32 {
     28
-}
-
-fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-    extern "C" {
-        fn fallocate(fd: i32, mode: i32, offset: i64, len: i64) -> i32;
-    }
-    // SAFETY: fallocate only reads its integer arguments; the fd is owned by `file`.
-    let rc = unsafe { fallocate(file.as_raw_fd(), 0x02 | 0x01, offset as i64, len as i64) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-fn write_zeros(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    const CHUNK: u64 = 1 << 20;
-    let zeros = vec![0u8; CHUNK.min(len) as usize];
-    let mut done = 0;
-    while done < len {
-        let n = CHUNK.min(len - done);
-        file.write_all_at(&zeros[..n as usize], offset + done)?;
-        done += n;
-    }
-    Ok(())
-}
-
-/// SEEK_DATA / SEEK_HOLE, to report which ranges of a sparse file are allocated.
-fn seek(file: &File, offset: u64, whence: i32) -> std::io::Result<Option<u64>> {
-    extern "C" {
-        fn lseek(fd: i32, offset: i64, whence: i32) -> i64;
-    }
-    // SAFETY: lseek only reads its integer arguments; the fd is owned by `file`.
-    let rc = unsafe { lseek(file.as_raw_fd(), offset as i64, whence) };
-    if rc >= 0 {
-        return Ok(Some(rc as u64));
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(6) {
-        // ENXIO: no data (or hole) past offset.
-        Ok(None)
-    } else {
-        Err(e)
-    }
 }
 
 #[async_trait]
@@ -176,8 +131,6 @@ impl BlockBackend for FileBackend {
         let off = lba * BLOCK_SIZE as u64;
         let bs = BLOCK_SIZE as u64;
         self.blocking(move |f| {
-            const SEEK_DATA: i32 = 3;
-            const SEEK_HOLE: i32 = 4;
             let data = seek(f, off, SEEK_DATA)?.unwrap_or(end).min(end);
             if data > off {
                 // A hole starts at `off`; it ends where data begins (rounded down).

@@ -5,6 +5,7 @@
 //! data received from a socket reaches the device without being copied.
 
 mod file;
+pub(crate) mod fileops;
 mod memory;
 
 pub use file::FileBackend;

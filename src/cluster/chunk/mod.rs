@@ -3,11 +3,16 @@
 //! SDS, by a primary SDS to the secondary it forwards writes to, and (as `Control`
 //! frames carrying JSON) by the MDM to SDS.
 //!
-//! STUB: the interface is fixed; the SDS work implements it.
+//! [`wire`] is the pure header codec, [`io`] moves messages over a stream, `conn` is
+//! one pipelined connection and [`ChunkClient`] a pool of them for one SDS.
 
-use crate::backend::SgList;
-use crate::cluster::api::{SdsControl, SdsControlReply};
-use bytes::Bytes;
+mod client;
+mod conn;
+pub(crate) mod io;
+pub mod wire;
+
+pub use client::ChunkClient;
+
 use std::net::SocketAddr;
 
 /// Which chunk copy a request is for, and the layout epoch it was routed with.
@@ -43,51 +48,4 @@ pub enum ChunkError {
     Refused(String),
     #[error("chunk protocol error: {0}")]
     Protocol(String),
-}
-
-/// A pipelined client for one SDS.
-#[derive(Debug)]
-pub struct ChunkClient {
-    addr: SocketAddr,
-}
-
-impl ChunkClient {
-    pub fn new(addr: SocketAddr) -> Self {
-        Self { addr }
-    }
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-    pub async fn read(&self, _at: ChunkRef, _offset: u32, _len: u32) -> Result<Bytes, ChunkError> {
-        todo!()
-    }
-    pub async fn write(
-        &self,
-        _at: ChunkRef,
-        _offset: u32,
-        _data: SgList,
-        _fua: bool,
-        _mirror: Option<Mirror>,
-    ) -> Result<(), ChunkError> {
-        todo!()
-    }
-    pub async fn write_zeroes(
-        &self,
-        _at: ChunkRef,
-        _offset: u32,
-        _len: u32,
-        _unmap: bool,
-        _mirror: Option<Mirror>,
-    ) -> Result<(), ChunkError> {
-        todo!()
-    }
-    pub async fn flush(&self) -> Result<(), ChunkError> {
-        todo!()
-    }
-    pub async fn status(&self, _at: ChunkRef, _offset: u32) -> Result<(bool, u32), ChunkError> {
-        todo!()
-    }
-    pub async fn control(&self, _msg: &SdsControl) -> Result<SdsControlReply, ChunkError> {
-        todo!()
-    }
 }

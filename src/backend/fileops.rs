@@ -1,0 +1,92 @@
+//! Raw file operations that std does not offer, shared by [`super::FileBackend`] and the
+//! SDS chunk store: hole punching, zeroing and sparse-file seeking.
+//!
+//! Declared by hand because the crate does not depend on `libc`; each wrapper is one
+//! system call on a file descriptor owned by the `File` it borrows.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+
+/// `lseek` whence: the next offset at or after the given one that holds data.
+pub(crate) const SEEK_DATA: i32 = 3;
+/// `lseek` whence: the next offset at or after the given one inside a hole.
+pub(crate) const SEEK_HOLE: i32 = 4;
+
+/// Deallocates `[offset, offset+len)` keeping the file size; the range then reads as
+/// zeros. Fails on filesystems (or devices) without hole punching; callers fall back
+/// to [`write_zeros`].
+pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+    extern "C" {
+        fn fallocate(fd: i32, mode: i32, offset: i64, len: i64) -> i32;
+    }
+    // SAFETY: fallocate only reads its integer arguments; the fd is owned by `file`.
+    let rc = unsafe { fallocate(file.as_raw_fd(), 0x02 | 0x01, offset as i64, len as i64) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Writes zeros over `[offset, offset+len)`, leaving the range allocated.
+pub(crate) fn write_zeros(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = CHUNK.min(len - done);
+        file.write_all_at(&zeros[..n as usize], offset + done)?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// SEEK_DATA / SEEK_HOLE, to report which ranges of a sparse file are allocated.
+/// `Ok(None)` when there is no data (or hole) past `offset`.
+pub(crate) fn seek(file: &File, offset: u64, whence: i32) -> std::io::Result<Option<u64>> {
+    extern "C" {
+        fn lseek(fd: i32, offset: i64, whence: i32) -> i64;
+    }
+    // SAFETY: lseek only reads its integer arguments; the fd is owned by `file`.
+    let rc = unsafe { lseek(file.as_raw_fd(), offset as i64, whence) };
+    if rc >= 0 {
+        return Ok(Some(rc as u64));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(6) {
+        // ENXIO: no data (or hole) past offset.
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn punched_range_reads_zeros_and_seeks_as_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        f.set_len(4 << 20).unwrap();
+        f.write_all_at(&vec![9u8; 2 << 20], 0).unwrap();
+        punch_hole(&f, 1 << 20, 1 << 20).unwrap();
+        let mut buf = vec![1u8; 4096];
+        f.read_exact_at(&mut buf, 1 << 20).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+        assert_eq!(seek(&f, 0, SEEK_HOLE).unwrap(), Some(1 << 20));
+        assert_eq!(seek(&f, 1 << 20, SEEK_DATA).unwrap(), None);
+        write_zeros(&f, 0, 4096).unwrap();
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+    }
+}

@@ -1,0 +1,332 @@
+//! The client side: a small pool of pipelined connections to one SDS, opened on first
+//! use and replaced when they die, with requests spread round robin over them.
+
+use super::conn::{Conn, Reply};
+use super::wire::{self, Op, RequestHeader, FLAG_FUA, FLAG_MAPPED, FLAG_UNMAP};
+use super::{ChunkError, ChunkRef, Mirror};
+use crate::backend::SgList;
+use crate::cluster::api::{SdsControl, SdsControlReply};
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// Connections per SDS: enough to spread work over the SDS's cores and to keep one
+/// slow large transfer from delaying everything behind it.
+const POOL_SIZE: usize = 4;
+
+/// A request (including connecting) unanswered this long fails as unreachable, and the
+/// connection it was on is presumed dead.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A pipelined client for one SDS.
+pub struct ChunkClient {
+    addr: SocketAddr,
+    slots: Vec<Mutex<Option<Arc<Conn>>>>,
+    next: AtomicUsize,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for ChunkClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkClient")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChunkClient {
+    /// Connects lazily: creating a client costs nothing and never fails.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            slots: (0..POOL_SIZE).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+            timeout: REQUEST_TIMEOUT,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Reads `len` bytes at `offset` of a chunk copy; a chunk never written reads as
+    /// zeros.
+    pub async fn read(&self, at: ChunkRef, offset: u32, len: u32) -> Result<Bytes, ChunkError> {
+        let mut h = RequestHeader::new(Op::Read, 0);
+        h.at = at;
+        h.offset = offset;
+        h.length = len;
+        let (_, data) = self.call(h, &SgList::new()).await?;
+        if data.len() != len as usize {
+            return Err(ChunkError::Protocol(format!(
+                "asked {} for {len} bytes, got {}",
+                self.addr,
+                data.len()
+            )));
+        }
+        Ok(data)
+    }
+
+    /// Writes `data` at `offset`; with `mirror` the SDS also writes the second copy
+    /// there and answers only when both are written.
+    pub async fn write(
+        &self,
+        at: ChunkRef,
+        offset: u32,
+        data: SgList,
+        fua: bool,
+        mirror: Option<Mirror>,
+    ) -> Result<(), ChunkError> {
+        let len = u32::try_from(data.len())
+            .map_err(|_| ChunkError::Protocol(format!("{}-byte write", data.len())))?;
+        let mut h = RequestHeader::new(Op::Write, 0);
+        h.at = at;
+        h.offset = offset;
+        h.length = len;
+        h.payload_len = len;
+        h.mirror = mirror;
+        if fua {
+            h.flags |= FLAG_FUA;
+        }
+        self.call(h, &data).await.map(drop)
+    }
+
+    /// Zeroes a range; with `unmap` the SDS may release it (a whole chunk frees its
+    /// slot).
+    pub async fn write_zeroes(
+        &self,
+        at: ChunkRef,
+        offset: u32,
+        len: u32,
+        unmap: bool,
+        mirror: Option<Mirror>,
+    ) -> Result<(), ChunkError> {
+        let mut h = RequestHeader::new(Op::WriteZeroes, 0);
+        h.at = at;
+        h.offset = offset;
+        h.length = len;
+        h.mirror = mirror;
+        if unmap {
+            h.flags |= FLAG_UNMAP;
+        }
+        self.call(h, &SgList::new()).await.map(drop)
+    }
+
+    /// Makes every write the SDS has acknowledged durable on all its devices.
+    pub async fn flush(&self) -> Result<(), ChunkError> {
+        self.call(RequestHeader::new(Op::Flush, 0), &SgList::new())
+            .await
+            .map(drop)
+    }
+
+    /// Whether the byte at `offset` of a chunk copy is allocated, and how many bytes
+    /// from there (within the chunk) share that state.
+    pub async fn status(&self, at: ChunkRef, offset: u32) -> Result<(bool, u32), ChunkError> {
+        let mut h = RequestHeader::new(Op::Status, 0);
+        h.at = at;
+        h.offset = offset;
+        let (resp, _) = self.call(h, &SgList::new()).await?;
+        let run = u32::try_from(resp.aux).map_err(|_| {
+            ChunkError::Protocol(format!("{} reported a {}-byte run", self.addr, resp.aux))
+        })?;
+        Ok((resp.flags & FLAG_MAPPED != 0, run))
+    }
+
+    /// Sends an MDM control message; the SDS's refusal comes back as `Refused`.
+    pub async fn control(&self, msg: &SdsControl) -> Result<SdsControlReply, ChunkError> {
+        let body = serde_json::to_vec(msg)
+            .map_err(|e| ChunkError::Protocol(format!("cannot encode {msg:?}: {e}")))?;
+        let mut h = RequestHeader::new(Op::Control, 0);
+        h.payload_len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+        let (_, reply) = self.call(h, &SgList::from(body)).await?;
+        let reply: Result<SdsControlReply, String> =
+            serde_json::from_slice(&reply).map_err(|e| {
+                ChunkError::Protocol(format!(
+                    "{} sent an unreadable control reply: {e}",
+                    self.addr
+                ))
+            })?;
+        reply.map_err(ChunkError::Refused)
+    }
+
+    /// Sends a request built elsewhere, as is: how a primary SDS forwards a write to
+    /// its mirror with the original flags and epoch.
+    pub(crate) async fn send(&self, h: RequestHeader, payload: &SgList) -> Result<(), ChunkError> {
+        self.call(h, payload).await.map(drop)
+    }
+
+    /// Sends one request on the next connection of the pool and turns an error status
+    /// into its [`ChunkError`].
+    async fn call(&self, h: RequestHeader, payload: &SgList) -> Result<Reply, ChunkError> {
+        h.check()
+            .map_err(|e| ChunkError::Protocol(format!("request not sent: {e}")))?;
+        let deadline = Instant::now() + self.timeout;
+        let late = || ChunkError::Unreachable {
+            addr: self.addr,
+            reason: format!("no answer within {} s", self.timeout.as_secs_f32()),
+        };
+        let conn = tokio::time::timeout_at(deadline, self.conn())
+            .await
+            .map_err(|_| late())??;
+        let (resp, body) = match tokio::time::timeout_at(deadline, conn.call(h, payload)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                conn.kill(late().to_string());
+                return Err(late());
+            }
+        };
+        match wire::decode_error(&resp, &body, h.at.epoch) {
+            Some(e) => Err(e),
+            None => Ok((resp, body)),
+        }
+    }
+
+    /// The next connection round robin, (re)connecting its slot if needed.
+    async fn conn(&self) -> Result<Arc<Conn>, ChunkError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut slot = self.slots[i].lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| c.is_alive()) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(Conn::connect(self.addr).await?);
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::chunk::io::{read_header, read_payload};
+    use crate::cluster::chunk::wire::{ResponseHeader, REQUEST_HEADER_LEN};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    fn at() -> ChunkRef {
+        ChunkRef {
+            volume: 1,
+            chunk: 2,
+            device: 3,
+            epoch: 4,
+        }
+    }
+
+    async fn next_request(s: &mut TcpStream) -> Option<(RequestHeader, Bytes)> {
+        let raw = read_header::<_, REQUEST_HEADER_LEN>(s).await.unwrap()?;
+        let h = RequestHeader::decode(&raw).unwrap();
+        let p = read_payload(s, h.payload_len as usize).await.unwrap();
+        Some((h, p))
+    }
+
+    async fn answer(s: &mut TcpStream, h: ResponseHeader, payload: &[u8]) {
+        s.write_all(&h.encode()).await.unwrap();
+        s.write_all(payload).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn responses_out_of_order_reach_their_callers() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let (a, _) = next_request(&mut s).await.unwrap();
+            let (b, _) = next_request(&mut s).await.unwrap();
+            for h in [b, a] {
+                let body = vec![h.offset as u8; h.length as usize];
+                answer(&mut s, ResponseHeader::ok(h.tag, h.length), &body).await;
+            }
+        });
+        let mut c = ChunkClient::new(addr);
+        c.slots.truncate(1);
+        let (x, y) = tokio::join!(c.read(at(), 1, 10), c.read(at(), 2, 20));
+        assert_eq!(x.unwrap(), vec![1u8; 10]);
+        assert_eq!(y.unwrap(), vec![2u8; 20]);
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn error_statuses_become_chunk_errors() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            while let Some((h, _)) = next_request(&mut s).await {
+                let err = match h.op {
+                    Op::Write => ChunkError::StaleEpoch {
+                        sent: 0,
+                        current: 9,
+                    },
+                    _ => ChunkError::NoSpace,
+                };
+                let (r, text) = wire::encode_error(h.tag, &err);
+                answer(&mut s, r, &text).await;
+            }
+        });
+        let mut c = ChunkClient::new(addr);
+        c.slots.truncate(1);
+        let e = c
+            .write(at(), 0, vec![1u8; 512].into(), false, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            ChunkError::StaleEpoch {
+                sent: 4,
+                current: 9
+            }
+        ));
+        let e = c.write_zeroes(at(), 0, 512, false, None).await.unwrap_err();
+        assert!(matches!(e, ChunkError::NoSpace));
+    }
+
+    #[tokio::test]
+    async fn dead_connection_fails_in_flight_requests_then_reconnects() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            // First connection: read one request, then hang up without answering.
+            let (mut s, _) = l.accept().await.unwrap();
+            next_request(&mut s).await.unwrap();
+            drop(s);
+            let (mut s, _) = l.accept().await.unwrap();
+            while let Some((h, _)) = next_request(&mut s).await {
+                answer(&mut s, ResponseHeader::ok(h.tag, 0), &[]).await;
+            }
+        });
+        let mut c = ChunkClient::new(addr);
+        c.slots.truncate(1);
+        let e = c.flush().await.unwrap_err();
+        assert!(matches!(e, ChunkError::Unreachable { .. }), "{e}");
+        c.flush().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn silence_times_out_as_unreachable() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            while next_request(&mut s).await.is_some() {}
+        });
+        let mut c = ChunkClient::new(addr);
+        c.timeout = Duration::from_millis(200);
+        let e = c.flush().await.unwrap_err();
+        assert!(e.to_string().contains("no answer"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn nonsense_is_refused_before_sending_and_nobody_listening_is_unreachable() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let c = ChunkClient::new(addr);
+        let e = c.read(at(), u32::MAX, 1).await.unwrap_err();
+        assert!(matches!(e, ChunkError::Protocol(_)), "{e}");
+        let e = c.flush().await.unwrap_err();
+        assert!(matches!(e, ChunkError::Unreachable { .. }), "{e}");
+    }
+}

@@ -1,0 +1,598 @@
+//! The chunk protocol's binary headers: pure encoding and validation, no I/O.
+//!
+//! Every message is a fixed header followed by `payload_len` bytes of payload. All
+//! integers are big-endian.
+//!
+//! Request (72 bytes):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 2 | magic `0x4451` ("DQ") |
+//! | 2 | 1 | op: 1 Read, 2 Write, 3 WriteZeroes, 4 Flush, 5 Status, 6 Control |
+//! | 3 | 1 | flags: 0x01 FUA (Write, WriteZeroes), 0x02 UNMAP (WriteZeroes) |
+//! | 4 | 4 | payload_len (Write: = length; Control: JSON; others 0) |
+//! | 8 | 8 | tag, echoed in the response |
+//! | 16 | 8 | layout epoch |
+//! | 24 | 8 | volume id |
+//! | 32 | 8 | chunk index |
+//! | 40 | 4 | offset inside the chunk |
+//! | 44 | 4 | length |
+//! | 48 | 8 | device id on the receiving SDS |
+//! | 56 | 8 | mirror SDS id (0: no mirror) |
+//! | 64 | 8 | mirror device id |
+//!
+//! Response (24 bytes): magic `0x4452` ("DR") u16, status u8, flags u8 (0x01 MAPPED in
+//! a Status reply), payload_len u32, tag u64, aux u64. The payload is the data of a
+//! Read, the JSON `Result<SdsControlReply, String>` of a Control, or UTF-8 error text.
+//! `aux` is the SDS's current epoch in a StaleEpoch reply, the failed SDS in a Mirror
+//! reply and the run length in bytes in a Status reply.
+//!
+//! A header is validated once, here, by both ends: the receiver before it reads a
+//! payload, the sender before it puts a nonsensical request on the wire.
+
+use super::{ChunkError, ChunkRef, Mirror};
+use crate::cluster::api::CHUNK_SIZE;
+
+pub const REQUEST_MAGIC: u16 = 0x4451;
+pub const RESPONSE_MAGIC: u16 = 0x4452;
+pub const REQUEST_HEADER_LEN: usize = 72;
+pub const RESPONSE_HEADER_LEN: usize = 24;
+/// Control messages carry inventories of large SDS; generous but bounded so a broken
+/// peer cannot make us allocate without limit.
+pub const MAX_CONTROL_PAYLOAD: u32 = 64 << 20;
+
+/// Request flag: make the data durable before replying.
+pub const FLAG_FUA: u8 = 0x01;
+/// Request flag (WriteZeroes): the range may be deallocated.
+pub const FLAG_UNMAP: u8 = 0x02;
+/// Response flag (Status): the bytes at the offset are allocated.
+pub const FLAG_MAPPED: u8 = 0x01;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("bad magic {found:#06x} (expected {expected:#06x}); the peer does not speak the chunk protocol or the stream is out of step")]
+    BadMagic { found: u16, expected: u16 },
+    #[error("unknown op {0}; the peer runs an incompatible version")]
+    UnknownOp(u8),
+    #[error("unknown status {0}; the peer runs an incompatible version")]
+    UnknownStatus(u8),
+    #[error("flags {flags:#04x} are not valid for {op:?}")]
+    BadFlags { op: Op, flags: u8 },
+    #[error("payload of {len} bytes exceeds the {max}-byte limit")]
+    PayloadTooLarge { len: u32, max: u32 },
+    #[error("{op:?} carries a {len}-byte payload; expected {expected}")]
+    PayloadMismatch { op: Op, len: u32, expected: u32 },
+    #[error("range {offset}+{length} lies outside the {CHUNK_SIZE}-byte chunk")]
+    OutsideChunk { offset: u32, length: u32 },
+    #[error("mirror SDS is set but the op is {0:?}; only writes are mirrored")]
+    MirrorNotWrite(Op),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Read = 1,
+    Write = 2,
+    WriteZeroes = 3,
+    Flush = 4,
+    Status = 5,
+    Control = 6,
+}
+
+impl Op {
+    fn from_u8(v: u8) -> Result<Self, WireError> {
+        Ok(match v {
+            1 => Op::Read,
+            2 => Op::Write,
+            3 => Op::WriteZeroes,
+            4 => Op::Flush,
+            5 => Op::Status,
+            6 => Op::Control,
+            _ => return Err(WireError::UnknownOp(v)),
+        })
+    }
+
+    fn allowed_flags(self) -> u8 {
+        match self {
+            Op::Write => FLAG_FUA,
+            Op::WriteZeroes => FLAG_FUA | FLAG_UNMAP,
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHeader {
+    pub op: Op,
+    pub flags: u8,
+    pub payload_len: u32,
+    pub tag: u64,
+    /// Volume, chunk, device and epoch; all zero for Flush and Control.
+    pub at: ChunkRef,
+    pub offset: u32,
+    pub length: u32,
+    pub mirror: Option<Mirror>,
+}
+
+impl RequestHeader {
+    /// A header for `op` with every other field zero.
+    pub fn new(op: Op, tag: u64) -> Self {
+        Self {
+            op,
+            flags: 0,
+            payload_len: 0,
+            tag,
+            at: ChunkRef {
+                volume: 0,
+                chunk: 0,
+                device: 0,
+                epoch: 0,
+            },
+            offset: 0,
+            length: 0,
+            mirror: None,
+        }
+    }
+
+    pub fn fua(&self) -> bool {
+        self.flags & FLAG_FUA != 0
+    }
+
+    pub fn unmap(&self) -> bool {
+        self.flags & FLAG_UNMAP != 0
+    }
+
+    pub fn encode(&self) -> [u8; REQUEST_HEADER_LEN] {
+        let mut b = [0u8; REQUEST_HEADER_LEN];
+        let mirror = self.mirror.unwrap_or(Mirror { sds: 0, device: 0 });
+        b[0..2].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        b[2] = self.op as u8;
+        b[3] = self.flags;
+        b[4..8].copy_from_slice(&self.payload_len.to_be_bytes());
+        b[8..16].copy_from_slice(&self.tag.to_be_bytes());
+        b[16..24].copy_from_slice(&self.at.epoch.to_be_bytes());
+        b[24..32].copy_from_slice(&self.at.volume.to_be_bytes());
+        b[32..40].copy_from_slice(&self.at.chunk.to_be_bytes());
+        b[40..44].copy_from_slice(&self.offset.to_be_bytes());
+        b[44..48].copy_from_slice(&self.length.to_be_bytes());
+        b[48..56].copy_from_slice(&self.at.device.to_be_bytes());
+        b[56..64].copy_from_slice(&mirror.sds.to_be_bytes());
+        b[64..72].copy_from_slice(&mirror.device.to_be_bytes());
+        b
+    }
+
+    /// Decodes and validates a request header.
+    pub fn decode(b: &[u8; REQUEST_HEADER_LEN]) -> Result<Self, WireError> {
+        request_frame(b)?;
+        let mirror_sds = be64(b, 56);
+        let h = Self {
+            op: Op::from_u8(b[2])?,
+            flags: b[3],
+            payload_len: be32(b, 4),
+            tag: be64(b, 8),
+            at: ChunkRef {
+                epoch: be64(b, 16),
+                volume: be64(b, 24),
+                chunk: be64(b, 32),
+                device: be64(b, 48),
+            },
+            offset: be32(b, 40),
+            length: be32(b, 44),
+            mirror: (mirror_sds != 0).then(|| Mirror {
+                sds: mirror_sds,
+                device: be64(b, 64),
+            }),
+        };
+        h.check()?;
+        Ok(h)
+    }
+
+    /// Whether the header makes sense: flags allowed for the op, the range inside one
+    /// chunk, the payload length the op implies.
+    pub fn check(&self) -> Result<(), WireError> {
+        let op = self.op;
+        if self.flags & !op.allowed_flags() != 0 {
+            return Err(WireError::BadFlags {
+                op,
+                flags: self.flags,
+            });
+        }
+        if self.mirror.is_some() && !matches!(op, Op::Write | Op::WriteZeroes) {
+            return Err(WireError::MirrorNotWrite(op));
+        }
+        let outside = || WireError::OutsideChunk {
+            offset: self.offset,
+            length: self.length,
+        };
+        match op {
+            Op::Read | Op::Write | Op::WriteZeroes => {
+                if self.offset as u64 + self.length as u64 > CHUNK_SIZE {
+                    return Err(outside());
+                }
+            }
+            Op::Status => {
+                if self.offset as u64 >= CHUNK_SIZE {
+                    return Err(outside());
+                }
+            }
+            Op::Flush | Op::Control => {}
+        }
+        let expected = match op {
+            Op::Write => self.length,
+            Op::Control => {
+                if self.payload_len > MAX_CONTROL_PAYLOAD {
+                    return Err(WireError::PayloadTooLarge {
+                        len: self.payload_len,
+                        max: MAX_CONTROL_PAYLOAD,
+                    });
+                }
+                return Ok(());
+            }
+            _ => 0,
+        };
+        if self.payload_len != expected {
+            return Err(WireError::PayloadMismatch {
+                op,
+                len: self.payload_len,
+                expected,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The tag and payload length of a request whose magic and payload size are sane, even
+/// if the rest of it is not: enough for a receiver to skip the payload and answer the
+/// tag with an error instead of dropping the connection.
+pub fn request_frame(b: &[u8; REQUEST_HEADER_LEN]) -> Result<(u64, u32), WireError> {
+    check_magic(b, REQUEST_MAGIC)?;
+    let len = be32(b, 4);
+    if len > MAX_CONTROL_PAYLOAD {
+        return Err(WireError::PayloadTooLarge {
+            len,
+            max: MAX_CONTROL_PAYLOAD,
+        });
+    }
+    Ok((be64(b, 8), len))
+}
+
+/// How a request ended; the error statuses mirror [`ChunkError`]'s variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok = 0,
+    StaleEpoch = 1,
+    NoSpace = 2,
+    Io = 3,
+    Refused = 4,
+    Mirror = 5,
+    Protocol = 6,
+}
+
+impl Status {
+    fn from_u8(v: u8) -> Result<Self, WireError> {
+        Ok(match v {
+            0 => Status::Ok,
+            1 => Status::StaleEpoch,
+            2 => Status::NoSpace,
+            3 => Status::Io,
+            4 => Status::Refused,
+            5 => Status::Mirror,
+            6 => Status::Protocol,
+            _ => return Err(WireError::UnknownStatus(v)),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHeader {
+    pub status: Status,
+    pub flags: u8,
+    pub payload_len: u32,
+    pub tag: u64,
+    pub aux: u64,
+}
+
+impl ResponseHeader {
+    /// A success header for `tag` carrying `payload_len` bytes.
+    pub fn ok(tag: u64, payload_len: u32) -> Self {
+        Self {
+            status: Status::Ok,
+            flags: 0,
+            payload_len,
+            tag,
+            aux: 0,
+        }
+    }
+
+    pub fn encode(&self) -> [u8; RESPONSE_HEADER_LEN] {
+        let mut b = [0u8; RESPONSE_HEADER_LEN];
+        b[0..2].copy_from_slice(&RESPONSE_MAGIC.to_be_bytes());
+        b[2] = self.status as u8;
+        b[3] = self.flags;
+        b[4..8].copy_from_slice(&self.payload_len.to_be_bytes());
+        b[8..16].copy_from_slice(&self.tag.to_be_bytes());
+        b[16..24].copy_from_slice(&self.aux.to_be_bytes());
+        b
+    }
+
+    /// Decodes a response header. The payload limit is the control limit because the
+    /// header alone does not say which op it answers; the caller checks the rest.
+    pub fn decode(b: &[u8; RESPONSE_HEADER_LEN]) -> Result<Self, WireError> {
+        check_magic(b, RESPONSE_MAGIC)?;
+        let payload_len = be32(b, 4);
+        if payload_len > MAX_CONTROL_PAYLOAD {
+            return Err(WireError::PayloadTooLarge {
+                len: payload_len,
+                max: MAX_CONTROL_PAYLOAD,
+            });
+        }
+        Ok(Self {
+            status: Status::from_u8(b[2])?,
+            flags: b[3],
+            payload_len,
+            tag: be64(b, 8),
+            aux: be64(b, 16),
+        })
+    }
+}
+
+/// The response header and payload that report `err` for request `tag`.
+///
+/// `Unreachable` never originates at an SDS about its own work; if a handler passes
+/// one on it travels as an I/O failure with its text.
+pub fn encode_error(tag: u64, err: &ChunkError) -> (ResponseHeader, Vec<u8>) {
+    let (status, aux, text) = match err {
+        ChunkError::StaleEpoch { current, .. } => (Status::StaleEpoch, *current, String::new()),
+        ChunkError::NoSpace => (Status::NoSpace, 0, String::new()),
+        ChunkError::Io(m) => (Status::Io, 0, m.clone()),
+        ChunkError::Unreachable { .. } => (Status::Io, 0, err.to_string()),
+        ChunkError::Mirror { sds, reason } => (Status::Mirror, *sds, reason.clone()),
+        ChunkError::Refused(m) => (Status::Refused, 0, m.clone()),
+        ChunkError::Protocol(m) => (Status::Protocol, 0, m.clone()),
+    };
+    let text = text.into_bytes();
+    let header = ResponseHeader {
+        status,
+        flags: 0,
+        payload_len: text.len() as u32,
+        tag,
+        aux,
+    };
+    (header, text)
+}
+
+/// The error an error response stands for; `None` for [`Status::Ok`]. `sent` is the
+/// epoch the request carried (the response only names the SDS's current one).
+pub fn decode_error(h: &ResponseHeader, payload: &[u8], sent: u64) -> Option<ChunkError> {
+    let text = || String::from_utf8_lossy(payload).into_owned();
+    Some(match h.status {
+        Status::Ok => return None,
+        Status::StaleEpoch => ChunkError::StaleEpoch {
+            sent,
+            current: h.aux,
+        },
+        Status::NoSpace => ChunkError::NoSpace,
+        Status::Io => ChunkError::Io(text()),
+        Status::Refused => ChunkError::Refused(text()),
+        Status::Mirror => ChunkError::Mirror {
+            sds: h.aux,
+            reason: text(),
+        },
+        Status::Protocol => {
+            ChunkError::Protocol(format!("the SDS rejected the request: {}", text()))
+        }
+    })
+}
+
+fn check_magic(b: &[u8], expected: u16) -> Result<(), WireError> {
+    let found = u16::from_be_bytes([b[0], b[1]]);
+    if found == expected {
+        Ok(())
+    } else {
+        Err(WireError::BadMagic { found, expected })
+    }
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn be64(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_req() -> RequestHeader {
+        RequestHeader {
+            op: Op::Write,
+            flags: FLAG_FUA,
+            payload_len: 4096,
+            tag: 0x0102_0304_0506_0708,
+            at: ChunkRef {
+                volume: 11,
+                chunk: 12,
+                device: 13,
+                epoch: 14,
+            },
+            offset: 8192,
+            length: 4096,
+            mirror: Some(Mirror {
+                sds: 21,
+                device: 22,
+            }),
+        }
+    }
+
+    #[test]
+    fn request_round_trip() {
+        let h = write_req();
+        let b = h.encode();
+        assert_eq!(&b[0..2], b"DQ");
+        assert_eq!(RequestHeader::decode(&b).unwrap(), h);
+        assert_eq!(request_frame(&b).unwrap(), (h.tag, 4096));
+
+        let mut z = RequestHeader::new(Op::WriteZeroes, 9);
+        z.flags = FLAG_UNMAP | FLAG_FUA;
+        z.length = CHUNK_SIZE as u32;
+        let back = RequestHeader::decode(&z.encode()).unwrap();
+        assert!(back.unmap() && back.fua());
+        assert_eq!(back.mirror, None);
+    }
+
+    #[test]
+    fn big_endian_layout() {
+        let b = write_req().encode();
+        assert_eq!(b[2], 2);
+        assert_eq!(b[3], FLAG_FUA);
+        assert_eq!(&b[4..8], &[0, 0, 0x10, 0]);
+        assert_eq!(&b[8..16], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(b[23], 14);
+        assert_eq!(b[55], 13);
+        assert_eq!(b[63], 21);
+        assert_eq!(b[71], 22);
+    }
+
+    #[test]
+    fn response_round_trip() {
+        let h = ResponseHeader {
+            status: Status::StaleEpoch,
+            flags: FLAG_MAPPED,
+            payload_len: 3,
+            tag: 77,
+            aux: 99,
+        };
+        let b = h.encode();
+        assert_eq!(&b[0..2], b"DR");
+        assert_eq!(ResponseHeader::decode(&b).unwrap(), h);
+    }
+
+    #[test]
+    fn bad_magic_is_refused() {
+        let mut b = write_req().encode();
+        b[0] = 0;
+        assert!(matches!(
+            RequestHeader::decode(&b),
+            Err(WireError::BadMagic {
+                expected: REQUEST_MAGIC,
+                ..
+            })
+        ));
+        assert!(request_frame(&b).is_err());
+        let r = ResponseHeader::ok(1, 0).encode();
+        let mut as_req = [0u8; REQUEST_HEADER_LEN];
+        as_req[..RESPONSE_HEADER_LEN].copy_from_slice(&r);
+        assert!(matches!(
+            RequestHeader::decode(&as_req),
+            Err(WireError::BadMagic { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_op_keeps_the_frame() {
+        let mut b = write_req().encode();
+        b[2] = 42;
+        assert_eq!(RequestHeader::decode(&b), Err(WireError::UnknownOp(42)));
+        assert_eq!(request_frame(&b).unwrap(), (0x0102_0304_0506_0708, 4096));
+    }
+
+    #[test]
+    fn flags_must_suit_the_op() {
+        let mut h = RequestHeader::new(Op::Read, 1);
+        h.flags = FLAG_FUA;
+        assert!(matches!(
+            RequestHeader::decode(&h.encode()),
+            Err(WireError::BadFlags { op: Op::Read, .. })
+        ));
+        let mut w = write_req();
+        w.flags = FLAG_UNMAP;
+        assert!(matches!(w.check(), Err(WireError::BadFlags { .. })));
+        let mut r = RequestHeader::new(Op::Read, 1);
+        r.mirror = Some(Mirror { sds: 1, device: 1 });
+        assert_eq!(r.check(), Err(WireError::MirrorNotWrite(Op::Read)));
+    }
+
+    #[test]
+    fn ranges_must_stay_inside_the_chunk() {
+        let mut h = RequestHeader::new(Op::Read, 1);
+        h.offset = CHUNK_SIZE as u32 - 512;
+        h.length = 1024;
+        assert!(matches!(h.check(), Err(WireError::OutsideChunk { .. })));
+        h.length = 512;
+        assert!(h.check().is_ok());
+        let mut s = RequestHeader::new(Op::Status, 1);
+        s.offset = CHUNK_SIZE as u32;
+        assert!(matches!(s.check(), Err(WireError::OutsideChunk { .. })));
+        let mut w = write_req();
+        w.offset = u32::MAX;
+        assert!(matches!(w.check(), Err(WireError::OutsideChunk { .. })));
+    }
+
+    #[test]
+    fn payload_length_must_match_the_op() {
+        let mut w = write_req();
+        w.payload_len = 100;
+        assert_eq!(
+            w.check(),
+            Err(WireError::PayloadMismatch {
+                op: Op::Write,
+                len: 100,
+                expected: 4096
+            })
+        );
+        let mut r = RequestHeader::new(Op::Flush, 1);
+        r.payload_len = 1;
+        assert!(matches!(r.check(), Err(WireError::PayloadMismatch { .. })));
+        let mut c = RequestHeader::new(Op::Control, 1);
+        c.payload_len = 1000;
+        assert!(c.check().is_ok());
+        let mut b = c.encode();
+        b[4..8].copy_from_slice(&(MAX_CONTROL_PAYLOAD + 1).to_be_bytes());
+        assert!(matches!(
+            request_frame(&b),
+            Err(WireError::PayloadTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn response_limits_and_unknown_status() {
+        let mut b = ResponseHeader::ok(1, 0).encode();
+        b[2] = 200;
+        assert_eq!(
+            ResponseHeader::decode(&b),
+            Err(WireError::UnknownStatus(200))
+        );
+        let mut b = ResponseHeader::ok(1, 0).encode();
+        b[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            ResponseHeader::decode(&b),
+            Err(WireError::PayloadTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn errors_survive_the_wire() {
+        let cases = [
+            ChunkError::StaleEpoch {
+                sent: 3,
+                current: 8,
+            },
+            ChunkError::NoSpace,
+            ChunkError::Io("disk on fire".into()),
+            ChunkError::Refused("not my device".into()),
+            ChunkError::Mirror {
+                sds: 5,
+                reason: "gone".into(),
+            },
+        ];
+        for e in cases {
+            let (h, text) = encode_error(4, &e);
+            let h = ResponseHeader::decode(&h.encode()).unwrap();
+            assert_eq!(h.tag, 4);
+            let back = decode_error(&h, &text, 3).unwrap();
+            assert_eq!(back.to_string(), e.to_string());
+        }
+        assert!(decode_error(&ResponseHeader::ok(1, 0), &[], 0).is_none());
+    }
+}

@@ -1,0 +1,76 @@
+//! The MDM's control messages (`Control` frames). Applied one at a time under the
+//! state lock, on a blocking thread: they do file I/O and are rare.
+
+use super::claim::{self, Claim};
+use super::{state, Sds, SdsError};
+use crate::cluster::api::{fmt_id, SdsControl, SdsControlReply, SdsInventory};
+use std::net::SocketAddr;
+use tracing::info;
+
+impl Sds {
+    /// Applies one control message from the connection with `peer`.
+    pub(super) fn control(
+        &self,
+        msg: SdsControl,
+        peer: SocketAddr,
+    ) -> Result<SdsControlReply, SdsError> {
+        let mut current = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match msg {
+            SdsControl::Claim {
+                system_id,
+                sds_id,
+                sds_name,
+                mdm_port,
+                devices,
+            } => claim::claim(
+                self,
+                &mut current,
+                Claim {
+                    system_id,
+                    sds_id,
+                    sds_name,
+                    mdm_addr: SocketAddr::new(peer.ip(), mdm_port),
+                    devices,
+                },
+            ),
+            SdsControl::Peers { peers } => {
+                let s = current.as_mut().ok_or(SdsError::NotClaimed)?;
+                let mut next = s.clone();
+                next.peers.clone_from(&peers);
+                state::save(&self.data_dir, &next)?;
+                *s = next;
+                self.peers.set(&peers);
+                info!(peers = peers.len(), "peer table updated");
+                Ok(SdsControlReply::Ok)
+            }
+            SdsControl::AllocateThick { volume, chunks } => {
+                self.store.allocate_thick(volume, &chunks)?;
+                info!(volume = %fmt_id(volume), chunks = chunks.len(), "reserved thick chunks");
+                Ok(SdsControlReply::Ok)
+            }
+            SdsControl::FreeVolume { volume } => {
+                let freed = self.store.free_volume(volume)?;
+                self.epochs.forget(volume);
+                info!(volume = %fmt_id(volume), freed, "freed volume");
+                Ok(SdsControlReply::Ok)
+            }
+            SdsControl::Inventory => {
+                let (system_id, sds_id) = ids(&current);
+                Ok(SdsControlReply::Inventory(SdsInventory {
+                    system_id,
+                    sds_id,
+                    devices: self.store.inventory(),
+                }))
+            }
+            SdsControl::Ping => {
+                let (system_id, sds_id) = ids(&current);
+                Ok(SdsControlReply::Pong { system_id, sds_id })
+            }
+        }
+    }
+}
+
+/// (system id, SDS id), both 0 while the SDS is unclaimed.
+fn ids(s: &Option<state::SdsState>) -> (u64, u64) {
+    s.as_ref().map_or((0, 0), |s| (s.system_id, s.sds_id))
+}

@@ -1,0 +1,591 @@
+//! One claimed device: its header, its chunk table in memory (chunk → slot, free
+//! slots) and blocking chunk I/O at slot offsets. Callers run these methods on
+//! blocking threads.
+//!
+//! Locking: `table` is held shared for the whole of every data I/O (lookup to last
+//! byte), so freeing a slot, which takes it exclusively to unlink the chunk, waits for
+//! every I/O that found the slot; no I/O can then reach it. `alloc` serialises
+//! allocations so two first writes to one chunk cannot take two slots. Neither lock
+//! is ever held across an await: nothing here is async.
+
+use super::format::{Entry, FormatError, Header, ENTRY_LEN, HEADER_LEN};
+use super::SdsError;
+use crate::backend::fileops::{punch_hole, seek, write_zeros, SEEK_DATA, SEEK_HOLE};
+use crate::backend::SgList;
+use crate::cluster::api::{fmt_id, DeviceReport, CHUNK_SIZE};
+use bytes::Bytes;
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tracing::{error, info};
+
+/// (volume id, chunk index).
+pub type ChunkKey = (u64, u64);
+
+/// Table entries read per system call while loading.
+const LOAD_BATCH: u64 = 4096;
+
+/// A device opened and its header read, before it is trusted.
+pub struct Probe {
+    pub path: String,
+    file: File,
+    pub capacity: u64,
+    pub header: Option<Header>,
+}
+
+impl Probe {
+    pub fn open(path: &str) -> Result<Self, SdsError> {
+        let open_err = |source| SdsError::DeviceOpen {
+            path: path.to_string(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(open_err)?;
+        // Block devices report length 0 in their metadata; seeking to the end works
+        // for both them and files.
+        let capacity = file.seek(SeekFrom::End(0)).map_err(open_err)?;
+        let mut head = vec![0u8; HEADER_LEN.min(capacity) as usize];
+        file.read_exact_at(&mut head, 0)
+            .map_err(|source| SdsError::DeviceIo {
+                path: path.to_string(),
+                source,
+            })?;
+        let header = Header::decode(&head).map_err(|source| SdsError::BadHeader {
+            path: path.to_string(),
+            source,
+        })?;
+        Ok(Self {
+            path: path.to_string(),
+            file,
+            capacity,
+            header,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    index: u64,
+    thick: bool,
+}
+
+#[derive(Default)]
+struct Table {
+    chunks: HashMap<ChunkKey, Slot>,
+    free: BTreeSet<u64>,
+    /// Slots whose entry is corrupt: neither served nor reused.
+    quarantined: usize,
+}
+
+pub struct Device {
+    pub id: u64,
+    pub path: String,
+    capacity: u64,
+    header: Header,
+    file: File,
+    table: RwLock<Table>,
+    alloc: Mutex<()>,
+}
+
+impl Device {
+    /// Writes a new header on a blank device (zeroing its table first, so whatever the
+    /// device held before cannot pass for chunks) and makes it durable.
+    pub fn format(probe: Probe, header: Header) -> Result<Self, SdsError> {
+        let dev = Self::new(probe, header, Table::default());
+        dev.clear(header.table_offset, header.table_len())?;
+        dev.file
+            .write_all_at(&header.encode(), 0)
+            .and_then(|_| dev.file.sync_data())
+            .map_err(|e| dev.io_err(e))?;
+        dev.lock_mut().free = (0..header.slots).collect();
+        info!(path = %dev.path, device = %fmt_id(dev.id), slots = header.slots, "formatted device");
+        Ok(dev)
+    }
+
+    /// Opens a device that already carries our header and reads its chunk table.
+    /// Corrupt entries are logged and their slots kept out of use.
+    pub fn load(probe: Probe, header: Header) -> Result<Self, SdsError> {
+        if probe.capacity < header.end() {
+            return Err(SdsError::Shrunk {
+                path: probe.path,
+                capacity: probe.capacity,
+                need: header.end(),
+            });
+        }
+        let dev = Self::new(probe, header, Table::default());
+        let mut table = Table::default();
+        let mut buf = Vec::new();
+        let mut first = 0;
+        while first < header.slots {
+            let n = LOAD_BATCH.min(header.slots - first);
+            buf.resize((n * ENTRY_LEN) as usize, 0);
+            dev.file
+                .read_exact_at(&mut buf, header.entry_offset(first))
+                .map_err(|e| dev.io_err(e))?;
+            for (i, raw) in buf.chunks_exact(ENTRY_LEN as usize).enumerate() {
+                let slot = first + i as u64;
+                let raw = raw.try_into().expect("exact chunks");
+                dev.load_entry(&mut table, slot, Entry::decode(raw));
+            }
+            first += n;
+        }
+        info!(
+            path = %dev.path, device = %fmt_id(dev.id), slots = header.slots,
+            chunks = table.chunks.len(), quarantined = table.quarantined, "loaded device"
+        );
+        *dev.lock_mut() = table;
+        Ok(dev)
+    }
+
+    fn new(probe: Probe, header: Header, table: Table) -> Self {
+        Self {
+            id: header.device_id,
+            path: probe.path,
+            capacity: probe.capacity,
+            header,
+            file: probe.file,
+            table: RwLock::new(table),
+            alloc: Mutex::new(()),
+        }
+    }
+
+    fn load_entry(&self, table: &mut Table, slot: u64, entry: Result<Entry, FormatError>) {
+        match entry {
+            Ok(Entry::Free) => {
+                table.free.insert(slot);
+            }
+            Ok(Entry::Used {
+                volume,
+                chunk,
+                thick,
+            }) => {
+                let taken = table
+                    .chunks
+                    .insert((volume, chunk), Slot { index: slot, thick });
+                if let Some(other) = taken {
+                    error!(
+                        path = %self.path, slot, other = other.index, volume = %fmt_id(volume), chunk,
+                        "two table entries claim one chunk; keeping the later slot, the earlier one stays out of use"
+                    );
+                    table.quarantined += 1;
+                }
+            }
+            Err(e) => {
+                error!(path = %self.path, slot, error = %e, "corrupt chunk table entry; its slot stays out of use");
+                table.quarantined += 1;
+            }
+        }
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn report(&self) -> DeviceReport {
+        DeviceReport {
+            device_id: self.id,
+            path: self.path.clone(),
+            capacity_bytes: self.capacity,
+            slots: self.header.slots,
+        }
+    }
+
+    /// Every chunk copy held, sorted.
+    pub fn chunks(&self) -> Vec<ChunkKey> {
+        let mut v: Vec<_> = self.lock().chunks.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn read(&self, key: ChunkKey, offset: u32, len: u32) -> Result<Bytes, SdsError> {
+        let table = self.lock();
+        let mut buf = vec![0u8; len as usize];
+        if let Some(slot) = table.chunks.get(&key) {
+            let at = self.header.slot_offset(slot.index) + offset as u64;
+            self.file
+                .read_exact_at(&mut buf, at)
+                .map_err(|e| self.io_err(e))?;
+        }
+        Ok(buf.into())
+    }
+
+    /// Writes into a chunk, allocating its slot on first write.
+    pub fn write(
+        &self,
+        key: ChunkKey,
+        offset: u32,
+        data: &SgList,
+        fua: bool,
+    ) -> Result<(), SdsError> {
+        if data.is_empty() {
+            return self.sync_if(fua);
+        }
+        loop {
+            {
+                let table = self.lock();
+                if let Some(slot) = table.chunks.get(&key) {
+                    let mut at = self.header.slot_offset(slot.index) + offset as u64;
+                    for seg in data.segments() {
+                        self.file
+                            .write_all_at(seg, at)
+                            .map_err(|e| self.io_err(e))?;
+                        at += seg.len() as u64;
+                    }
+                    drop(table);
+                    return self.sync_if(fua);
+                }
+            }
+            // A write covering the whole chunk overwrites whatever the slot held.
+            let whole = offset == 0 && data.len() as u64 == CHUNK_SIZE;
+            let guard = self.alloc_guard();
+            self.allocate(&guard, key, false, !whole)?;
+        }
+    }
+
+    /// Zeroes a range of a chunk. A chunk not allocated here reads as zeros already and
+    /// stays unallocated; `unmap` of a whole thin chunk frees its slot.
+    pub fn write_zeroes(
+        &self,
+        key: ChunkKey,
+        offset: u32,
+        len: u32,
+        unmap: bool,
+        fua: bool,
+    ) -> Result<(), SdsError> {
+        let whole = offset == 0 && len as u64 == CHUNK_SIZE;
+        {
+            let table = self.lock();
+            let Some(slot) = table.chunks.get(&key).copied() else {
+                return Ok(());
+            };
+            if !(unmap && whole && !slot.thick) {
+                let at = self.header.slot_offset(slot.index) + offset as u64;
+                let done = if unmap {
+                    self.clear(at, len as u64)
+                } else {
+                    write_zeros(&self.file, at, len as u64).map_err(|e| self.io_err(e))
+                };
+                drop(table);
+                done?;
+                return self.sync_if(fua);
+            }
+        }
+        self.free(key)?;
+        self.sync_if(fua)
+    }
+
+    /// Whether the byte at `offset` is allocated and how far that state runs inside
+    /// the chunk, from the file's holes inside the slot.
+    pub fn status(&self, key: ChunkKey, offset: u32) -> Result<(bool, u32), SdsError> {
+        let table = self.lock();
+        let Some(slot) = table.chunks.get(&key) else {
+            return Ok((false, (CHUNK_SIZE - offset as u64) as u32));
+        };
+        let base = self.header.slot_offset(slot.index);
+        let (pos, end) = (base + offset as u64, base + CHUNK_SIZE);
+        let found = |whence| -> Result<u64, SdsError> {
+            Ok(seek(&self.file, pos, whence)
+                .map_err(|e| self.io_err(e))?
+                .unwrap_or(end)
+                .min(end))
+        };
+        let data = found(SEEK_DATA)?;
+        if data > pos {
+            return Ok((false, (data - pos) as u32));
+        }
+        let hole = found(SEEK_HOLE)?;
+        Ok((true, (hole - pos) as u32))
+    }
+
+    pub fn sync(&self) -> Result<(), SdsError> {
+        self.file.sync_data().map_err(|e| self.io_err(e))
+    }
+
+    /// Held while allocating; see the module doc.
+    pub fn alloc_guard(&self) -> MutexGuard<'_, ()> {
+        self.alloc.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn free_slots(&self) -> usize {
+        self.lock().free.len()
+    }
+
+    /// Whether `key` is allocated here (and, for thick reservations, already thick).
+    pub fn holds(&self, key: ChunkKey, thick: bool) -> bool {
+        self.lock()
+            .chunks
+            .get(&key)
+            .is_some_and(|s| s.thick || !thick)
+    }
+
+    /// Gives `key` a slot if it has none (the caller holds `alloc_guard`): zero the
+    /// slot unless the caller overwrites all of it, then write the table entry, then
+    /// publish. With `thick` an existing thin slot is marked thick.
+    pub fn allocate(
+        &self,
+        _guard: &MutexGuard<'_, ()>,
+        key: ChunkKey,
+        thick: bool,
+        zero: bool,
+    ) -> Result<(), SdsError> {
+        let entry = Entry::Used {
+            volume: key.0,
+            chunk: key.1,
+            thick,
+        };
+        let existing = self.lock().chunks.get(&key).copied();
+        if let Some(slot) = existing {
+            if thick && !slot.thick {
+                self.write_entry(slot.index, entry)?;
+                if let Some(s) = self.lock_mut().chunks.get_mut(&key) {
+                    s.thick = true;
+                }
+            }
+            return Ok(());
+        }
+        let index = self
+            .lock_mut()
+            .free
+            .pop_first()
+            .ok_or_else(|| SdsError::NoSpace {
+                path: self.path.clone(),
+            })?;
+        let prepared = if zero {
+            self.clear(self.header.slot_offset(index), CHUNK_SIZE)
+        } else {
+            Ok(())
+        }
+        .and_then(|_| self.write_entry(index, entry));
+        let mut table = self.lock_mut();
+        match prepared {
+            Ok(()) => {
+                table.chunks.insert(key, Slot { index, thick });
+                Ok(())
+            }
+            Err(e) => {
+                table.free.insert(index);
+                Err(e)
+            }
+        }
+    }
+
+    /// Releases a chunk's slot: unlink it (waiting for I/O in progress on it), punch
+    /// its data, clear its entry, then make it reusable. Data is punched before the
+    /// entry is cleared, so a crash in between leaves a chunk of zeros, never a free
+    /// slot with old data.
+    pub fn free(&self, key: ChunkKey) -> Result<bool, SdsError> {
+        let Some(slot) = self.lock_mut().chunks.remove(&key) else {
+            return Ok(false);
+        };
+        let released = self
+            .clear(self.header.slot_offset(slot.index), CHUNK_SIZE)
+            .and_then(|_| self.write_entry(slot.index, Entry::Free));
+        match released {
+            Ok(()) => {
+                self.lock_mut().free.insert(slot.index);
+                Ok(true)
+            }
+            Err(e) => {
+                error!(path = %self.path, slot = slot.index, error = %e, "could not release a chunk slot; it stays out of use until restart");
+                Err(e)
+            }
+        }
+    }
+
+    /// Frees every chunk of `volume`; returns how many.
+    pub fn free_volume(&self, volume: u64) -> Result<usize, SdsError> {
+        let keys: Vec<ChunkKey> = self
+            .lock()
+            .chunks
+            .keys()
+            .filter(|k| k.0 == volume)
+            .copied()
+            .collect();
+        let mut freed = 0;
+        for k in keys {
+            freed += usize::from(self.free(k)?);
+        }
+        Ok(freed)
+    }
+
+    fn write_entry(&self, slot: u64, entry: Entry) -> Result<(), SdsError> {
+        self.file
+            .write_all_at(&entry.encode(), self.header.entry_offset(slot))
+            .map_err(|e| self.io_err(e))
+    }
+
+    /// Makes a range read as zeros: punched where the device can, written otherwise.
+    fn clear(&self, offset: u64, len: u64) -> Result<(), SdsError> {
+        punch_hole(&self.file, offset, len)
+            .or_else(|_| write_zeros(&self.file, offset, len))
+            .map_err(|e| self.io_err(e))
+    }
+
+    fn sync_if(&self, fua: bool) -> Result<(), SdsError> {
+        if fua {
+            self.sync()
+        } else {
+            Ok(())
+        }
+    }
+
+    fn io_err(&self, source: std::io::Error) -> SdsError {
+        SdsError::DeviceIo {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn lock(&self) -> RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_mut(&self) -> RwLockWriteGuard<'_, Table> {
+        self.table.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sds::format::Owner;
+
+    fn blank(dir: &tempfile::TempDir, name: &str, size: u64) -> String {
+        let p = dir.path().join(name);
+        File::create(&p).unwrap().set_len(size).unwrap();
+        p.to_str().unwrap().to_string()
+    }
+
+    fn formatted(path: &str) -> Device {
+        let probe = Probe::open(path).unwrap();
+        assert!(probe.header.is_none());
+        let h = Header::for_capacity(
+            Owner {
+                system_id: 1,
+                sds_id: 2,
+                device_id: 3,
+                pool_id: 4,
+            },
+            probe.capacity,
+        )
+        .unwrap();
+        Device::format(probe, h).unwrap()
+    }
+
+    fn sg(b: &[u8]) -> SgList {
+        SgList::from(b.to_vec())
+    }
+
+    #[test]
+    fn thin_allocation_reads_zeros_around_written_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = formatted(&blank(&dir, "d", 8 << 20));
+        assert_eq!(dev.free_slots(), 7);
+        assert_eq!(dev.read((1, 0), 0, 16).unwrap(), vec![0u8; 16]);
+        dev.write((1, 0), 4096, &sg(&[5u8; 4096]), false).unwrap();
+        assert_eq!(dev.free_slots(), 6);
+        let r = dev.read((1, 0), 0, 8192).unwrap();
+        assert!(r[..4096].iter().all(|&b| b == 0));
+        assert!(r[4096..].iter().all(|&b| b == 5));
+        assert_eq!(dev.chunks(), vec![(1, 0)]);
+        assert_eq!(dev.status((1, 0), 0).unwrap(), (false, 4096));
+        assert!(dev.status((1, 0), 4096).unwrap().0);
+        assert_eq!(dev.status((9, 9), 100).unwrap(), (false, (1 << 20) - 100));
+    }
+
+    #[test]
+    fn unmap_of_a_whole_chunk_frees_and_zeroes_the_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = formatted(&blank(&dir, "d", 4 << 20));
+        let slots = dev.free_slots();
+        dev.write((1, 0), 0, &sg(&[7u8; 512]), true).unwrap();
+        dev.write_zeroes((1, 0), 0, 512, true, false).unwrap();
+        assert_eq!(dev.read((1, 0), 0, 512).unwrap(), vec![0u8; 512]);
+        assert_eq!(dev.free_slots(), slots - 1);
+        dev.write_zeroes((1, 0), 0, CHUNK_SIZE as u32, true, false)
+            .unwrap();
+        assert_eq!(dev.free_slots(), slots);
+        assert!(dev.chunks().is_empty());
+        // The reused slot reads zeros beyond what its new chunk wrote.
+        dev.write((2, 0), 0, &sg(&[1u8; 16]), false).unwrap();
+        assert_eq!(dev.read((2, 0), 0, 1024).unwrap()[16..], [0u8; 1008][..]);
+    }
+
+    #[test]
+    fn full_device_reports_no_space_and_thick_slots_survive_unmap() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = formatted(&blank(&dir, "d", 3 << 20));
+        assert_eq!(dev.header().slots, 2);
+        {
+            let g = dev.alloc_guard();
+            dev.allocate(&g, (1, 0), true, true).unwrap();
+            dev.allocate(&g, (1, 0), true, true).unwrap();
+        }
+        dev.write((2, 0), 0, &sg(&[1]), false).unwrap();
+        let e = dev.write((2, 1), 0, &sg(&[1]), false).unwrap_err();
+        assert!(matches!(e, SdsError::NoSpace { .. }), "{e}");
+        dev.write_zeroes((1, 0), 0, CHUNK_SIZE as u32, true, false)
+            .unwrap();
+        assert!(dev.holds((1, 0), true));
+        assert_eq!(dev.free_volume(2).unwrap(), 1);
+        assert_eq!(dev.free_slots(), 1);
+    }
+
+    #[test]
+    fn reload_restores_the_table_and_quarantines_corrupt_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = blank(&dir, "d", 8 << 20);
+        let header = {
+            let dev = formatted(&path);
+            dev.write((1, 0), 0, &sg(&[1u8; 100]), false).unwrap();
+            dev.write((1, 1), 0, &sg(&[2u8; 100]), false).unwrap();
+            *dev.header()
+        };
+        let probe = Probe::open(&path).unwrap();
+        assert_eq!(probe.header, Some(header));
+        let dev = Device::load(probe, header).unwrap();
+        assert_eq!(dev.chunks(), vec![(1, 0), (1, 1)]);
+        assert_eq!(dev.read((1, 1), 0, 100).unwrap(), vec![2u8; 100]);
+        drop(dev);
+
+        // Flip a bit in slot 1's entry (chunk (1, 1)).
+        let f = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .open(&path)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, header.entry_offset(1) + 3).unwrap();
+        f.write_all_at(&[b[0] ^ 1], header.entry_offset(1) + 3)
+            .unwrap();
+        let dev = Device::load(Probe::open(&path).unwrap(), header).unwrap();
+        assert_eq!(dev.chunks(), vec![(1, 0)]);
+        assert_eq!(dev.read((1, 1), 0, 100).unwrap(), vec![0u8; 100]);
+        // Slot 1 is neither served nor reused.
+        assert_eq!(dev.free_slots() as u64, header.slots - 2);
+    }
+
+    #[test]
+    fn shrunk_and_tiny_devices_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = blank(&dir, "d", 8 << 20);
+        drop(formatted(&path));
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        let probe = Probe::open(&path).unwrap();
+        let header = probe.header.unwrap();
+        let e = Device::load(probe, header).err().unwrap();
+        assert!(matches!(e, SdsError::Shrunk { .. }), "{e}");
+        let tiny = blank(&dir, "t", 1000);
+        assert_eq!(Probe::open(&tiny).unwrap().header, None);
+    }
+}

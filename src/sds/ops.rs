@@ -1,0 +1,133 @@
+//! Executing one chunk request: epoch fencing, the device operation on a blocking
+//! thread, and for a primary write the forward to the mirror SDS, run concurrently.
+
+use super::{Sds, SdsError};
+use crate::backend::SgList;
+use crate::cluster::api::SdsControl;
+use crate::cluster::chunk::wire::{Op, RequestHeader, FLAG_MAPPED};
+use crate::cluster::chunk::{ChunkError, ChunkRef, Mirror};
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// A successful reply: response flags, aux field and payload.
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub flags: u8,
+    pub aux: u64,
+    pub payload: Bytes,
+}
+
+impl Answer {
+    fn data(payload: Bytes) -> Self {
+        Self {
+            payload,
+            ..Self::default()
+        }
+    }
+}
+
+pub async fn execute(
+    sds: &Arc<Sds>,
+    h: RequestHeader,
+    payload: Bytes,
+    peer: SocketAddr,
+) -> Result<Answer, ChunkError> {
+    match h.op {
+        Op::Control => control(sds, payload, peer).await,
+        Op::Flush => {
+            let sds = sds.clone();
+            blocking(move || sds.store.sync_all()).await?;
+            Ok(Answer::default())
+        }
+        Op::Read | Op::Write | Op::WriteZeroes | Op::Status => {
+            sds.epochs.admit(h.at.volume, h.at.epoch)?;
+            let dev = sds.store.device(h.at.device).map_err(|e| e.to_chunk())?;
+            let key = (h.at.volume, h.at.chunk);
+            match h.op {
+                Op::Read => {
+                    let data = blocking(move || dev.read(key, h.offset, h.length)).await?;
+                    Ok(Answer::data(data))
+                }
+                Op::Status => {
+                    let (mapped, run) = blocking(move || dev.status(key, h.offset)).await?;
+                    Ok(Answer {
+                        flags: if mapped { FLAG_MAPPED } else { 0 },
+                        aux: run as u64,
+                        payload: Bytes::new(),
+                    })
+                }
+                _ => {
+                    let data = SgList::from(payload);
+                    let forward = data.clone();
+                    let local = blocking(move || {
+                        if h.op == Op::Write {
+                            dev.write(key, h.offset, &data, h.fua())
+                        } else {
+                            dev.write_zeroes(key, h.offset, h.length, h.unmap(), h.fua())
+                        }
+                    });
+                    match h.mirror {
+                        None => local.await?,
+                        Some(m) => {
+                            let (l, r) = tokio::join!(local, mirror(sds, h, forward, m));
+                            l?;
+                            r?;
+                        }
+                    }
+                    Ok(Answer::default())
+                }
+            }
+        }
+    }
+}
+
+/// Sends the same write to the mirror SDS for the second copy. A stale epoch there is
+/// reported as such (the sender must refetch its layout); any other failure is a
+/// mirror failure, for the MDM to resolve.
+async fn mirror(sds: &Sds, h: RequestHeader, data: SgList, m: Mirror) -> Result<(), ChunkError> {
+    let failed = |reason: String| ChunkError::Mirror { sds: m.sds, reason };
+    let client = sds.peers.client(m.sds).ok_or_else(|| {
+        failed("it is not in this SDS's peer table; the MDM must send the peer list".into())
+    })?;
+    let mut fwd = h;
+    fwd.mirror = None;
+    fwd.at = ChunkRef {
+        device: m.device,
+        ..h.at
+    };
+    client.send(fwd, &data).await.map_err(|e| match e {
+        ChunkError::StaleEpoch { .. } => e,
+        other => failed(other.to_string()),
+    })
+}
+
+async fn control(sds: &Arc<Sds>, payload: Bytes, peer: SocketAddr) -> Result<Answer, ChunkError> {
+    let msg: SdsControl = serde_json::from_slice(&payload)
+        .map_err(|e| ChunkError::Protocol(format!("unreadable control message: {e}")))?;
+    let sds = sds.clone();
+    let reply = tokio::task::spawn_blocking(move || sds.control(msg, peer))
+        .await
+        .map_err(|e| ChunkError::Io(format!("control task failed: {e}")))?
+        .map_err(|e| {
+            tracing::warn!(error = %e, %peer, "control request refused");
+            e.to_string()
+        });
+    let body = serde_json::to_vec(&reply).expect("control replies always serialize");
+    Ok(Answer::data(body.into()))
+}
+
+/// Runs device work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SdsError> + Send + 'static,
+) -> Result<T, ChunkError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ChunkError::Io(format!("device task failed: {e}")))?
+        .map_err(|e| {
+            if matches!(e, SdsError::DeviceIo { .. }) {
+                tracing::warn!(error = %e, "device I/O failed");
+            }
+            e.to_chunk()
+        })
+}

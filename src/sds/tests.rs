@@ -1,0 +1,540 @@
+//! End-to-end tests: real SDS on loopback with sparse device files, driven through
+//! `ChunkClient` as the MDM and a gateway would.
+
+use super::*;
+use crate::backend::SgList;
+use crate::cluster::api::{
+    ClaimDevice, MdmReply, MdmRequest, MdmResponse, SdsControl, SdsControlReply, SdsInventory,
+    CHUNK_SIZE,
+};
+use crate::cluster::chunk::wire::{Op, RequestHeader, ResponseHeader, Status};
+use crate::cluster::chunk::{ChunkClient, ChunkRef, Mirror};
+use crate::cluster::frame;
+use bytes::Bytes;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SYSTEM: u64 = 0x5157;
+const MIB: u64 = 1 << 20;
+
+fn device_file(dir: &TempDir, name: &str, size: u64) -> String {
+    let p = dir.path().join(name);
+    File::create(&p).unwrap().set_len(size).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+async fn start_at(data_dir: &Path, mdm: Option<String>) -> SdsHandle {
+    start(SdsOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_path_buf(),
+        mdm,
+    })
+    .await
+    .unwrap()
+}
+
+fn claim_msg(system_id: u64, sds_id: u64, mdm_port: u16, devices: &[(u64, &str)]) -> SdsControl {
+    SdsControl::Claim {
+        system_id,
+        sds_id,
+        sds_name: format!("sds{sds_id}"),
+        mdm_port,
+        devices: devices
+            .iter()
+            .map(|&(device_id, path)| ClaimDevice {
+                device_id,
+                path: path.to_string(),
+                pool_id: 77,
+            })
+            .collect(),
+    }
+}
+
+/// A claimed SDS with one 64 MiB device (id `sds_id * 10`).
+struct Node {
+    dir: TempDir,
+    handle: SdsHandle,
+    client: ChunkClient,
+    device: u64,
+    path: String,
+}
+
+async fn node(sds_id: u64) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let path = device_file(&dir, "dev0", 64 * MIB);
+    let handle = start_at(&dir.path().join("data"), None).await;
+    let client = ChunkClient::new(handle.addr);
+    let device = sds_id * 10;
+    let reply = client
+        .control(&claim_msg(SYSTEM, sds_id, 6611, &[(device, &path)]))
+        .await
+        .unwrap();
+    match reply {
+        SdsControlReply::Claimed { devices } => {
+            assert_eq!(devices.len(), 1);
+            assert_eq!(devices[0].device_id, device);
+            assert_eq!(devices[0].capacity_bytes, 64 * MIB);
+            assert_eq!(devices[0].slots, 63);
+        }
+        other => panic!("{other:?}"),
+    }
+    Node {
+        dir,
+        handle,
+        client,
+        device,
+        path,
+    }
+}
+
+fn at(volume: u64, chunk: u64, device: u64, epoch: u64) -> ChunkRef {
+    ChunkRef {
+        volume,
+        chunk,
+        device,
+        epoch,
+    }
+}
+
+async fn inventory(c: &ChunkClient) -> SdsInventory {
+    match c.control(&SdsControl::Inventory).await.unwrap() {
+        SdsControlReply::Inventory(i) => i,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn refused(e: ChunkError) -> String {
+    match e {
+        ChunkError::Refused(m) => m,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn write_read_status_flush_and_inventory() {
+    let n = node(1).await;
+    let c = &n.client;
+    let a = at(5, 3, n.device, 1);
+    assert_eq!(c.read(a, 0, 4096).await.unwrap(), vec![0u8; 4096]);
+    assert_eq!(
+        c.status(a, 100).await.unwrap(),
+        (false, CHUNK_SIZE as u32 - 100)
+    );
+
+    let mut sg = SgList::new();
+    sg.push(Bytes::from(vec![0xAA; 2048]));
+    sg.push(Bytes::from(vec![0xBB; 2048]));
+    c.write(a, 8192, sg, true, None).await.unwrap();
+    let r = c.read(a, 4096, 3 * 4096).await.unwrap();
+    assert!(r[..4096].iter().all(|&b| b == 0));
+    assert!(r[4096..6144].iter().all(|&b| b == 0xAA));
+    assert!(r[6144..8192].iter().all(|&b| b == 0xBB));
+    assert!(r[8192..].iter().all(|&b| b == 0));
+    assert_eq!(c.status(a, 0).await.unwrap(), (false, 8192));
+    let (mapped, run) = c.status(a, 8192).await.unwrap();
+    assert!(mapped && run >= 4096, "{run}");
+    c.flush().await.unwrap();
+
+    // Zeroing without unmap keeps the chunk allocated.
+    c.write_zeroes(a, 8192, 4096, false, None).await.unwrap();
+    assert_eq!(c.read(a, 8192, 4096).await.unwrap(), vec![0u8; 4096]);
+    let inv = inventory(c).await;
+    assert_eq!((inv.system_id, inv.sds_id), (SYSTEM, 1));
+    assert_eq!(inv.devices[0].chunks, vec![(5, 3)]);
+    assert_eq!(inv.devices[0].slots, 63);
+    // Unmapping the whole chunk releases it.
+    c.write_zeroes(a, 0, CHUNK_SIZE as u32, true, None)
+        .await
+        .unwrap();
+    assert!(inventory(c).await.devices[0].chunks.is_empty());
+    match c.control(&SdsControl::Ping).await.unwrap() {
+        SdsControlReply::Pong { system_id, sds_id } => assert_eq!((system_id, sds_id), (SYSTEM, 1)),
+        other => panic!("{other:?}"),
+    }
+    let e = c.read(at(5, 3, 999, 1), 0, 1).await.unwrap_err();
+    assert!(refused(e).contains("not on this SDS"));
+}
+
+#[tokio::test]
+async fn pipelined_requests_on_few_connections() {
+    let n = node(1).await;
+    let c = Arc::new(ChunkClient::new(n.handle.addr));
+    let dev = n.device;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..64u64 {
+        let c = c.clone();
+        set.spawn(async move {
+            let a = at(1, i % 8, dev, 1);
+            let data = vec![i as u8; 4096];
+            c.write(a, (i / 8) as u32 * 4096, data.into(), false, None)
+                .await
+                .unwrap();
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    for i in 0..64u64 {
+        let c = c.clone();
+        set.spawn(async move {
+            let a = at(1, i % 8, dev, 1);
+            let r = c.read(a, (i / 8) as u32 * 4096, 4096).await.unwrap();
+            assert!(r.iter().all(|&b| b == i as u8), "request {i}");
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    assert_eq!(inventory(&c).await.devices[0].chunks.len(), 8);
+}
+
+#[tokio::test]
+async fn mirrored_writes_reach_both_copies() {
+    let p = node(1).await;
+    let s = node(2).await;
+    let peers = SdsControl::Peers {
+        peers: vec![(2, s.handle.addr)],
+    };
+    assert_eq!(p.client.control(&peers).await.unwrap(), SdsControlReply::Ok);
+    let m = Some(Mirror {
+        sds: 2,
+        device: s.device,
+    });
+    let a = at(9, 0, p.device, 3);
+    p.client
+        .write(a, 512, vec![0x5A; 1024].into(), true, m)
+        .await
+        .unwrap();
+    let on_secondary = at(9, 0, s.device, 3);
+    let r = s.client.read(on_secondary, 512, 1024).await.unwrap();
+    assert_eq!(r, vec![0x5A; 1024]);
+    p.client.write_zeroes(a, 512, 512, false, m).await.unwrap();
+    let r = s.client.read(on_secondary, 512, 1024).await.unwrap();
+    assert!(r[..512].iter().all(|&b| b == 0) && r[512..].iter().all(|&b| b == 0x5A));
+    // The forwarded request carried the epoch: the secondary now fences older ones.
+    let e = s
+        .client
+        .read(at(9, 0, s.device, 2), 0, 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ChunkError::StaleEpoch { current: 3, .. }),
+        "{e}"
+    );
+
+    // Unknown peer: the local copy is written, the reply is a mirror failure.
+    let e = p
+        .client
+        .write(
+            at(9, 1, p.device, 3),
+            0,
+            vec![1u8; 512].into(),
+            false,
+            Some(Mirror { sds: 42, device: 1 }),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ChunkError::Mirror { sds: 42, .. }), "{e}");
+    assert_eq!(
+        p.client.read(at(9, 1, p.device, 3), 0, 512).await.unwrap(),
+        vec![1u8; 512]
+    );
+
+    // A dead secondary is a mirror failure too.
+    s.handle.stop();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let e = p
+        .client
+        .write(a, 0, vec![2u8; 512].into(), false, m)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ChunkError::Mirror { sds: 2, .. }), "{e}");
+}
+
+#[tokio::test]
+async fn a_full_device_answers_no_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = device_file(&dir, "small", 3 * MIB);
+    let h = start_at(&dir.path().join("data"), None).await;
+    let c = ChunkClient::new(h.addr);
+    c.control(&claim_msg(SYSTEM, 1, 6611, &[(10, &path)]))
+        .await
+        .unwrap();
+    let one = || SgList::from(vec![1u8; 512]);
+    c.write(at(1, 0, 10, 1), 0, one(), false, None)
+        .await
+        .unwrap();
+    c.write(at(1, 1, 10, 1), 0, one(), false, None)
+        .await
+        .unwrap();
+    let e = c
+        .write(at(1, 2, 10, 1), 0, one(), false, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ChunkError::NoSpace), "{e}");
+    // Writing zeros to an unallocated chunk needs no slot.
+    c.write_zeroes(at(1, 2, 10, 1), 0, 512, false, None)
+        .await
+        .unwrap();
+    let thick = SdsControl::AllocateThick {
+        volume: 2,
+        chunks: vec![(0, 10)],
+    };
+    assert!(refused(c.control(&thick).await.unwrap_err()).contains("needs 1 more"));
+
+    c.write_zeroes(at(1, 0, 10, 1), 0, CHUNK_SIZE as u32, true, None)
+        .await
+        .unwrap();
+    assert_eq!(c.control(&thick).await.unwrap(), SdsControlReply::Ok);
+    assert_eq!(c.control(&thick).await.unwrap(), SdsControlReply::Ok);
+    let inv = inventory(&c).await;
+    assert_eq!(inv.devices[0].chunks, vec![(1, 1), (2, 0)]);
+    let free = SdsControl::FreeVolume { volume: 1 };
+    assert_eq!(c.control(&free).await.unwrap(), SdsControlReply::Ok);
+    assert_eq!(inventory(&c).await.devices[0].chunks, vec![(2, 0)]);
+    assert_eq!(
+        c.read(at(1, 1, 10, 1), 0, 512).await.unwrap(),
+        vec![0u8; 512]
+    );
+}
+
+#[tokio::test]
+async fn older_epochs_are_refused() {
+    let n = node(1).await;
+    let c = &n.client;
+    c.write(at(1, 0, n.device, 5), 0, vec![1u8; 512].into(), false, None)
+        .await
+        .unwrap();
+    let e = c.read(at(1, 0, n.device, 4), 0, 512).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ChunkError::StaleEpoch {
+                sent: 4,
+                current: 5
+            }
+        ),
+        "{e}"
+    );
+    c.read(at(1, 0, n.device, 6), 0, 512).await.unwrap();
+    assert!(c.status(at(1, 0, n.device, 5), 0).await.is_err());
+    // Other volumes have their own epochs.
+    c.read(at(2, 0, n.device, 1), 0, 512).await.unwrap();
+}
+
+#[tokio::test]
+async fn claims_are_checked_before_anything_is_written() {
+    let n = node(1).await;
+    // Another system's SDS cannot take n's device.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = start_at(other_dir.path(), None).await;
+    let oc = ChunkClient::new(other.addr);
+    let blank = device_file(&other_dir, "blank", 8 * MIB);
+    let msg = claim_msg(0xBEEF, 1, 6611, &[(10, &blank), (11, &n.path)]);
+    let m = refused(oc.control(&msg).await.unwrap_err());
+    assert!(m.contains(&n.path) && m.contains(&fmt_id(SYSTEM)), "{m}");
+    // All or nothing: the blank device was left blank and the SDS unclaimed.
+    let mut head = [0u8; 8];
+    File::open(&blank)
+        .unwrap()
+        .read_exact_at(&mut head, 0)
+        .unwrap();
+    assert_eq!(head, [0u8; 8]);
+    let inv = inventory(&oc).await;
+    assert_eq!((inv.system_id, inv.devices.len()), (0, 0));
+
+    // Same system, another SDS.
+    let msg = claim_msg(SYSTEM, 2, 6611, &[(20, &n.path)]);
+    let m = refused(oc.control(&msg).await.unwrap_err());
+    assert!(m.contains("already device"), "{m}");
+
+    // Repeating the claim is harmless; a later claim adds devices.
+    let again = claim_msg(SYSTEM, 1, 6611, &[(10, &n.path)]);
+    n.client.control(&again).await.unwrap();
+    let second = device_file(&n.dir, "dev1", 8 * MIB);
+    let more = claim_msg(SYSTEM, 1, 6611, &[(11, &second)]);
+    match n.client.control(&more).await.unwrap() {
+        SdsControlReply::Claimed { devices } => assert_eq!(devices[0].slots, 7),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(inventory(&n.client).await.devices.len(), 2);
+    // But the SDS belongs to its system and id now.
+    let steal = claim_msg(0xBEEF, 1, 6611, &[(12, &blank)]);
+    let m = refused(n.client.control(&steal).await.unwrap_err());
+    assert!(m.contains("already belongs"), "{m}");
+    let dup = claim_msg(SYSTEM, 1, 6611, &[(13, &blank), (13, &blank)]);
+    assert!(refused(n.client.control(&dup).await.unwrap_err()).contains("twice"));
+}
+
+#[tokio::test]
+async fn restart_keeps_data_and_announces_to_the_mdm() {
+    let mdm = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mdm_port = mdm.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = device_file(&dir, "dev0", 16 * MIB);
+    let data = dir.path().join("data");
+    let h = start_at(&data, None).await;
+    let c = ChunkClient::new(h.addr);
+    c.control(&claim_msg(SYSTEM, 4, mdm_port, &[(40, &path)]))
+        .await
+        .unwrap();
+    let peers = vec![(5, "127.0.0.1:9".parse().unwrap())];
+    c.control(&SdsControl::Peers {
+        peers: peers.clone(),
+    })
+    .await
+    .unwrap();
+    c.write(at(3, 7, 40, 1), 100, vec![9u8; 300].into(), false, None)
+        .await
+        .unwrap();
+    h.stop();
+
+    let h = start_at(&data, None).await;
+    let (mut s, _) = mdm.accept().await.unwrap();
+    let hello: MdmRequest = frame::read(&mut s).await.unwrap().unwrap();
+    assert_eq!(
+        hello,
+        MdmRequest::SdsHello {
+            sds_id: 4,
+            system_id: SYSTEM,
+            addr: h.addr
+        }
+    );
+    frame::write(&mut s, &MdmResponse::Ok(MdmReply::Ok))
+        .await
+        .unwrap();
+    let c = ChunkClient::new(h.addr);
+    assert_eq!(
+        c.read(at(3, 7, 40, 1), 100, 300).await.unwrap(),
+        vec![9u8; 300]
+    );
+    let saved = state::load(&data).unwrap().unwrap();
+    assert_eq!(saved.peers, peers);
+    assert_eq!(saved.mdm_addr, format!("127.0.0.1:{mdm_port}"));
+    h.stop();
+
+    // A device whose header was wiped keeps the SDS from starting.
+    File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(&[0u8; 4096], 0)
+        .unwrap();
+    let e = start(SdsOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data,
+        mdm: None,
+    })
+    .await
+    .err()
+    .unwrap();
+    assert!(matches!(e, SdsError::HeaderChanged { .. }), "{e}");
+    assert!(e.to_string().contains(&path));
+}
+
+#[tokio::test]
+async fn the_mdm_address_can_be_overridden() {
+    let mdm = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = device_file(&dir, "dev0", 4 * MIB);
+    let data = dir.path().join("data");
+    let h = start_at(&data, None).await;
+    ChunkClient::new(h.addr)
+        .control(&claim_msg(SYSTEM, 4, 1, &[(40, &path)]))
+        .await
+        .unwrap();
+    h.stop();
+    let h = start_at(&data, Some(mdm.local_addr().unwrap().to_string())).await;
+    let (mut s, _) = mdm.accept().await.unwrap();
+    let hello: MdmRequest = frame::read(&mut s).await.unwrap().unwrap();
+    assert!(matches!(hello, MdmRequest::SdsHello { sds_id: 4, .. }));
+    h.stop();
+}
+
+#[tokio::test]
+async fn a_corrupt_table_entry_keeps_its_slot_out_of_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = device_file(&dir, "dev0", 8 * MIB);
+    let data = dir.path().join("data");
+    let h = start_at(&data, None).await;
+    let c = ChunkClient::new(h.addr);
+    c.control(&claim_msg(SYSTEM, 1, 6611, &[(10, &path)]))
+        .await
+        .unwrap();
+    for chunk in 0..2 {
+        let fill = vec![chunk as u8 + 1; 512];
+        c.write(at(1, chunk, 10, 1), 0, fill.into(), false, None)
+            .await
+            .unwrap();
+    }
+    h.stop();
+    // Slot 1 holds chunk (1, 1): flip a bit of its table entry.
+    let f = File::options().read(true).write(true).open(&path).unwrap();
+    let entry = 4096 + 32;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, entry + 3).unwrap();
+    f.write_all_at(&[b[0] ^ 1], entry + 3).unwrap();
+
+    let h = start_at(&data, None).await;
+    let c = ChunkClient::new(h.addr);
+    assert_eq!(inventory(&c).await.devices[0].chunks, vec![(1, 0)]);
+    assert_eq!(
+        c.read(at(1, 1, 10, 1), 0, 512).await.unwrap(),
+        vec![0u8; 512]
+    );
+    for chunk in 2..7 {
+        c.write(at(1, chunk, 10, 1), 0, vec![0xEE; 512].into(), false, None)
+            .await
+            .unwrap();
+    }
+    // Seven slots, one corrupt: the device is full and slot 1 kept its old bytes.
+    let e = c
+        .write(at(1, 9, 10, 1), 0, vec![0xEE; 512].into(), false, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ChunkError::NoSpace), "{e}");
+    let mut raw = [0u8; 512];
+    f.read_exact_at(&mut raw, MIB + MIB).unwrap();
+    assert_eq!(raw, [2u8; 512]);
+    h.stop();
+}
+
+#[tokio::test]
+async fn a_malformed_request_gets_an_error_and_the_connection_lives_on() {
+    let n = node(1).await;
+    let mut s = tokio::net::TcpStream::connect(n.handle.addr).await.unwrap();
+    let mut bad = RequestHeader::new(Op::Read, 77).encode();
+    bad[2] = 99;
+    bad[4..8].copy_from_slice(&3u32.to_be_bytes());
+    s.write_all(&bad).await.unwrap();
+    s.write_all(b"xyz").await.unwrap();
+    s.write_all(&RequestHeader::new(Op::Flush, 78).encode())
+        .await
+        .unwrap();
+    let mut raw = [0u8; 24];
+    s.read_exact(&mut raw).await.unwrap();
+    let h = ResponseHeader::decode(&raw).unwrap();
+    assert_eq!((h.tag, h.status), (77, Status::Protocol));
+    let mut text = vec![0u8; h.payload_len as usize];
+    s.read_exact(&mut text).await.unwrap();
+    assert!(String::from_utf8(text).unwrap().contains("unknown op 99"));
+    s.read_exact(&mut raw).await.unwrap();
+    let h = ResponseHeader::decode(&raw).unwrap();
+    assert_eq!((h.tag, h.status), (78, Status::Ok));
+}
+
+#[tokio::test]
+async fn whole_chunks_travel_in_one_request() {
+    let n = node(1).await;
+    let c = &n.client;
+    let a = at(1, 0, n.device, 1);
+    let data: Vec<u8> = (0..CHUNK_SIZE).map(|i| (i % 251) as u8).collect();
+    c.write(a, 0, data.clone().into(), true, None)
+        .await
+        .unwrap();
+    assert_eq!(c.read(a, 0, CHUNK_SIZE as u32).await.unwrap(), data);
+    let e = c.write(a, 1, data.into(), false, None).await.unwrap_err();
+    assert!(matches!(e, ChunkError::Protocol(_)), "{e}");
+}
