@@ -291,3 +291,160 @@ impl BlockBackend for PoolVolume {
         Ok((state, blocks.min(left)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::api::{ClaimDevice, DeviceLoc, SdsControl};
+    use crate::cluster::chunk::{ChunkClient, ChunkRef};
+    use crate::sds::{self, SdsHandle, SdsOptions};
+
+    const MIB: u64 = 1 << 20;
+
+    async fn sds_node(dir: &tempfile::TempDir, id: u64) -> SdsHandle {
+        let dev = dir.path().join(format!("dev{id}"));
+        std::fs::File::create(&dev)
+            .unwrap()
+            .set_len(32 * MIB)
+            .unwrap();
+        let h = sds::start(SdsOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join(format!("sds{id}")),
+            mdm: None,
+        })
+        .await
+        .unwrap();
+        ChunkClient::new(h.addr)
+            .control(&SdsControl::Claim {
+                system_id: 1,
+                sds_id: id,
+                sds_name: format!("s{id}"),
+                mdm_port: 1,
+                devices: vec![ClaimDevice {
+                    device_id: id * 10,
+                    path: dev.display().to_string(),
+                    pool_id: 5,
+                }],
+            })
+            .await
+            .unwrap();
+        h
+    }
+
+    /// Two SDS that know each other and a 4-chunk thin volume alternating primaries.
+    async fn setup(dir: &tempfile::TempDir) -> (PoolVolume, Vec<SdsHandle>) {
+        let a = sds_node(dir, 1).await;
+        let b = sds_node(dir, 2).await;
+        let peers = vec![(1, a.addr), (2, b.addr)];
+        for h in [&a, &b] {
+            ChunkClient::new(h.addr)
+                .control(&SdsControl::Peers {
+                    peers: peers.clone(),
+                })
+                .await
+                .unwrap();
+        }
+        let layout = Layout {
+            volume_id: 42,
+            epoch: 1,
+            size_bytes: 4 * MIB,
+            thin: true,
+            devices: vec![
+                DeviceLoc {
+                    sds_id: 1,
+                    device_id: 10,
+                    addr: a.addr,
+                },
+                DeviceLoc {
+                    sds_id: 2,
+                    device_id: 20,
+                    addr: b.addr,
+                },
+            ],
+            chunks: vec![[0, 1], [1, 0], [0, 1], [1, 0]],
+        };
+        let vol = PoolVolume::new(layout, "127.0.0.1:1".into(), Arc::new(SdsPool::default()));
+        (vol, vec![a, b])
+    }
+
+    #[tokio::test]
+    async fn io_spans_chunks_and_lands_on_both_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, nodes) = setup(&dir).await;
+        assert_eq!(vol.num_blocks(), 4 * MIB / 512);
+        // 1.5 MiB from 0.75 MiB: three pieces over chunks 0, 1 and 2... (0.75..2.25 MiB)
+        let data: Vec<u8> = (0..3 * MIB / 2).map(|i| (i % 253) as u8).collect();
+        let lba = 3 * MIB / 4 / 512;
+        vol.write(lba, SgList::from(data.clone()), true)
+            .await
+            .unwrap();
+        let back = vol.read(lba, (data.len() / 512) as u32).await.unwrap();
+        assert_eq!(&back[..], &data[..]);
+        vol.flush().await.unwrap();
+        // Chunk 1's secondary (SDS 1) holds the same bytes as its primary (SDS 2).
+        let at = |device| ChunkRef {
+            volume: 42,
+            chunk: 1,
+            device,
+            epoch: 1,
+        };
+        let p = ChunkClient::new(nodes[1].addr)
+            .read(at(20), 0, MIB as u32)
+            .await
+            .unwrap();
+        let s = ChunkClient::new(nodes[0].addr)
+            .read(at(10), 0, MIB as u32)
+            .await
+            .unwrap();
+        assert_eq!(p, s);
+        assert_eq!(&p[..], &data[(MIB / 4) as usize..(MIB / 4 + MIB) as usize]);
+    }
+
+    #[tokio::test]
+    async fn thin_chunks_read_zero_until_written_and_unmap_deallocates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, _nodes) = setup(&dir).await;
+        assert!(vol.thin());
+        let (state, run) = vol.allocation_status(0).await.unwrap();
+        assert_eq!(state, Provisioning::Deallocated);
+        assert_eq!(run, MIB / 512);
+        let zero = vol.read(2048, 8).await.unwrap();
+        assert!(zero.iter().all(|b| *b == 0));
+        vol.write(2048, SgList::from(vec![7u8; 4096]), false)
+            .await
+            .unwrap();
+        assert_eq!(
+            vol.allocation_status(2048).await.unwrap().0,
+            Provisioning::Mapped
+        );
+        vol.unmap(2048, 2048).await.unwrap();
+        assert_eq!(
+            vol.allocation_status(2048).await.unwrap().0,
+            Provisioning::Deallocated
+        );
+        assert!(vol.read(2048, 8).await.unwrap().iter().all(|b| *b == 0));
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_is_no_space_not_a_medium_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, _nodes) = setup(&dir).await;
+        // 32 MiB devices hold fewer than 32 chunks; a 64-chunk layout overflows them.
+        let mut l = (*vol.0.layout()).clone();
+        l.size_bytes = 64 * MIB;
+        l.chunks = (0..64)
+            .map(|i| if i % 2 == 0 { [0, 1] } else { [1, 0] })
+            .collect();
+        vol.set_layout(l);
+        let mut last = Ok(());
+        for c in 0..64u64 {
+            last = vol
+                .write(c * 2048, SgList::from(vec![1u8; 512]), false)
+                .await;
+            if last.is_err() {
+                break;
+            }
+        }
+        assert!(matches!(last, Err(BackendError::NoSpace)), "{last:?}");
+    }
+}
