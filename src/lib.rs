@@ -8,5 +8,6 @@ pub mod backend;
 pub mod cluster;
 pub mod config;
 pub mod iscsi;
+pub mod mdm;
 pub mod scsi;
 pub mod up;

@@ -126,13 +126,21 @@ pub enum AdminRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AdminReply {
     /// An object was created.
-    Created { kind: String, id: u64, name: String },
+    Created {
+        kind: String,
+        id: u64,
+        name: String,
+    },
     /// Several SDS were created (batch), in request order.
     CreatedMany(Vec<(u64, String)>),
     /// Done; the text says what changed.
     Done(String),
     /// A volume was created or resized; size after rounding to the granularity.
-    Volume { id: u64, name: String, size_bytes: u64 },
+    Volume {
+        id: u64,
+        name: String,
+        size_bytes: u64,
+    },
     Cluster(ClusterInfo),
     AllSds(Vec<SdsInfo>),
     Sds(SdsInfo),
@@ -248,14 +256,26 @@ pub struct SdcInfo {
 pub enum MdmRequest {
     Admin(AdminRequest),
     /// A gateway (SDC role) announces itself; creates or refreshes its SDC object.
-    RegisterSdc { name: String, ip: String },
+    RegisterSdc {
+        name: String,
+        ip: String,
+    },
     /// Returns at once if the mapping generation is past `since`, else waits (up to
     /// about 20 s) for a change, then returns the SDC's mapped volumes.
-    WatchMappings { sdc_id: u64, since: u64 },
+    WatchMappings {
+        sdc_id: u64,
+        since: u64,
+    },
     /// The chunk placement of one volume, for a gateway's cache.
-    GetLayout { volume_id: u64 },
+    GetLayout {
+        volume_id: u64,
+    },
     /// An SDS that restarted reports where it now listens.
-    SdsHello { sds_id: u64, system_id: u64, addr: SocketAddr },
+    SdsHello {
+        sds_id: u64,
+        system_id: u64,
+        addr: SocketAddr,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -322,14 +342,18 @@ pub enum SdsControl {
         devices: Vec<ClaimDevice>,
     },
     /// Addresses of the other SDS, for forwarding mirror writes.
-    Peers { peers: Vec<(u64, SocketAddr)> },
+    Peers {
+        peers: Vec<(u64, SocketAddr)>,
+    },
     /// Reserve slots for a thick volume's chunk copies on this SDS.
     AllocateThick {
         volume: u64,
         chunks: Vec<(u64, u64)>, // (chunk index, device id)
     },
     /// Release every chunk copy of a removed volume.
-    FreeVolume { volume: u64 },
+    FreeVolume {
+        volume: u64,
+    },
     /// Every chunk copy held, per device, from the SDS's own tables.
     Inventory,
     Ping,
