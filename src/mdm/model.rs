@@ -1,0 +1,629 @@
+//! The MDM's object model: everything it knows, as one serde value that is written whole
+//! to disk. Lookups turn an admin's `By` into an object or an error that says which
+//! scli option was wrong and how to list the valid values.
+
+use crate::cluster::api::{fmt_id, By, MediaType, CHUNK_SIZE};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+/// Bumped when the state file changes shape; an MDM refuses a file it does not know.
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// e.g. "protection domain pd9 (--protection_domain_name) does not exist; list them
+    /// with --query_cluster".
+    #[error("{noun} {what} ({option}) does not exist; list them with {list}")]
+    NotFound {
+        noun: &'static str,
+        what: String,
+        option: &'static str,
+        list: &'static str,
+    },
+    #[error("{noun}s have no IP address; name it with {name_opt} or {id_opt}")]
+    NoIp {
+        noun: &'static str,
+        name_opt: &'static str,
+        id_opt: &'static str,
+    },
+    #[error("IP {ip} matches {count} {noun}s ({names}); name one with {name_opt}")]
+    AmbiguousIp {
+        noun: &'static str,
+        ip: String,
+        count: usize,
+        names: String,
+        name_opt: &'static str,
+    },
+    #[error("storage pool {pool} belongs to protection domain {pool_pd}, not {pd}; pick a pool of {pd} (--storage_pool_name) or another --protection_domain_name")]
+    PoolInOtherPd {
+        pool: String,
+        pool_pd: String,
+        pd: String,
+    },
+    #[error("the state is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+/// How each kind of object is named on the scli command line, for error messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Kind {
+    pub noun: &'static str,
+    pub id_opt: &'static str,
+    pub name_opt: &'static str,
+    pub ip_opt: Option<&'static str>,
+    /// The scli command that lists objects of this kind.
+    pub list: &'static str,
+}
+
+pub const PD: Kind = Kind {
+    noun: "protection domain",
+    id_opt: "--protection_domain_id",
+    name_opt: "--protection_domain_name",
+    ip_opt: None,
+    list: "--query_cluster",
+};
+pub const POOL: Kind = Kind {
+    noun: "storage pool",
+    id_opt: "--storage_pool_id",
+    name_opt: "--storage_pool_name",
+    ip_opt: None,
+    list: "--query_protection_domain",
+};
+pub const SDS: Kind = Kind {
+    noun: "SDS",
+    id_opt: "--sds_id",
+    name_opt: "--sds_name",
+    ip_opt: Some("--sds_ip"),
+    list: "--query_all_sds",
+};
+pub const VOLUME: Kind = Kind {
+    noun: "volume",
+    id_opt: "--volume_id",
+    name_opt: "--volume_name",
+    ip_opt: None,
+    list: "--query_all_volumes",
+};
+pub const SDC: Kind = Kind {
+    noun: "SDC",
+    id_opt: "--sdc_id",
+    name_opt: "--sdc_name",
+    ip_opt: Some("--sdc_ip"),
+    list: "--query_all_sdc",
+};
+
+impl Kind {
+    pub fn not_found(&self, by: &By) -> ModelError {
+        let (what, option) = match by {
+            By::Id(id) => (fmt_id(*id), self.id_opt),
+            By::Name(n) => (n.clone(), self.name_opt),
+            By::Ip(ip) => (ip.clone(), self.ip_opt.unwrap_or(self.name_opt)),
+        };
+        ModelError::NotFound {
+            noun: self.noun,
+            what,
+            option,
+            list: self.list,
+        }
+    }
+
+    fn no_ip(&self) -> ModelError {
+        ModelError::NoIp {
+            noun: self.noun,
+            name_opt: self.name_opt,
+            id_opt: self.id_opt,
+        }
+    }
+
+    /// Resolves `by` among `(id, name, ip)` candidates; an IP may match several.
+    fn pick<'a, T>(
+        &self,
+        by: &By,
+        items: impl Iterator<Item = &'a T>,
+        key: impl Fn(&T) -> (u64, &str, Option<String>),
+    ) -> Result<&'a T, ModelError> {
+        let found: Vec<&T> = match by {
+            By::Id(id) => items.filter(|t| key(t).0 == *id).collect(),
+            By::Name(n) => items.filter(|t| key(t).1 == n).collect(),
+            By::Ip(ip) => {
+                if self.ip_opt.is_none() {
+                    return Err(self.no_ip());
+                }
+                items.filter(|t| ip_matches(key(t).2, ip)).collect()
+            }
+        };
+        match found.as_slice() {
+            [one] => Ok(one),
+            [] => Err(self.not_found(by)),
+            many => Err(ModelError::AmbiguousIp {
+                noun: self.noun,
+                ip: match by {
+                    By::Ip(ip) => ip.clone(),
+                    _ => String::new(),
+                },
+                count: many.len(),
+                names: many.iter().map(|t| key(t).1).collect::<Vec<_>>().join(", "),
+                name_opt: self.name_opt,
+            }),
+        }
+    }
+}
+
+/// `wanted` is an IP or an `IP:PORT`; `have` is `IP:PORT` for SDS and an IP for SDC.
+fn ip_matches(have: Option<String>, wanted: &str) -> bool {
+    let Some(have) = have else { return false };
+    if have == wanted {
+        return true;
+    }
+    let have_ip = have
+        .parse::<SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| have.parse::<IpAddr>());
+    match (have_ip, wanted.parse::<IpAddr>()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProtectionDomain {
+    pub id: u64,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pool {
+    pub id: u64,
+    pub name: String,
+    pub pd: u64,
+    pub media_type: MediaType,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sds {
+    pub id: u64,
+    pub name: String,
+    pub ip: IpAddr,
+    pub port: u16,
+    pub pd: u64,
+    pub devices: Vec<Device>,
+}
+
+impl Sds {
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    pub id: u64,
+    pub name: String,
+    pub path: String,
+    pub pool: u64,
+    pub capacity_bytes: u64,
+    /// Chunk copies it can hold, as its SDS reported when claiming it.
+    pub slots: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Volume {
+    pub id: u64,
+    pub name: String,
+    pub pool: u64,
+    pub size_bytes: u64,
+    pub thin: bool,
+    /// Moves whenever the layout changes; SDS refuse I/O routed with an older one.
+    pub epoch: u64,
+    /// The devices `chunks` points into: indices keep the state file small (a 20 GiB
+    /// volume is 20480 chunks).
+    pub devices: Vec<u64>,
+    /// Per chunk, indices into `devices` of the primary and the secondary copy.
+    pub chunks: Vec<[u32; 2]>,
+}
+
+impl Volume {
+    /// The device ids of chunk `i`'s copies, primary first.
+    pub fn copies(&self, i: usize) -> [u64; 2] {
+        let [p, s] = self.chunks[i];
+        [self.devices[p as usize], self.devices[s as usize]]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sdc {
+    pub id: u64,
+    pub name: String,
+    pub ip: String,
+    /// Moves (and is persisted) on every change a gateway must see: a volume mapped or
+    /// unmapped, or a mapped volume resized, renamed or re-laid out.
+    pub generation: u64,
+    pub mappings: Vec<Mapping>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mapping {
+    pub volume: u64,
+    pub lun: u64,
+}
+
+/// The whole cluster as the MDM knows it. Maps are keyed by object id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub format: u32,
+    pub system_id: u64,
+    pub protection_domains: BTreeMap<u64, ProtectionDomain>,
+    pub pools: BTreeMap<u64, Pool>,
+    pub sds: BTreeMap<u64, Sds>,
+    pub volumes: BTreeMap<u64, Volume>,
+    pub sdc: BTreeMap<u64, Sdc>,
+}
+
+impl State {
+    pub fn new(system_id: u64) -> Self {
+        Self {
+            format: FORMAT,
+            system_id,
+            protection_domains: BTreeMap::new(),
+            pools: BTreeMap::new(),
+            sds: BTreeMap::new(),
+            volumes: BTreeMap::new(),
+            sdc: BTreeMap::new(),
+        }
+    }
+
+    pub fn pd(&self, by: &By) -> Result<&ProtectionDomain, ModelError> {
+        PD.pick(by, self.protection_domains.values(), |p| {
+            (p.id, p.name.as_str(), None)
+        })
+    }
+
+    /// A pool named inside a protection domain; a pool id from another domain is refused.
+    pub fn pool(&self, pd: &By, pool: &By) -> Result<&Pool, ModelError> {
+        let pd = self.pd(pd)?;
+        match POOL.pick(pool, self.pools.values().filter(|p| p.pd == pd.id), |p| {
+            (p.id, p.name.as_str(), None)
+        }) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                let elsewhere = match pool {
+                    By::Id(id) => self.pools.get(id),
+                    By::Name(n) => self.pools.values().find(|p| &p.name == n),
+                    By::Ip(_) => None,
+                };
+                match elsewhere {
+                    Some(p) => Err(ModelError::PoolInOtherPd {
+                        pool: p.name.clone(),
+                        pool_pd: self.pd_name(p.pd),
+                        pd: pd.name.clone(),
+                    }),
+                    None => Err(e),
+                }
+            }
+        }
+    }
+
+    pub fn sds_by(&self, by: &By) -> Result<&Sds, ModelError> {
+        SDS.pick(by, self.sds.values(), |s| {
+            (s.id, s.name.as_str(), Some(s.addr().to_string()))
+        })
+    }
+
+    pub fn volume(&self, by: &By) -> Result<&Volume, ModelError> {
+        VOLUME.pick(by, self.volumes.values(), |v| (v.id, v.name.as_str(), None))
+    }
+
+    pub fn sdc_by(&self, by: &By) -> Result<&Sdc, ModelError> {
+        SDC.pick(by, self.sdc.values(), |s| {
+            (s.id, s.name.as_str(), Some(s.ip.clone()))
+        })
+    }
+
+    pub fn pd_name(&self, id: u64) -> String {
+        self.protection_domains
+            .get(&id)
+            .map_or_else(|| fmt_id(id), |p| p.name.clone())
+    }
+
+    pub fn pool_name(&self, id: u64) -> String {
+        self.pools
+            .get(&id)
+            .map_or_else(|| fmt_id(id), |p| p.name.clone())
+    }
+
+    /// Every device of a pool with its SDS, in a stable order (SDS id, then device order).
+    pub fn pool_devices(&self, pool: u64) -> impl Iterator<Item = (&Sds, &Device)> {
+        self.sds
+            .values()
+            .flat_map(|s| s.devices.iter().map(move |d| (s, d)))
+            .filter(move |(_, d)| d.pool == pool)
+    }
+
+    pub fn device(&self, id: u64) -> Option<(&Sds, &Device)> {
+        self.sds
+            .values()
+            .flat_map(|s| s.devices.iter().map(move |d| (s, d)))
+            .find(|(_, d)| d.id == id)
+    }
+
+    /// The SDC a volume is mapped to, with the LUN it has on each.
+    pub fn mappings_of(&self, volume: u64) -> impl Iterator<Item = (&Sdc, u64)> {
+        self.sdc.values().filter_map(move |s| {
+            s.mappings
+                .iter()
+                .find(|m| m.volume == volume)
+                .map(|m| (s, m.lun))
+        })
+    }
+
+    /// Thick copies on each device: the slots thick volumes have reserved.
+    pub fn thick_copies(&self, pool: u64) -> BTreeMap<u64, u64> {
+        let mut out = BTreeMap::new();
+        for v in self.volumes.values().filter(|v| v.pool == pool && !v.thin) {
+            for pair in &v.chunks {
+                for &i in pair {
+                    *out.entry(v.devices[i as usize]).or_insert(0) += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// Every object id in use, of any kind.
+    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.protection_domains
+            .keys()
+            .chain(self.pools.keys())
+            .chain(self.sds.keys())
+            .chain(
+                self.sds
+                    .values()
+                    .flat_map(|s| s.devices.iter().map(|d| &d.id)),
+            )
+            .chain(self.volumes.keys())
+            .chain(self.sdc.keys())
+            .copied()
+    }
+
+    /// Checks what a hand-edited or damaged state file could break: keys match ids,
+    /// every reference resolves, two copies never share an SDS, sizes match layouts.
+    pub fn check(&self) -> Result<(), ModelError> {
+        let bad = |s: String| Err(ModelError::Inconsistent(s));
+        if self.format != FORMAT {
+            return bad(format!(
+                "format {} is not the {FORMAT} this MDM understands",
+                self.format
+            ));
+        }
+        if self.system_id == 0 {
+            return bad("system id is 0".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for id in self.ids() {
+            if id == 0 || !seen.insert(id) {
+                return bad(format!("object id {} is 0 or used twice", fmt_id(id)));
+            }
+        }
+        let keys_ok = self.protection_domains.iter().all(|(k, v)| *k == v.id)
+            && self.pools.iter().all(|(k, v)| *k == v.id)
+            && self.sds.iter().all(|(k, v)| *k == v.id)
+            && self.volumes.iter().all(|(k, v)| *k == v.id)
+            && self.sdc.iter().all(|(k, v)| *k == v.id);
+        if !keys_ok {
+            return bad("an object is filed under another object's id".into());
+        }
+        for p in self.pools.values() {
+            if !self.protection_domains.contains_key(&p.pd) {
+                return bad(format!("pool {} names a missing protection domain", p.name));
+            }
+        }
+        for s in self.sds.values() {
+            if !self.protection_domains.contains_key(&s.pd) {
+                return bad(format!("SDS {} names a missing protection domain", s.name));
+            }
+            for d in &s.devices {
+                if self.pools.get(&d.pool).map(|p| p.pd) != Some(s.pd) {
+                    return bad(format!(
+                        "device {} of SDS {} is in a pool outside its protection domain",
+                        d.path, s.name
+                    ));
+                }
+            }
+        }
+        for v in self.volumes.values() {
+            self.check_volume(v)?;
+        }
+        for c in self.sdc.values() {
+            for m in &c.mappings {
+                if !self.volumes.contains_key(&m.volume) {
+                    return bad(format!("SDC {} maps a missing volume", c.name));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_volume(&self, v: &Volume) -> Result<(), ModelError> {
+        let bad = |s: String| Err(ModelError::Inconsistent(s));
+        if !self.pools.contains_key(&v.pool) {
+            return bad(format!("volume {} names a missing pool", v.name));
+        }
+        if !v.size_bytes.is_multiple_of(CHUNK_SIZE)
+            || v.chunks.len() as u64 != v.size_bytes / CHUNK_SIZE
+        {
+            return bad(format!(
+                "volume {} has a layout that does not match its size",
+                v.name
+            ));
+        }
+        let mut sds_of = Vec::with_capacity(v.devices.len());
+        for &d in &v.devices {
+            match self.device(d) {
+                Some((s, dev)) if dev.pool == v.pool => sds_of.push(s.id),
+                _ => return bad(format!("volume {} uses a device outside its pool", v.name)),
+            }
+        }
+        for pair in &v.chunks {
+            let [a, b] = pair.map(|i| sds_of.get(i as usize).copied());
+            if a.is_none() || b.is_none() || a == b {
+                return bad(format!(
+                    "volume {} has a chunk whose copies share an SDS or name no device",
+                    v.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Two protection domains, a pool in each, two SDS in the first.
+    pub(crate) fn sample() -> State {
+        let mut st = State::new(7);
+        for (id, name) in [(1, "pd1"), (2, "pd2")] {
+            st.protection_domains.insert(
+                id,
+                ProtectionDomain {
+                    id,
+                    name: name.into(),
+                },
+            );
+        }
+        for (id, name, pd) in [(11, "pool1", 1), (12, "pool2", 2)] {
+            st.pools.insert(
+                id,
+                Pool {
+                    id,
+                    name: name.into(),
+                    pd,
+                    media_type: MediaType::Hdd,
+                },
+            );
+        }
+        for (id, name, ip) in [(21, "sds1", [10, 0, 0, 1]), (22, "sds2", [10, 0, 0, 2])] {
+            st.sds.insert(
+                id,
+                Sds {
+                    id,
+                    name: name.into(),
+                    ip: IpAddr::from(ip),
+                    port: 7072,
+                    pd: 1,
+                    devices: vec![Device {
+                        id: id + 100,
+                        name: "/dev/sdb".into(),
+                        path: "/dev/sdb".into(),
+                        pool: 11,
+                        capacity_bytes: 100 * CHUNK_SIZE,
+                        slots: 100,
+                    }],
+                },
+            );
+        }
+        st
+    }
+
+    #[test]
+    fn lookups_by_id_name_and_ip() {
+        let st = sample();
+        assert_eq!(st.pd(&By::Name("pd2".into())).unwrap().id, 2);
+        assert_eq!(st.pd(&By::Id(1)).unwrap().name, "pd1");
+        assert_eq!(st.sds_by(&By::Ip("10.0.0.2".into())).unwrap().id, 22);
+        assert_eq!(st.sds_by(&By::Ip("10.0.0.1:7072".into())).unwrap().id, 21);
+        let pool = st.pool(&By::Name("pd1".into()), &By::Name("pool1".into()));
+        assert_eq!(pool.unwrap().id, 11);
+    }
+
+    #[test]
+    fn unknown_objects_name_the_option_and_the_listing() {
+        let st = sample();
+        let e = st.pd(&By::Name("awspdomain02".into())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "protection domain awspdomain02 (--protection_domain_name) does not exist; \
+             list them with --query_cluster"
+        );
+        let e = st.volume(&By::Id(0xab)).unwrap_err().to_string();
+        assert!(e.contains("00000000000000ab (--volume_id)"), "{e}");
+        let e = st
+            .sdc_by(&By::Ip("1.2.3.4".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("(--sdc_ip)"), "{e}");
+        let e = st.pd(&By::Ip("1.2.3.4".into())).unwrap_err().to_string();
+        assert!(e.contains("have no IP"), "{e}");
+    }
+
+    #[test]
+    fn a_pool_of_another_domain_is_named_as_such() {
+        let st = sample();
+        let e = st
+            .pool(&By::Name("pd1".into()), &By::Name("pool2".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pool2 belongs to protection domain pd2, not pd1"),
+            "{e}"
+        );
+        let e = st
+            .pool(&By::Name("pd1".into()), &By::Id(12))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("belongs to protection domain pd2"), "{e}");
+        let e = st
+            .pool(&By::Name("pd1".into()), &By::Name("nope".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn an_ip_shared_by_two_sds_asks_for_a_name() {
+        let mut st = sample();
+        st.sds.get_mut(&22).unwrap().ip = IpAddr::from([10, 0, 0, 1]);
+        st.sds.get_mut(&22).unwrap().port = 7073;
+        let e = st
+            .sds_by(&By::Ip("10.0.0.1".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("matches 2 SDSs (sds1, sds2); name one with --sds_name"),
+            "{e}"
+        );
+        assert_eq!(st.sds_by(&By::Ip("10.0.0.1:7073".into())).unwrap().id, 22);
+    }
+
+    #[test]
+    fn check_accepts_the_sample_and_catches_damage() {
+        let st = sample();
+        st.check().unwrap();
+        let mut broken = st.clone();
+        broken.pools.get_mut(&11).unwrap().pd = 99;
+        assert!(broken.check().is_err());
+        let mut broken = st.clone();
+        broken.volumes.insert(
+            5,
+            Volume {
+                id: 5,
+                name: "v".into(),
+                pool: 11,
+                size_bytes: CHUNK_SIZE,
+                thin: true,
+                epoch: 1,
+                devices: vec![121],
+                chunks: vec![[0, 0]],
+            },
+        );
+        assert!(broken.check().is_err(), "two copies on one SDS");
+        let mut broken = st.clone();
+        broken.format = FORMAT + 1;
+        assert!(broken.check().is_err());
+        let mut broken = st;
+        let d = broken.sds[&21].devices[0].clone();
+        broken.sds.get_mut(&22).unwrap().devices.push(d);
+        assert!(broken.check().is_err(), "duplicate device id");
+    }
+}

@@ -1,0 +1,344 @@
+//! What the MDM reports: admin query answers and the views gateways fetch, built from
+//! the state and, for live figures, from what the SDS reported just now.
+
+use super::model::{Pool, ProtectionDomain, Sdc, Sds, State, Volume};
+use crate::cluster::api::{
+    ClusterInfo, DeviceInfo, DeviceLoc, Layout, MappedView, MappedVolume, PdInfo, PoolInfo,
+    SdcInfo, SdsInfo, SdsInventory, SdsState, VolumeInfo, CHUNK_SIZE,
+};
+use std::collections::{HashMap, HashSet};
+
+/// The inventories of the SDS that answered, keyed by SDS id.
+#[derive(Debug, Default)]
+pub struct Observed(HashMap<u64, SdsInventory>);
+
+impl Observed {
+    /// Keeps an inventory only if it comes from the SDS it was asked of, in this system:
+    /// anything else at that address is not our SDS.
+    pub fn new(st: &State, answers: impl IntoIterator<Item = (u64, SdsInventory)>) -> Self {
+        Self(
+            answers
+                .into_iter()
+                .filter(|(id, inv)| inv.sds_id == *id && inv.system_id == st.system_id)
+                .collect(),
+        )
+    }
+
+    fn state(&self, sds: u64) -> SdsState {
+        if self.0.contains_key(&sds) {
+            SdsState::Connected
+        } else {
+            SdsState::Disconnected
+        }
+    }
+
+    /// Chunk copies a device holds, if its SDS answered and listed it.
+    fn used(&self, sds: u64, device: u64) -> Option<u64> {
+        let inv = self.0.get(&sds)?;
+        let dev = inv.devices.iter().find(|d| d.device_id == device)?;
+        Some(dev.chunks.len() as u64)
+    }
+}
+
+pub fn cluster(st: &State, mdm_addr: String, obs: &Observed) -> ClusterInfo {
+    let devices = st
+        .sds
+        .values()
+        .flat_map(|s| s.devices.iter().map(move |d| (s.id, d)));
+    let (mut raw, mut used) = (0, 0);
+    for (sds, d) in devices {
+        raw += d.slots * CHUNK_SIZE;
+        used += obs.used(sds, d.id).unwrap_or(0) * CHUNK_SIZE;
+    }
+    ClusterInfo {
+        system_id: st.system_id,
+        mdm_addr,
+        protection_domains: st.protection_domains.len(),
+        storage_pools: st.pools.len(),
+        sds: st.sds.len(),
+        sds_connected: st
+            .sds
+            .keys()
+            .filter(|&&id| obs.state(id) == SdsState::Connected)
+            .count(),
+        volumes: st.volumes.len(),
+        sdc: st.sdc.len(),
+        raw_capacity_bytes: raw,
+        used_bytes: used,
+    }
+}
+
+pub fn sds(st: &State, sds: &Sds, obs: &Observed) -> SdsInfo {
+    SdsInfo {
+        id: sds.id,
+        name: sds.name.clone(),
+        ip: sds.ip.to_string(),
+        port: sds.port,
+        protection_domain_id: sds.pd,
+        protection_domain_name: st.pd_name(sds.pd),
+        state: obs.state(sds.id),
+        devices: sds
+            .devices
+            .iter()
+            .map(|d| DeviceInfo {
+                id: d.id,
+                name: d.name.clone(),
+                path: d.path.clone(),
+                pool_id: d.pool,
+                pool_name: st.pool_name(d.pool),
+                capacity_bytes: d.capacity_bytes,
+                used_chunks: obs.used(sds.id, d.id),
+            })
+            .collect(),
+    }
+}
+
+pub fn pool(st: &State, pool: &Pool, obs: &Observed) -> PoolInfo {
+    let (mut devices, mut slots, mut used) = (0, 0, 0);
+    let mut sds = HashSet::new();
+    for (s, d) in st.pool_devices(pool.id) {
+        devices += 1;
+        slots += d.slots;
+        used += obs.used(s.id, d.id).unwrap_or(0);
+        sds.insert(s.id);
+    }
+    let reserved_copies: u64 = st.thick_copies(pool.id).values().sum();
+    let volumes: Vec<&Volume> = st.volumes.values().filter(|v| v.pool == pool.id).collect();
+    PoolInfo {
+        id: pool.id,
+        name: pool.name.clone(),
+        protection_domain_id: pool.pd,
+        protection_domain_name: st.pd_name(pool.pd),
+        media_type: pool.media_type,
+        devices,
+        sds: sds.len(),
+        raw_capacity_bytes: slots * CHUNK_SIZE,
+        usable_capacity_bytes: slots / 2 * CHUNK_SIZE,
+        thick_reserved_bytes: volumes
+            .iter()
+            .filter(|v| !v.thin)
+            .map(|v| v.size_bytes)
+            .sum(),
+        used_bytes: used * CHUNK_SIZE,
+        free_for_thick_bytes: slots.saturating_sub(reserved_copies) / 2 * CHUNK_SIZE,
+        volumes: volumes.iter().map(|v| (v.id, v.name.clone())).collect(),
+    }
+}
+
+pub fn pd(st: &State, pd: &ProtectionDomain, obs: &Observed) -> PdInfo {
+    PdInfo {
+        id: pd.id,
+        name: pd.name.clone(),
+        pools: st
+            .pools
+            .values()
+            .filter(|p| p.pd == pd.id)
+            .map(|p| pool(st, p, obs))
+            .collect(),
+        sds: st
+            .sds
+            .values()
+            .filter(|s| s.pd == pd.id)
+            .map(|s| (s.id, s.name.clone()))
+            .collect(),
+    }
+}
+
+pub fn volume(st: &State, v: &Volume) -> VolumeInfo {
+    let pool = &st.pools[&v.pool];
+    VolumeInfo {
+        id: v.id,
+        name: v.name.clone(),
+        size_bytes: v.size_bytes,
+        thin: v.thin,
+        pool_id: v.pool,
+        pool_name: pool.name.clone(),
+        protection_domain_name: st.pd_name(pool.pd),
+        chunks: v.chunks.len() as u64,
+        epoch: v.epoch,
+        mapped_sdc: st
+            .mappings_of(v.id)
+            .map(|(s, lun)| (s.id, s.name.clone(), lun))
+            .collect(),
+    }
+}
+
+pub fn sdc(st: &State, sdc: &Sdc) -> SdcInfo {
+    let mut volumes: Vec<(u64, String, u64)> = sdc
+        .mappings
+        .iter()
+        .map(|m| (m.volume, st.volumes[&m.volume].name.clone(), m.lun))
+        .collect();
+    volumes.sort_by_key(|v| v.2);
+    SdcInfo {
+        id: sdc.id,
+        name: sdc.name.clone(),
+        ip: sdc.ip.clone(),
+        volumes,
+    }
+}
+
+/// What a gateway serves: the SDC's volumes in LUN order.
+pub fn mapped_view(st: &State, sdc: &Sdc) -> MappedView {
+    let mut volumes: Vec<MappedVolume> = sdc
+        .mappings
+        .iter()
+        .map(|m| {
+            let v = &st.volumes[&m.volume];
+            MappedVolume {
+                id: v.id,
+                name: v.name.clone(),
+                lun: m.lun,
+                size_bytes: v.size_bytes,
+                thin: v.thin,
+                epoch: v.epoch,
+            }
+        })
+        .collect();
+    volumes.sort_by_key(|v| v.lun);
+    MappedView {
+        generation: sdc.generation,
+        system_id: st.system_id,
+        volumes,
+    }
+}
+
+pub fn layout(st: &State, v: &Volume) -> Layout {
+    Layout {
+        volume_id: v.id,
+        epoch: v.epoch,
+        size_bytes: v.size_bytes,
+        thin: v.thin,
+        devices: v
+            .devices
+            .iter()
+            .map(|&d| {
+                let (sds, _) = st.device(d).expect("layout devices exist");
+                DeviceLoc {
+                    sds_id: sds.id,
+                    device_id: d,
+                    addr: sds.addr(),
+                }
+            })
+            .collect(),
+        chunks: v.chunks.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::change::tests::{by, World};
+    use super::super::change::{map_volume, thick_allocations};
+    use super::*;
+    use crate::cluster::api::{DeviceInventory, SdsControl};
+
+    /// Two SDS with 100 and 50 + 50 slots, a thick volume of 10 chunks, a thin one of 4.
+    fn world() -> (World, u64, u64) {
+        let mut w = World::new();
+        w.sds("10.0.0.1", &[100]);
+        w.sds("10.0.0.2", &[50, 50]);
+        let thick = w.volume("thick", 10, false);
+        w.volume("thin", 4, true);
+        let gw = w.sdc("gw", "10.0.1.1");
+        (w, thick, gw)
+    }
+
+    /// What each SDS would hold right after the thick volume was allocated.
+    fn inventories(w: &World, thick: u64) -> Vec<(u64, SdsInventory)> {
+        thick_allocations(&w.st, thick, 0)
+            .into_iter()
+            .map(|(peer, msg)| {
+                let SdsControl::AllocateThick { chunks, .. } = msg else {
+                    unreachable!()
+                };
+                let devices = w.st.sds[&peer.id]
+                    .devices
+                    .iter()
+                    .map(|d| DeviceInventory {
+                        device_id: d.id,
+                        path: d.path.clone(),
+                        slots: d.slots,
+                        chunks: chunks
+                            .iter()
+                            .filter(|c| c.1 == d.id)
+                            .map(|c| (thick, c.0))
+                            .collect(),
+                    })
+                    .collect();
+                let inv = SdsInventory {
+                    system_id: w.st.system_id,
+                    sds_id: peer.id,
+                    devices,
+                };
+                (peer.id, inv)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn capacity_figures_add_up() {
+        let (w, thick, _) = world();
+        let obs = Observed::new(&w.st, inventories(&w, thick));
+        let c = cluster(&w.st, "127.0.0.1:6611".into(), &obs);
+        assert_eq!((c.sds, c.sds_connected, c.volumes, c.sdc), (2, 2, 2, 1));
+        assert_eq!(c.raw_capacity_bytes, 200 * CHUNK_SIZE);
+        assert_eq!(c.used_bytes, 20 * CHUNK_SIZE);
+        let p = pool(&w.st, w.st.pool(&by("pd1"), &by("pool1")).unwrap(), &obs);
+        assert_eq!((p.devices, p.sds), (3, 2));
+        assert_eq!(p.usable_capacity_bytes, 100 * CHUNK_SIZE);
+        assert_eq!(p.thick_reserved_bytes, 10 * CHUNK_SIZE);
+        assert_eq!(p.free_for_thick_bytes, 90 * CHUNK_SIZE);
+        assert_eq!(p.used_bytes, 20 * CHUNK_SIZE);
+        assert_eq!(p.volumes.len(), 2);
+    }
+
+    #[test]
+    fn an_sds_that_did_not_answer_is_disconnected_with_unknown_use() {
+        let (w, thick, _) = world();
+        let mut answers = inventories(&w, thick);
+        answers[1].1.system_id += 1; // someone else's SDS at that address
+        let obs = Observed::new(&w.st, answers);
+        let c = cluster(&w.st, String::new(), &obs);
+        assert_eq!(c.sds_connected, 1);
+        let infos: Vec<SdsInfo> = w.st.sds.values().map(|s| sds(&w.st, s, &obs)).collect();
+        let down = infos
+            .iter()
+            .find(|i| i.state == SdsState::Disconnected)
+            .unwrap();
+        assert!(down.devices.iter().all(|d| d.used_chunks.is_none()));
+        let up = infos
+            .iter()
+            .find(|i| i.state == SdsState::Connected)
+            .unwrap();
+        assert_eq!(up.protection_domain_name, "pd1");
+        assert!(up.devices.iter().all(|d| d.used_chunks.is_some()));
+    }
+
+    #[test]
+    fn views_for_gateways_list_luns_and_layouts() {
+        let (mut w, thick, gw) = world();
+        map_volume(&mut w.st, &by("thin"), &by("gw")).unwrap();
+        map_volume(&mut w.st, &by("thick"), &by("gw")).unwrap();
+        let view = mapped_view(&w.st, &w.st.sdc[&gw]);
+        let luns: Vec<(&str, u64)> = view
+            .volumes
+            .iter()
+            .map(|v| (v.name.as_str(), v.lun))
+            .collect();
+        assert_eq!(luns, [("thin", 0), ("thick", 1)]);
+        assert_eq!(view.generation, 3);
+        let info = sdc(&w.st, &w.st.sdc[&gw]);
+        assert_eq!(info.volumes[1], (thick, "thick".to_string(), 1));
+        let v = volume(&w.st, &w.st.volumes[&thick]);
+        assert_eq!(v.mapped_sdc, [(gw, "gw".to_string(), 1)]);
+        assert_eq!((v.chunks, v.pool_name.as_str()), (10, "pool1"));
+        let l = layout(&w.st, &w.st.volumes[&thick]);
+        assert_eq!(l.chunks.len(), 10);
+        for [p, s] in &l.chunks {
+            let (p, s) = (&l.devices[*p as usize], &l.devices[*s as usize]);
+            assert_ne!(p.sds_id, s.sds_id);
+        }
+        let pdi = pd(&w.st, w.st.pd(&by("pd1")).unwrap(), &Observed::default());
+        assert_eq!((pdi.pools.len(), pdi.sds.len()), (2, 2));
+    }
+}

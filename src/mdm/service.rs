@@ -1,0 +1,322 @@
+//! The MDM's core: the current state, one writer at a time, durable commits, and the
+//! requests gateways and SDS make. Admin requests are in `admin`.
+
+use super::admin::AdminError;
+use super::change::{self, ChangeError};
+use super::ids::IdGen;
+use super::link::{self, SdsLink};
+use super::model::{ModelError, State};
+use super::query;
+use super::store::{Store, StoreError};
+use crate::cluster::api::{fmt_id, By, MdmReply, MdmRequest, MdmResponse, SdsControl};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Mutex, MutexGuard};
+use tracing::{info, warn};
+
+/// How long a `Peers` push may take per SDS; it is best effort.
+const PEERS_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    Change(#[from] ChangeError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Mdm {
+    /// The committed state. A watch channel so `WatchMappings` can wait for changes.
+    pub(super) state: watch::Sender<Arc<State>>,
+    /// Held from reading the state to committing the change made from it, SDS round
+    /// trips included, so changes never interleave.
+    pub(super) writer: Mutex<()>,
+    pub(super) store: Store,
+    pub(super) link: Arc<dyn SdsLink>,
+    /// Where we listen; SDS are told our port when claimed.
+    pub(super) addr: SocketAddr,
+    /// How long `WatchMappings` waits for a change before answering anyway.
+    pub(super) watch_wait: Duration,
+}
+
+impl Mdm {
+    pub fn new(
+        state: State,
+        store: Store,
+        link: Arc<dyn SdsLink>,
+        addr: SocketAddr,
+        watch_wait: Duration,
+    ) -> Self {
+        Self {
+            state: watch::Sender::new(Arc::new(state)),
+            writer: Mutex::new(()),
+            store,
+            link,
+            addr,
+            watch_wait,
+        }
+    }
+
+    pub fn current(&self) -> Arc<State> {
+        self.state.borrow().clone()
+    }
+
+    /// Persists `next`, then makes it current. The guard proves the caller is the writer.
+    pub(super) async fn commit(
+        &self,
+        _writer: &MutexGuard<'_, ()>,
+        next: State,
+    ) -> Result<(), StoreError> {
+        self.store.save(&next).await?;
+        self.state.send_replace(Arc::new(next));
+        Ok(())
+    }
+
+    /// Applies a pure change to a copy of the state and commits it if it succeeded and
+    /// changed anything.
+    pub(super) async fn apply<T, E>(
+        &self,
+        f: impl FnOnce(&mut State, &mut IdGen) -> Result<T, ChangeError>,
+    ) -> Result<T, E>
+    where
+        E: From<ChangeError> + From<StoreError>,
+    {
+        let writer = self.writer.lock().await;
+        let cur = self.current();
+        let mut next = (*cur).clone();
+        let mut ids = IdGen::new(&next);
+        let out = f(&mut next, &mut ids)?;
+        if next != *cur {
+            self.commit(&writer, next).await?;
+        }
+        Ok(out)
+    }
+
+    /// Tells every SDS where the others are, in the background; failures are logged.
+    pub(super) fn push_peers(&self) {
+        let st = self.current();
+        let peers = change::all_peers(&st);
+        let list: Vec<(u64, SocketAddr)> = peers.iter().map(|p| (p.id, p.addr)).collect();
+        let calls = peers
+            .into_iter()
+            .map(|p| {
+                (
+                    p,
+                    SdsControl::Peers {
+                        peers: list.clone(),
+                    },
+                )
+            })
+            .collect();
+        let link = self.link.clone();
+        tokio::spawn(async move {
+            for (peer, msg, r) in link::fan_out(&link, calls, PEERS_TIMEOUT).await {
+                if let Err(e) = link::expect_ok(&peer, &msg, r) {
+                    warn!(sds = %peer.name, error = %e, "could not send the SDS its peers");
+                }
+            }
+        });
+    }
+
+    pub async fn handle(&self, req: MdmRequest, from: SocketAddr) -> MdmResponse {
+        let r = match req {
+            MdmRequest::Admin(a) => self.admin(a).await.map(MdmReply::Admin).map_err(Into::into),
+            MdmRequest::RegisterSdc { name, ip } => self.register_sdc(&name, &ip, from).await,
+            MdmRequest::WatchMappings { sdc_id, since } => self.watch_mappings(sdc_id, since).await,
+            MdmRequest::GetLayout { volume_id } => {
+                let st = self.current();
+                st.volume(&By::Id(volume_id))
+                    .map(|v| MdmReply::Layout(query::layout(&st, v)))
+                    .map_err(Into::into)
+            }
+            MdmRequest::SdsHello {
+                sds_id,
+                system_id,
+                addr,
+            } => self.sds_hello(sds_id, system_id, addr, from).await,
+        };
+        r.map_err(|e: ServiceError| {
+            info!(error = %e, "request refused");
+            e.to_string()
+        })
+    }
+
+    async fn register_sdc(
+        &self,
+        name: &str,
+        ip: &str,
+        from: SocketAddr,
+    ) -> Result<MdmReply, ServiceError> {
+        // A gateway that does not know its address is reached where it connected from.
+        let ip = match ip.parse::<std::net::IpAddr>() {
+            Ok(a) if a.is_unspecified() => from.ip().to_string(),
+            _ if ip.is_empty() => from.ip().to_string(),
+            _ => ip.to_string(),
+        };
+        let (sdc_id, changed) = self
+            .apply::<_, ServiceError>(|st, ids| change::register_sdc(st, ids, name, &ip))
+            .await?;
+        if changed {
+            info!(sdc = name, id = %fmt_id(sdc_id), %ip, "SDC registered");
+        }
+        Ok(MdmReply::Registered {
+            sdc_id,
+            system_id: self.current().system_id,
+        })
+    }
+
+    /// Answers at once if the gateway's generation is not the SDC's (it missed a change,
+    /// or it talked to another MDM), else when the next change lands or time runs out.
+    async fn watch_mappings(&self, sdc_id: u64, since: u64) -> Result<MdmReply, ServiceError> {
+        let mut rx = self.state.subscribe();
+        let deadline = tokio::time::Instant::now() + self.watch_wait;
+        loop {
+            let st = rx.borrow_and_update().clone();
+            let sdc = st.sdc_by(&By::Id(sdc_id))?;
+            if sdc.generation != since {
+                return Ok(MdmReply::Mappings(query::mapped_view(&st, sdc)));
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Ok(MdmReply::Mappings(query::mapped_view(&st, sdc))),
+            }
+        }
+    }
+
+    async fn sds_hello(
+        &self,
+        sds_id: u64,
+        system_id: u64,
+        addr: SocketAddr,
+        from: SocketAddr,
+    ) -> Result<MdmReply, ServiceError> {
+        // An SDS bound to a wildcard address is reached where it connected from.
+        let addr = if addr.ip().is_unspecified() {
+            SocketAddr::new(from.ip(), addr.port())
+        } else {
+            addr
+        };
+        let moved = self
+            .apply::<_, ServiceError>(|st, _| change::sds_hello(st, sds_id, system_id, addr))
+            .await?;
+        if moved {
+            info!(sds = %fmt_id(sds_id), %addr, "SDS moved");
+        }
+        self.push_peers();
+        Ok(MdmReply::Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::change::map_volume;
+    use super::super::change::tests::{by, World};
+    use super::super::testutil::FakeSds;
+    use super::*;
+    use crate::cluster::api::MappedView;
+
+    fn mdm(w: &World, dir: &std::path::Path, wait: Duration) -> Arc<Mdm> {
+        let (store, _) = Store::open(dir).unwrap();
+        Arc::new(Mdm::new(
+            w.st.clone(),
+            store,
+            Arc::new(FakeSds::default()),
+            "127.0.0.1:6611".parse().unwrap(),
+            wait,
+        ))
+    }
+
+    fn view(r: MdmResponse) -> MappedView {
+        match r {
+            Ok(MdmReply::Mappings(v)) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_answers_on_change_or_when_time_runs_out() {
+        let mut w = World::new();
+        w.sds("10.0.0.1", &[100]);
+        w.sds("10.0.0.2", &[100]);
+        w.volume("v", 1, true);
+        let gw = w.sdc("gw", "10.0.1.1");
+        let dir = tempfile::tempdir().unwrap();
+        let m = mdm(&w, dir.path(), Duration::from_millis(200));
+        let from: SocketAddr = "10.0.1.1:5000".parse().unwrap();
+        let watch = move |since| MdmRequest::WatchMappings { sdc_id: gw, since };
+
+        let v = view(m.handle(watch(0), from).await);
+        assert_eq!((v.generation, v.volumes.len()), (1, 0));
+        let start = tokio::time::Instant::now();
+        let v = view(m.handle(watch(1), from).await);
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        assert_eq!(v.generation, 1);
+
+        let waiter = {
+            let m = m.clone();
+            tokio::spawn(async move { m.handle(watch(1), from).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m.apply::<_, ServiceError>(|st, _| map_volume(st, &by("v"), &by("gw")))
+            .await
+            .unwrap();
+        let v = view(waiter.await.unwrap());
+        assert_eq!((v.generation, v.volumes.len()), (2, 1));
+        assert_eq!(v.volumes[0].lun, 0);
+
+        let e = m
+            .handle(
+                MdmRequest::WatchMappings {
+                    sdc_id: 9,
+                    since: 0,
+                },
+                from,
+            )
+            .await;
+        assert!(e
+            .unwrap_err()
+            .contains("SDC 0000000000000009 (--sdc_id) does not exist"));
+    }
+
+    #[tokio::test]
+    async fn a_refused_change_is_neither_applied_nor_saved() {
+        let w = World::new();
+        let dir = tempfile::tempdir().unwrap();
+        let m = mdm(&w, dir.path(), Duration::from_secs(1));
+        let before = m.current();
+        let r = m
+            .apply::<_, ServiceError>(|st, ids| change::add_pd(st, ids, "pd1"))
+            .await;
+        assert!(r.is_err());
+        assert_eq!(*m.current(), *before);
+        assert!(!m.store.path().exists());
+        m.apply::<_, ServiceError>(|st, ids| change::add_pd(st, ids, "pd3"))
+            .await
+            .unwrap();
+        assert!(m.store.path().exists());
+    }
+
+    #[tokio::test]
+    async fn register_takes_the_peer_address_when_none_is_given() {
+        let w = World::new();
+        let dir = tempfile::tempdir().unwrap();
+        let m = mdm(&w, dir.path(), Duration::from_secs(1));
+        let from: SocketAddr = "10.9.9.9:4000".parse().unwrap();
+        for ip in ["", "0.0.0.0"] {
+            let req = MdmRequest::RegisterSdc {
+                name: "gw".into(),
+                ip: ip.into(),
+            };
+            assert!(matches!(
+                m.handle(req, from).await,
+                Ok(MdmReply::Registered { .. })
+            ));
+            assert_eq!(m.current().sdc.values().next().unwrap().ip, "10.9.9.9");
+        }
+    }
+}

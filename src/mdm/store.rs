@@ -1,0 +1,176 @@
+//! The MDM's durable state: one JSON snapshot, `mdm-state.json` in the data directory,
+//! replaced atomically on every change (write a temporary file, fsync it, rename it
+//! over the old one, fsync the directory), so a kill -9 at any instant leaves either
+//! the old state or the new one. A lock file keeps a second MDM off the directory.
+
+use super::model::State;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const STATE_FILE: &str = "mdm-state.json";
+const TEMP_FILE: &str = "mdm-state.json.tmp";
+const LOCK_FILE: &str = "mdm.lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot use MDM data directory {path}: {source}; check it exists and is writable, or pass another data directory")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another MDM is already using data directory {path}; stop it first or pass another data directory")]
+    Locked { path: PathBuf },
+    #[error("cannot read MDM state file {path}: {source}; fix its permissions or restore it from a backup")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The MDM never starts empty over a cluster it would then forget.
+    #[error("MDM state file {path} is damaged ({reason}); restore it from a backup; the MDM will not start with an empty cluster in its place")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("cannot save the MDM state to {path}: {source}; nothing was changed; free space in the data directory and retry")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The data directory, held locked for as long as any clone lives.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+    _lock: Arc<File>,
+}
+
+impl Store {
+    /// Creates the directory if needed, locks it, and loads the state if there is one.
+    pub fn open(dir: &Path) -> Result<(Self, Option<State>), StoreError> {
+        let dir_err = |source| StoreError::Dir {
+            path: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(dir_err)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .map_err(dir_err)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    path: dir.to_owned(),
+                })
+            }
+            Err(TryLockError::Error(e)) => return Err(dir_err(e)),
+        }
+        let store = Self {
+            dir: dir.to_owned(),
+            _lock: Arc::new(lock),
+        };
+        let path = store.path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((store, None)),
+            Err(source) => return Err(StoreError::Read { path, source }),
+        };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        let state: State = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        state.check().map_err(|e| corrupt(e.to_string()))?;
+        Ok((store, Some(state)))
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    /// Makes `state` the durable state; when this returns Ok it survives a crash.
+    pub async fn save(&self, state: &State) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(state).expect("the state always serialises");
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.write(&bytes))
+            .await
+            .expect("the state writer does not panic")
+    }
+
+    fn write(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        let tmp = self.dir.join(TEMP_FILE);
+        let err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Write { path, source }
+        };
+        let mut f = File::create(&tmp).map_err(err(&tmp))?;
+        f.write_all(bytes).map_err(err(&tmp))?;
+        f.sync_all().map_err(err(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, self.path()).map_err(err(&self.path()))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err(&self.dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::model::tests::sample;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_saved_state_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded, None);
+        let st = sample();
+        store.save(&st).await.unwrap();
+        let mut changed = st.clone();
+        changed.protection_domains.get_mut(&1).unwrap().name = "renamed".into();
+        store.save(&changed).await.unwrap();
+        drop(store);
+        let (_store, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded, Some(changed));
+        assert!(!dir.path().join(TEMP_FILE).exists());
+    }
+
+    #[tokio::test]
+    async fn a_second_store_on_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let e = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(e, StoreError::Locked { .. }), "{e}");
+        drop(store);
+        Store::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_file_is_an_error_not_an_empty_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), b"{\"format\":1,\"syst").unwrap();
+        let e = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("restore it from a backup"), "{e}");
+
+        let mut st = sample();
+        st.pools.get_mut(&11).unwrap().pd = 99;
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            serde_json::to_vec(&st).unwrap(),
+        )
+        .unwrap();
+        let e = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("missing protection domain"), "{e}");
+    }
+
+    #[test]
+    fn a_leftover_temporary_file_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(TEMP_FILE), b"half a write").unwrap();
+        let (_store, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded, None);
+    }
+}

@@ -1,0 +1,664 @@
+//! The MDM over real TCP, with SDS stood in for by `FakeSds`.
+
+use super::testutil::FakeSds;
+use super::*;
+use crate::cluster::api::{
+    AddSds, AdminReply, AdminRequest, By, DeviceSpec, MdmReply, MdmRequest, MdmResponse, MediaType,
+    SdsControl, SdsState, CHUNK_SIZE,
+};
+use crate::cluster::frame;
+use tokio::net::TcpStream;
+
+const SDS: [&str; 4] = [
+    "127.0.0.1:17001",
+    "127.0.0.1:17002",
+    "127.0.0.1:17003",
+    "127.0.0.1:17004",
+];
+
+struct Env {
+    mdm: MdmHandle,
+    fake: Arc<FakeSds>,
+    /// The data directory, when the test does not keep its own.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Env {
+    /// An MDM and four reachable fake SDS whose devices hold 1000 chunks each.
+    async fn new() -> Self {
+        let fake = Arc::new(FakeSds::default());
+        for a in SDS {
+            fake.node(a, 1000);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mdm = start_with(opts(&dir), fake.clone()).await.unwrap();
+        Self {
+            mdm,
+            fake,
+            _dir: Some(dir),
+        }
+    }
+
+    async fn call(&self, req: MdmRequest) -> MdmResponse {
+        let addr = self.mdm.addr.to_string();
+        frame::call(&addr, &req, Duration::from_secs(30))
+            .await
+            .unwrap()
+    }
+
+    async fn admin(&self, req: AdminRequest) -> Result<AdminReply, String> {
+        match self.call(MdmRequest::Admin(req)).await? {
+            MdmReply::Admin(r) => Ok(r),
+            other => panic!("not an admin reply: {other:?}"),
+        }
+    }
+
+    async fn ok(&self, req: AdminRequest) -> AdminReply {
+        self.admin(req).await.unwrap()
+    }
+
+    /// pd1 with pool1, and the first `n` fake SDS in it with one device each.
+    async fn cluster(&self, n: usize) {
+        self.ok(AdminRequest::AddProtectionDomain { name: "pd1".into() })
+            .await;
+        self.ok(AdminRequest::AddStoragePool {
+            pd: by("pd1"),
+            name: "pool1".into(),
+            media_type: MediaType::Ssd,
+        })
+        .await;
+        for a in &SDS[..n] {
+            self.ok(AdminRequest::AddSds(add_sds(a))).await;
+        }
+    }
+
+    async fn volume(&self, name: &str, chunks: u64, thin: bool) -> u64 {
+        match self
+            .ok(AdminRequest::AddVolume {
+                pd: by("pd1"),
+                pool: by("pool1"),
+                name: Some(name.into()),
+                size_bytes: chunks * CHUNK_SIZE,
+                thin,
+            })
+            .await
+        {
+            AdminReply::Volume { id, .. } => id,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn opts(dir: &tempfile::TempDir) -> MdmOptions {
+    MdmOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_owned(),
+    }
+}
+
+fn by(name: &str) -> By {
+    By::Name(name.into())
+}
+
+fn add_sds(addr: &str) -> AddSds {
+    let a: SocketAddr = addr.parse().unwrap();
+    AddSds {
+        ip: a.ip().to_string(),
+        port: Some(a.port()),
+        protection_domain: "pd1".into(),
+        name: Some(format!("sds{}", a.port() - 17000)),
+        devices: vec![DeviceSpec {
+            path: "/dev/sdb".into(),
+            pool: "pool1".into(),
+            name: None,
+        }],
+    }
+}
+
+/// The first message of a kind an SDS received.
+fn first(fake: &FakeSds, addr: &str, pick: fn(&SdsControl) -> bool) -> Option<SdsControl> {
+    fake.received(addr).into_iter().find(pick)
+}
+
+#[tokio::test]
+async fn sds_are_claimed_with_our_ids_and_told_their_peers() {
+    let env = Env::new().await;
+    env.cluster(2).await;
+    let claim = first(&env.fake, SDS[0], |m| matches!(m, SdsControl::Claim { .. })).unwrap();
+    let SdsControl::Claim {
+        system_id,
+        sds_name,
+        mdm_port,
+        devices,
+        ..
+    } = claim
+    else {
+        unreachable!()
+    };
+    assert_eq!(system_id, env.mdm.system_id);
+    assert_eq!(sds_name, "sds1");
+    assert_eq!(mdm_port, env.mdm.addr.port());
+    assert_eq!(devices[0].path, "/dev/sdb");
+    // Peers go out in the background after the reply.
+    for _ in 0..100 {
+        let peers = env
+            .fake
+            .received(SDS[0])
+            .into_iter()
+            .filter_map(|m| match m {
+                SdsControl::Peers { peers } => Some(peers.len()),
+                _ => None,
+            });
+        if peers.max() == Some(2) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("sds1 never learnt of sds2");
+}
+
+#[tokio::test]
+async fn a_failed_claim_adds_nothing_and_names_the_sds() {
+    let env = Env::new().await;
+    env.cluster(1).await;
+    env.fake.fail(
+        SDS[1],
+        "Claim",
+        "device /dev/sdb belongs to system 00000000000000aa",
+    );
+    let e = env
+        .admin(AdminRequest::AddSds(add_sds(SDS[1])))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e,
+        "could not claim the devices: SDS sds2 at 127.0.0.1:17002: device /dev/sdb belongs \
+         to system 00000000000000aa; nothing was added"
+    );
+    env.fake.down(SDS[2]);
+    let e = env
+        .admin(AdminRequest::AddSds(add_sds(SDS[2])))
+        .await
+        .unwrap_err();
+    assert!(e.contains("connection refused"), "{e}");
+    match env.ok(AdminRequest::QueryAllSds).await {
+        AdminReply::AllSds(all) => assert_eq!(all.len(), 1),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_all_or_nothing_and_a_retry_reuses_the_ids() {
+    let env = Env::new().await;
+    env.cluster(0).await;
+    let batch = AdminRequest::AddSdsBatch(SDS[..3].iter().map(|a| add_sds(a)).collect());
+    env.fake.fail(SDS[1], "Claim", "disk on fire");
+    let e = env.admin(batch.clone()).await.unwrap_err();
+    assert!(
+        e.starts_with("row 2 of the batch (SDS sds2): SDS sds2"),
+        "{e}"
+    );
+    assert!(
+        e.ends_with("disk on fire; no SDS of the batch was added"),
+        "{e}"
+    );
+    let mut bad = add_sds(SDS[3]);
+    bad.devices[0].pool = "nope".into();
+    let e = env
+        .admin(AdminRequest::AddSdsBatch(vec![add_sds(SDS[0]), bad]))
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("row 2") && e.contains("storage pool nope"),
+        "{e}"
+    );
+    let mut twice = vec![add_sds(SDS[0]), add_sds(SDS[0])];
+    twice[1].name = Some("other".into());
+    let e = env
+        .admin(AdminRequest::AddSdsBatch(twice))
+        .await
+        .unwrap_err();
+    assert!(e.contains("row 2") && e.contains("already listens"), "{e}");
+    match env.ok(AdminRequest::QueryCluster).await {
+        AdminReply::Cluster(c) => assert_eq!(c.sds, 0),
+        other => panic!("{other:?}"),
+    }
+
+    env.fake.heal(SDS[1]);
+    let AdminReply::CreatedMany(made) = env.ok(batch).await else {
+        panic!()
+    };
+    let names: Vec<&str> = made.iter().map(|m| m.1.as_str()).collect();
+    assert_eq!(names, ["sds1", "sds2", "sds3"]);
+    let claims: Vec<SdsControl> = env
+        .fake
+        .received(SDS[0])
+        .into_iter()
+        .filter(|m| matches!(m, SdsControl::Claim { .. }))
+        .collect();
+    assert_eq!(claims.len(), 2);
+    assert_eq!(claims[0], claims[1], "the retry claims with the same ids");
+}
+
+#[tokio::test]
+async fn devices_are_added_to_a_running_sds() {
+    let env = Env::new().await;
+    env.cluster(1).await;
+    let spec = |path: &str| DeviceSpec {
+        path: path.into(),
+        pool: "pool1".into(),
+        name: None,
+    };
+    let e = env
+        .admin(AdminRequest::AddSdsDevice {
+            sds: by("sds1"),
+            device: spec("/dev/sdb"),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.contains("already claimed by SDS sds1"), "{e}");
+    let reply = env
+        .ok(AdminRequest::AddSdsDevice {
+            sds: By::Ip("127.0.0.1:17001".into()),
+            device: spec("/dev/sdc"),
+        })
+        .await;
+    assert!(matches!(reply, AdminReply::Created { ref kind, .. } if kind == "device"));
+    let AdminReply::Sds(info) = env.ok(AdminRequest::QuerySds { sds: by("sds1") }).await else {
+        panic!()
+    };
+    assert_eq!(info.devices.len(), 2);
+    assert_eq!(info.devices[1].capacity_bytes, 1000 * CHUNK_SIZE + 4096);
+    assert_eq!(info.state, SdsState::Connected);
+}
+
+#[tokio::test]
+async fn thick_volumes_are_reserved_on_their_sds_and_freed_on_removal() {
+    let env = Env::new().await;
+    env.cluster(3).await;
+    let AdminReply::Volume { id, size_bytes, .. } = env
+        .ok(AdminRequest::AddVolume {
+            pd: by("pd1"),
+            pool: by("pool1"),
+            name: None,
+            size_bytes: 90 * CHUNK_SIZE - 1,
+            thin: false,
+        })
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(size_bytes, 90 * CHUNK_SIZE);
+    let held: Vec<usize> = SDS[..3].iter().map(|a| env.fake.chunks(a, id)).collect();
+    assert_eq!(held, [60, 60, 60]);
+    let AdminReply::StoragePool(p) = env
+        .ok(AdminRequest::QueryStoragePool {
+            pd: by("pd1"),
+            pool: by("pool1"),
+        })
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(p.used_bytes, 180 * CHUNK_SIZE);
+    assert_eq!(p.thick_reserved_bytes, 90 * CHUNK_SIZE);
+    assert_eq!(p.free_for_thick_bytes, 1410 * CHUNK_SIZE);
+
+    let e = env
+        .admin(AdminRequest::AddVolume {
+            pd: by("pd1"),
+            pool: by("pool1"),
+            name: Some("huge".into()),
+            size_bytes: 2000 * CHUNK_SIZE,
+            thin: false,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("thick volume huge needs 1.953 GB but storage pool pool1 has 1.377 GB free"),
+        "{e}"
+    );
+
+    env.ok(AdminRequest::ModifyVolumeCapacity {
+        volume: By::Id(id),
+        size_bytes: 120 * CHUNK_SIZE,
+    })
+    .await;
+    let held: usize = SDS[..3].iter().map(|a| env.fake.chunks(a, id)).sum();
+    assert_eq!(held, 240);
+    let AdminReply::Volume1(v) = env
+        .ok(AdminRequest::QueryVolume { volume: By::Id(id) })
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!((v.epoch, v.chunks, v.thin), (2, 120, false));
+
+    env.ok(AdminRequest::RemoveVolume { volume: By::Id(id) })
+        .await;
+    let held: usize = SDS[..3].iter().map(|a| env.fake.chunks(a, id)).sum();
+    assert_eq!(held, 0);
+}
+
+#[tokio::test]
+async fn a_failed_thick_reservation_creates_nothing_and_frees_the_rest() {
+    let env = Env::new().await;
+    env.cluster(3).await;
+    env.fake
+        .fail(SDS[2], "AllocateThick", "fallocate: no space left");
+    let e = env
+        .admin(AdminRequest::AddVolume {
+            pd: by("pd1"),
+            pool: by("pool1"),
+            name: Some("t".into()),
+            size_bytes: 30 * CHUNK_SIZE,
+            thin: false,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        e.starts_with("could not reserve space for thick volume t: SDS sds3"),
+        "{e}"
+    );
+    assert!(
+        e.ends_with("no space left; the volume was not created"),
+        "{e}"
+    );
+    for a in &SDS[..2] {
+        let freed = first(&env.fake, a, |m| matches!(m, SdsControl::FreeVolume { .. }));
+        assert!(freed.is_some(), "{a} was not told to free");
+    }
+    let AdminReply::AllVolumes(all) = env.ok(AdminRequest::QueryAllVolumes).await else {
+        panic!()
+    };
+    assert!(all.is_empty());
+}
+
+#[tokio::test]
+async fn gateways_register_watch_their_mappings_and_fetch_layouts() {
+    let env = Env::new().await;
+    env.cluster(2).await;
+    let vol = env.volume("v1", 8, true).await;
+    let MdmReply::Registered { sdc_id, system_id } = env
+        .call(MdmRequest::RegisterSdc {
+            name: "gw1".into(),
+            ip: "127.0.0.1".into(),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(system_id, env.mdm.system_id);
+    let MdmReply::Mappings(view) = env
+        .call(MdmRequest::WatchMappings { sdc_id, since: 0 })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(view.volumes.is_empty());
+
+    // A watcher parked on the current generation wakes when a volume is mapped.
+    let addr = env.mdm.addr.to_string();
+    let since = view.generation;
+    let watcher = tokio::spawn(async move {
+        let req = MdmRequest::WatchMappings { sdc_id, since };
+        let r: MdmResponse = frame::call(&addr, &req, Duration::from_secs(30))
+            .await
+            .unwrap();
+        r
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let AdminReply::Done(msg) = env
+        .ok(AdminRequest::MapVolumeToSdc {
+            volume: by("v1"),
+            sdc: By::Ip("127.0.0.1".into()),
+        })
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(msg, "mapped volume v1 to SDC gw1 as LUN 0");
+    let MdmReply::Mappings(view) = watcher.await.unwrap().unwrap() else {
+        panic!()
+    };
+    assert_eq!(view.generation, since + 1);
+    assert_eq!((view.volumes[0].id, view.volumes[0].lun), (vol, 0));
+
+    let MdmReply::Layout(layout) = env
+        .call(MdmRequest::GetLayout { volume_id: vol })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (layout.chunks.len(), layout.epoch, layout.thin),
+        (8, 1, true)
+    );
+    let addrs: Vec<String> = layout.devices.iter().map(|d| d.addr.to_string()).collect();
+    assert!(addrs.contains(&SDS[0].to_string()) && addrs.contains(&SDS[1].to_string()));
+
+    let e = env
+        .admin(AdminRequest::RemoveVolume { volume: by("v1") })
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("unmap it first with --unmap_volume_from_sdc"),
+        "{e}"
+    );
+    env.ok(AdminRequest::RenameVolume {
+        volume: by("v1"),
+        new_name: "v2".into(),
+    })
+    .await;
+    let MdmReply::Mappings(view) = env
+        .call(MdmRequest::WatchMappings {
+            sdc_id,
+            since: since + 1,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(view.volumes[0].name, "v2");
+    let AdminReply::AllSdc(all) = env.ok(AdminRequest::QueryAllSdc).await else {
+        panic!()
+    };
+    assert_eq!(all[0].volumes, [(vol, "v2".to_string(), 0)]);
+    env.ok(AdminRequest::UnmapVolumeFromSdc {
+        volume: by("v2"),
+        sdc: by("gw1"),
+    })
+    .await;
+    env.ok(AdminRequest::RemoveVolume { volume: by("v2") })
+        .await;
+    let e = env
+        .call(MdmRequest::GetLayout { volume_id: vol })
+        .await
+        .unwrap_err();
+    assert!(e.contains("does not exist"), "{e}");
+}
+
+#[tokio::test]
+async fn a_restarted_sds_reports_its_new_address() {
+    let env = Env::new().await;
+    env.cluster(2).await;
+    let AdminReply::Sds(sds) = env.ok(AdminRequest::QuerySds { sds: by("sds1") }).await else {
+        panic!()
+    };
+    let hello = |system_id, addr: &str| MdmRequest::SdsHello {
+        sds_id: sds.id,
+        system_id,
+        addr: addr.parse().unwrap(),
+    };
+    let e = env.call(hello(1, SDS[2])).await.unwrap_err();
+    assert!(e.contains("belongs to system 0000000000000001"), "{e}");
+    assert_eq!(
+        env.call(hello(env.mdm.system_id, "0.0.0.0:17003")).await,
+        Ok(MdmReply::Ok)
+    );
+    let AdminReply::Sds(moved) = env.ok(AdminRequest::QuerySds { sds: by("sds1") }).await else {
+        panic!()
+    };
+    assert_eq!((moved.ip.as_str(), moved.port), ("127.0.0.1", 17003));
+}
+
+#[tokio::test]
+async fn queries_report_an_unreachable_sds_as_disconnected() {
+    let env = Env::new().await;
+    env.cluster(3).await;
+    env.volume("v", 10, false).await;
+    env.fake.down(SDS[1]);
+    let AdminReply::AllSds(all) = env.ok(AdminRequest::QueryAllSds).await else {
+        panic!()
+    };
+    let states: Vec<(String, SdsState, Option<u64>)> = all
+        .iter()
+        .map(|s| (s.name.clone(), s.state, s.devices[0].used_chunks))
+        .collect();
+    let down = states.iter().find(|s| s.0 == "sds2").unwrap();
+    assert_eq!((down.1, down.2), (SdsState::Disconnected, None));
+    let up: u64 = states.iter().filter_map(|s| s.2).sum();
+    let AdminReply::Cluster(c) = env.ok(AdminRequest::QueryCluster).await else {
+        panic!()
+    };
+    assert_eq!(c.sds_connected, 2);
+    assert_eq!(c.used_bytes, up * CHUNK_SIZE);
+    assert_eq!(c.raw_capacity_bytes, 3000 * CHUNK_SIZE);
+    assert_eq!(c.mdm_addr, env.mdm.addr.to_string());
+    let AdminReply::ProtectionDomain(pd) = env
+        .ok(AdminRequest::QueryProtectionDomain { pd: by("pd1") })
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!((pd.pools.len(), pd.sds.len()), (1, 3));
+}
+
+#[tokio::test]
+async fn one_connection_carries_many_requests_and_survives_a_bad_one() {
+    let env = Env::new().await;
+    let mut s = TcpStream::connect(env.mdm.addr).await.unwrap();
+    frame::write(&mut s, &serde_json::json!({"Admin": "NoSuchRequest"}))
+        .await
+        .unwrap();
+    let r: MdmResponse = frame::read(&mut s).await.unwrap().unwrap();
+    assert!(r.unwrap_err().contains("does not understand"));
+    for name in ["a", "b", "a"] {
+        let req = MdmRequest::Admin(AdminRequest::AddProtectionDomain { name: name.into() });
+        frame::write(&mut s, &req).await.unwrap();
+    }
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let r: MdmResponse = frame::read(&mut s).await.unwrap().unwrap();
+        answers.push(r.is_ok());
+    }
+    assert_eq!(answers, [true, true, false]);
+}
+
+#[tokio::test]
+async fn protection_domains_and_pools_are_removed_when_empty() {
+    let env = Env::new().await;
+    env.cluster(0).await;
+    let e = env
+        .admin(AdminRequest::RemoveProtectionDomain { pd: by("pd1") })
+        .await
+        .unwrap_err();
+    assert!(e.contains("still has 1 storage pool(s)"), "{e}");
+    env.ok(AdminRequest::RemoveStoragePool {
+        pd: by("pd1"),
+        pool: by("pool1"),
+    })
+    .await;
+    env.ok(AdminRequest::RemoveProtectionDomain { pd: by("pd1") })
+        .await;
+    let AdminReply::Cluster(c) = env.ok(AdminRequest::QueryCluster).await else {
+        panic!()
+    };
+    assert_eq!((c.protection_domains, c.storage_pools), (0, 0));
+}
+
+/// Each run on its own runtime; dropping it ends the MDM like a kill.
+fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn the_cluster_survives_a_restart() {
+    let fake = Arc::new(FakeSds::default());
+    for a in SDS {
+        fake.node(a, 1000);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (system_id, vol) = run(async {
+        let env = Env {
+            mdm: start_with(opts(&dir), fake.clone()).await.unwrap(),
+            fake: fake.clone(),
+            _dir: None,
+        };
+        env.cluster(2).await;
+        let vol = env.volume("v", 16, false).await;
+        env.call(MdmRequest::RegisterSdc {
+            name: "gw".into(),
+            ip: "10.1.1.1".into(),
+        })
+        .await
+        .unwrap();
+        env.ok(AdminRequest::MapVolumeToSdc {
+            volume: by("v"),
+            sdc: by("gw"),
+        })
+        .await;
+        (env.mdm.system_id, vol)
+    });
+    let layout = |env: &Env| {
+        let env_addr = env.mdm.addr.to_string();
+        async move {
+            let req = MdmRequest::GetLayout { volume_id: vol };
+            let r: MdmResponse = frame::call(&env_addr, &req, Duration::from_secs(5))
+                .await
+                .unwrap();
+            r.unwrap()
+        }
+    };
+    let before = run(async {
+        let mdm = start_with(opts(&dir), fake.clone()).await.unwrap();
+        assert_eq!(mdm.system_id, system_id);
+        let env = Env {
+            mdm,
+            fake: fake.clone(),
+            _dir: None,
+        };
+        let AdminReply::Volume1(v) = env.ok(AdminRequest::QueryVolume { volume: by("v") }).await
+        else {
+            panic!()
+        };
+        assert_eq!(v.mapped_sdc.len(), 1);
+        assert_eq!(v.size_bytes, 16 * CHUNK_SIZE);
+        layout(&env).await
+    });
+    let after = run(async {
+        let env = Env {
+            mdm: start_with(opts(&dir), fake.clone()).await.unwrap(),
+            fake: fake.clone(),
+            _dir: None,
+        };
+        layout(&env).await
+    });
+    assert_eq!(before, after);
+
+    std::fs::write(dir.path().join("mdm-state.json"), b"garbage").unwrap();
+    let e = run(start_with(opts(&dir), fake.clone()))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("is damaged"), "{e}");
+}
