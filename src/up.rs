@@ -7,8 +7,8 @@
 //! MDM's admin API (what scli would send); later starts find them in the MDM's state.
 
 use crate::cluster::api::{
-    AddSds, AdminReply, AdminRequest, By, DeviceSpec, MdmReply, MdmRequest, MdmResponse,
-    MediaType, SdsInfo,
+    AddSds, AdminReply, AdminRequest, By, DeviceSpec, MdmReply, MdmRequest, MdmResponse, MediaType,
+    SdsInfo,
 };
 use crate::cluster::frame;
 use crate::config::{ClusterConfig, Config, ConfigError};
