@@ -392,7 +392,7 @@ fn scaleio_walkthrough_stripes_and_mirrors_a_20gb_volume() {
 
 #[test]
 fn bad_admin_input_is_refused_by_name_and_changes_nothing() {
-    let c = Cluster::start(2);
+    let c = Cluster::start(3);
     c.ok(&["--add_protection_domain", "--protection_domain_name", "pd1"]);
     c.ok(&["--add_protection_domain", "--protection_domain_name", "pd2"]);
     c.ok(&[
@@ -501,7 +501,86 @@ fn bad_admin_input_is_refused_by_name_and_changes_nothing() {
         &["not-an-ip"],
     );
 
+    // The installer CSV registers every SDS row (here the one still unused SDS).
+    let good = c.dir.path().join("good.csv");
+    std::fs::write(
+        &good,
+        format!(
+            "IP,Password,Operating System,Is MDM/TB,MDM NIC,Is SDS,is SDC,SDS Name,Domain,SDS Device List,SDS Pool List\n\
+             {},pw,linux,No,,Yes,No,sds3,pd1,\"{}\",pool1\n\
+             127.0.0.9,pw,linux,Yes,eth0,No,No,,,,\n",
+            c.sds_addrs[2],
+            d3.display()
+        ),
+    )
+    .unwrap();
+    let out = c.ok(&["--add_sds_from_csv", good.to_str().unwrap()]);
+    assert!(out.contains("sds3") && out.contains("skipped"), "{out}");
+    let all = c.ok(&["--query_all_sds"]);
+    assert!(
+        all.contains("returned 3 SDS nodes") && all.contains("sds3"),
+        "{all}"
+    );
+
     // And an en dash pasted from a blog post gets a hint.
     let (ok, text) = c.scli(&["\u{2013}query_all_sds"]);
     assert!(!ok && text.contains("--query_all_sds"), "{text}");
+}
+
+/// `dreadnought up` runs MDM, three SDS and the gateway from its config and keeps
+/// objects and data across a kill -9 and restart.
+#[test]
+fn up_runs_a_cluster_and_keeps_it_across_restarts() {
+    require_tool("qemu-io");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("dreadnought.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"data_dir = "{}"
+[iscsi]
+listen = ["127.0.0.1:0"]
+[[target]]
+name = "{GW_IQN}"
+demo_mode = true
+mapped = true
+[cluster]
+mdm_listen = "127.0.0.1:0"
+sds_listen = ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"]
+device_size = "1GiB"
+[[cluster.volume]]
+name = "demo0"
+size = "64MiB"
+"#,
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let up = || {
+        let p = Proc::dreadnought(
+            &["up", "--config", cfg.to_str().unwrap()],
+            "ready: iSCSI target listening",
+        );
+        let portal = p.addr("ready: iSCSI target listening", "portals");
+        (p, portal)
+    };
+    let (p, portal) = up();
+    let mdm = p.field("cluster ready", "mdm");
+    let out = qemu_io(portal, 0, &pattern(64, "write"));
+    assert_eq!(out.matches("wrote 4096/4096").count(), 64, "{out}");
+    let scli = |mdm: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_scli"))
+            .args(["--mdm_ip", mdm, "--query_all_volumes"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let volumes = scli(&mdm);
+    assert!(volumes.contains("demo0"), "{volumes}");
+    p.kill9();
+
+    let (p, portal) = up();
+    assert!(p.log().contains("pds=1 sds=3 volumes=1"), "{}", p.log());
+    assert_eq!(scli(&p.field("cluster ready", "mdm")), volumes);
+    assert_pattern(portal, 64);
 }
