@@ -375,8 +375,11 @@ mod tests {
     fn shipped_config_parses() {
         let text = include_str!("../conf/dreadnought.toml");
         let c = Config::parse(text).unwrap();
-        assert!(c.targets[0].demo_mode);
-        assert!(!c.volumes.is_empty());
+        assert!(c.targets[0].demo_mode && c.targets[0].mapped);
+        let cluster = c.cluster.expect("the shipped config runs a cluster");
+        assert_eq!(cluster.sds_listen.len(), 3);
+        assert_eq!(cluster.volumes[0].name, "demo0");
+        assert!(cluster.volumes[0].thin);
     }
 
     #[test]

@@ -202,7 +202,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             out,
-            "Successfully created volume awsvol01 of size 20.0 GB (20480 MB), thick provisioned. \
+            "Successfully created volume awsvol01 of size 20.0 GB (20480 MB), thin provisioned. \
              Object ID 7a5a9f1e00000000\n"
         );
         assert_eq!(
@@ -212,7 +212,7 @@ mod tests {
                 pool: By::Name("pool03".into()),
                 name: Some("awsvol01".into()),
                 size_bytes: 20 << 30,
-                thin: false,
+                thin: true,
             })
         );
     }

@@ -7,10 +7,9 @@ pub mod proc;
 
 use bytes::{Bytes, BytesMut};
 use dreadnought::iscsi::pdu::{self, Digests, LoginRequest, Pdu, RESERVED_TAG};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub const IQN: &str = "iqn.2026-11.io.dreadnought:test";
@@ -18,10 +17,9 @@ pub const INITIATOR: &str = "iqn.2026-11.io.dreadnought:test-initiator";
 
 /// A running `dreadnought up`, killed on drop.
 pub struct Up {
-    child: Child,
+    proc: proc::Proc,
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
-    log: Arc<Mutex<String>>,
 }
 
 impl Up {
@@ -46,49 +44,18 @@ size = "64MiB"
         );
         let cfg_path = dir.path().join("dreadnought.toml");
         std::fs::write(&cfg_path, cfg).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dreadnought"))
-            .args(["up", "--config"])
-            .arg(&cfg_path)
-            .env("RUST_LOG", "debug")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start dreadnought up");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = log.lock().unwrap().clone();
-            if let Some(i) = text.find("portals=") {
-                let rest = &text[i + "portals=".len()..];
-                let addr: String = rest
-                    .chars()
-                    .take_while(|c| !c.is_whitespace() && *c != ',')
-                    .collect();
-                return Up {
-                    child,
-                    addr: addr.parse().unwrap(),
-                    dir,
-                    log,
-                };
-            }
-            if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-                panic!("dreadnought up did not become ready:\n{text}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let ready = "ready: iSCSI target listening";
+        let proc = proc::Proc::dreadnought_with_log(
+            &["up", "--config", cfg_path.to_str().unwrap()],
+            ready,
+            "debug",
+        );
+        let addr = proc.addr(ready, "portals");
+        Up { proc, addr, dir }
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.proc.log()
     }
 
     /// Waits (up to 5 s) for the log to mention `needle`.
@@ -105,13 +72,6 @@ size = "64MiB"
 
     pub fn url(&self, auth: &str) -> String {
         format!("iscsi://{auth}{}/{IQN}/0", self.addr)
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

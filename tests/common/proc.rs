@@ -17,13 +17,15 @@ pub struct Proc {
 impl Proc {
     /// Runs `dreadnought ARGS` and waits for a log line containing `ready`.
     pub fn dreadnought(args: &[&str], ready: &str) -> Proc {
-        Self::spawn(env!("CARGO_BIN_EXE_dreadnought"), args, ready)
+        Self::dreadnought_with_log(args, ready, "info")
     }
 
-    pub fn spawn(bin: &str, args: &[&str], ready: &str) -> Proc {
+    /// As [`Proc::dreadnought`] with another `RUST_LOG` level.
+    pub fn dreadnought_with_log(args: &[&str], ready: &str, level: &str) -> Proc {
+        let bin = env!("CARGO_BIN_EXE_dreadnought");
         let mut child = Command::new(bin)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", level)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
