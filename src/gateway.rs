@@ -2,6 +2,7 @@
 //! local file volumes and, with an MDM, the pool volumes mapped to this gateway.
 
 use crate::backend::{BlockBackend, FileBackend};
+use crate::cluster::mdm_client::MdmCallError;
 use crate::config::{ChapConfig, Config, ConfigError};
 use crate::iscsi::login::{ChapSecrets, Limits};
 use crate::iscsi::server::{Server, ServerCtx, Timing};
@@ -101,7 +102,7 @@ async fn register(link: &ClusterLink) -> Result<Sdc, GatewayError> {
     loop {
         match Sdc::register(&link.mdm, &link.name, &link.ip).await {
             Ok(s) => return Ok(s),
-            Err(e @ SdcError::Mdm { .. }) if tries < 30 => {
+            Err(e @ SdcError::Mdm(MdmCallError::Transport { .. })) if tries < 30 => {
                 if tries == 0 {
                     warn!(error = %e, "MDM not reachable yet; retrying for 30 s");
                 }

@@ -1,4 +1,5 @@
 use clap::{Parser, Subcommand};
+use dreadnought::cluster::mdm_client::local_ip_towards;
 use dreadnought::gateway::{self, ClusterLink, Overrides};
 use dreadnought::{mdm, sds, up};
 use std::net::SocketAddr;
@@ -80,20 +81,6 @@ fn host_name() -> String {
         .unwrap_or_else(|| "gateway".into())
 }
 
-/// The local address the kernel would use to reach `mdm` (no packet is sent).
-fn local_ip_towards(mdm: &str) -> Option<String> {
-    use std::net::ToSocketAddrs;
-    let target = mdm.to_socket_addrs().ok()?.next()?;
-    let bind = if target.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    };
-    let s = std::net::UdpSocket::bind(bind).ok()?;
-    s.connect(target).ok()?;
-    Some(s.local_addr().ok()?.ip().to_string())
-}
-
 async fn run(cmd: Cmd) -> Result<(), String> {
     match cmd {
         Cmd::Up {
@@ -135,13 +122,19 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             listen,
             data_dir,
         } => {
-            let link = mdm.map(|mdm| ClusterLink {
-                ip: sdc_ip
-                    .or_else(|| local_ip_towards(&mdm))
-                    .unwrap_or_else(|| "127.0.0.1".into()),
-                name: name.unwrap_or_else(host_name),
-                mdm,
-            });
+            let link = match mdm {
+                None => None,
+                Some(mdm) => Some(ClusterLink {
+                    ip: match sdc_ip {
+                        Some(ip) => ip,
+                        None => local_ip_towards(&mdm)
+                            .await
+                            .map_or_else(|| "127.0.0.1".into(), |ip| ip.to_string()),
+                    },
+                    name: name.unwrap_or_else(host_name),
+                    mdm,
+                }),
+            };
             gateway::run(&config, Overrides { listen, data_dir }, link)
                 .await
                 .map_err(|e| e.to_string())

@@ -7,10 +7,9 @@
 //! MDM's admin API (what scli would send); later starts find them in the MDM's state.
 
 use crate::cluster::api::{
-    AddSds, AdminReply, AdminRequest, By, DeviceSpec, MdmReply, MdmRequest, MdmResponse, MediaType,
-    SdsInfo,
+    AddSds, AdminReply, AdminRequest, By, DeviceSpec, MdmReply, MdmRequest, MediaType, SdsInfo,
 };
-use crate::cluster::frame;
+use crate::cluster::{frame, mdm_client};
 use crate::config::{ClusterConfig, Config, ConfigError};
 use crate::gateway::{self, ClusterLink, GatewayError, Overrides};
 use crate::{mdm, sds};
@@ -105,10 +104,9 @@ async fn call(mdm: &str, step: &str, req: MdmRequest) -> Result<MdmReply, UpErro
         step: step.into(),
         reason,
     };
-    let resp: MdmResponse = frame::call(mdm, &req, Duration::from_secs(120))
+    mdm_client::ask(mdm, &req, Duration::from_secs(120))
         .await
-        .map_err(|e| err(e.to_string()))?;
-    resp.map_err(err)
+        .map_err(|e| err(e.to_string()))
 }
 
 /// A sparse file of the configured size: the SDS's device.

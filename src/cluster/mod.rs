@@ -4,3 +4,4 @@
 pub mod api;
 pub mod chunk;
 pub mod frame;
+pub mod mdm_client;

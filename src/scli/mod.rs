@@ -15,8 +15,9 @@ pub mod render;
 pub mod request;
 pub mod value;
 
-use crate::cluster::api::{AddSds, AdminReply, AdminRequest, MdmReply, MdmRequest, MdmResponse};
-use crate::cluster::frame::{self, FrameError};
+use crate::cluster::api::{AddSds, AdminReply, AdminRequest, MdmReply, MdmRequest};
+use crate::cluster::frame::FrameError;
+use crate::cluster::mdm_client::{self, MdmCallError};
 use args::{ArgsError, Command};
 use csv::CsvError;
 use request::{Job, RequestError};
@@ -138,28 +139,29 @@ pub async fn run(argv: &[String]) -> Result<String, ScliError> {
 /// One round trip to the MDM.
 async fn call(mdm: &str, req: &AdminRequest) -> Result<AdminReply, ScliError> {
     let msg = MdmRequest::Admin(req.clone());
-    let resp: MdmResponse = frame::call(mdm, &msg, TIMEOUT).await.map_err(|e| match e {
-        FrameError::Connect { addr, source } => ScliError::Unreachable {
-            addr,
-            reason: source,
-        },
-        FrameError::Timeout(addr) => ScliError::Timeout(addr),
-        reason => ScliError::Transport {
-            addr: mdm.to_string(),
-            reason,
-        },
-    })?;
-    match resp {
+    match mdm_client::ask(mdm, &msg, TIMEOUT).await {
         Ok(MdmReply::Admin(reply)) => Ok(reply),
         Ok(_) => Err(ScliError::NotAdmin(mdm.to_string())),
-        Err(message) => Err(ScliError::Refused(message)),
+        Err(MdmCallError::Refused { message, .. }) => Err(ScliError::Refused(message)),
+        Err(MdmCallError::Transport { source, .. }) => Err(match source {
+            FrameError::Connect { addr, source } => ScliError::Unreachable {
+                addr,
+                reason: source,
+            },
+            FrameError::Timeout(addr) => ScliError::Timeout(addr),
+            reason => ScliError::Transport {
+                addr: mdm.to_string(),
+                reason,
+            },
+        }),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::api::{By, DeviceSpec, SdsState};
+    use crate::cluster::api::{By, DeviceSpec, MdmResponse, SdsState};
+    use crate::cluster::frame;
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;
 

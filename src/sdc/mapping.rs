@@ -4,8 +4,8 @@
 use super::sds_pool::SdsPool;
 use super::volume::{fetch_layout, PoolVolume, VolumeError};
 use crate::backend::BlockBackend;
-use crate::cluster::api::{MappedView, MappedVolume, MdmReply, MdmRequest, MdmResponse};
-use crate::cluster::frame;
+use crate::cluster::api::{MappedView, MappedVolume, MdmReply, MdmRequest};
+use crate::cluster::mdm_client::{self, MdmCallError};
 use crate::iscsi::target::Target;
 use crate::scsi::{Identity, LogicalUnit, LunMap};
 use std::collections::HashMap;
@@ -15,10 +15,10 @@ use tracing::{info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SdcError {
-    #[error("cannot reach the MDM at {mdm}: {reason}; check --mdm and that the MDM runs")]
-    Mdm { mdm: String, reason: String },
-    #[error("the MDM at {mdm} refused: {message}")]
-    Refused { mdm: String, message: String },
+    #[error("{0}; check --mdm and that the MDM runs")]
+    Mdm(MdmCallError),
+    #[error("the MDM at {mdm} answered out of turn: {reply}")]
+    Unexpected { mdm: String, reply: String },
     #[error(transparent)]
     Volume(#[from] VolumeError),
 }
@@ -34,16 +34,16 @@ pub struct Sdc {
 }
 
 async fn ask(mdm: &str, req: &MdmRequest, timeout: Duration) -> Result<MdmReply, SdcError> {
-    let resp: MdmResponse = frame::call(mdm, req, timeout)
+    mdm_client::ask(mdm, req, timeout)
         .await
-        .map_err(|e| SdcError::Mdm {
-            mdm: mdm.to_string(),
-            reason: e.to_string(),
-        })?;
-    resp.map_err(|message| SdcError::Refused {
+        .map_err(SdcError::Mdm)
+}
+
+fn unexpected(mdm: &str, reply: MdmReply) -> SdcError {
+    SdcError::Unexpected {
         mdm: mdm.to_string(),
-        message,
-    })
+        reply: format!("{reply:?}"),
+    }
 }
 
 impl Sdc {
@@ -64,10 +64,7 @@ impl Sdc {
                     volumes: HashMap::new(),
                 })
             }
-            other => Err(SdcError::Refused {
-                mdm: mdm.to_string(),
-                message: format!("unexpected reply {other:?}"),
-            }),
+            other => Err(unexpected(mdm, other)),
         }
     }
 
@@ -79,10 +76,7 @@ impl Sdc {
         };
         match ask(&self.mdm, &req, Duration::from_secs(60)).await? {
             MdmReply::Mappings(v) => Ok(v),
-            other => Err(SdcError::Refused {
-                mdm: self.mdm.clone(),
-                message: format!("unexpected reply {other:?}"),
-            }),
+            other => Err(unexpected(&self.mdm, other)),
         }
     }
 

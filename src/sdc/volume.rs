@@ -8,9 +8,9 @@
 use super::route::{pieces, route, Piece, RouteError};
 use super::sds_pool::SdsPool;
 use crate::backend::{BackendError, BlockBackend, Provisioning, SgList, BLOCK_SIZE};
-use crate::cluster::api::{Layout, MdmReply, MdmRequest, MdmResponse, CHUNK_SIZE};
+use crate::cluster::api::{Layout, MdmReply, MdmRequest, CHUNK_SIZE};
 use crate::cluster::chunk::ChunkError;
-use crate::cluster::frame;
+use crate::cluster::mdm_client;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use std::future::Future;
@@ -56,17 +56,11 @@ pub async fn fetch_layout(mdm: &str, volume: u64) -> Result<Layout, VolumeError>
         mdm: mdm.to_string(),
         reason,
     };
-    let resp: MdmResponse = frame::call(
-        mdm,
-        &MdmRequest::GetLayout { volume_id: volume },
-        Duration::from_secs(30),
-    )
-    .await
-    .map_err(|e| err(e.to_string()))?;
-    match resp {
+    let req = MdmRequest::GetLayout { volume_id: volume };
+    match mdm_client::ask(mdm, &req, Duration::from_secs(30)).await {
         Ok(MdmReply::Layout(l)) => Ok(l),
         Ok(other) => Err(err(format!("unexpected reply {other:?}"))),
-        Err(msg) => Err(err(msg)),
+        Err(e) => Err(err(e.to_string())),
     }
 }
 

@@ -1,8 +1,8 @@
 //! Telling the MDM, after a restart, where this SDS listens (`SdsHello`), retried
 //! until the MDM acknowledges: the MDM may be down or restarting too.
 
-use crate::cluster::api::{fmt_id, MdmReply, MdmRequest, MdmResponse};
-use crate::cluster::frame;
+use crate::cluster::api::{fmt_id, MdmReply, MdmRequest};
+use crate::cluster::{frame, mdm_client};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tracing::{debug, info, warn};
@@ -22,13 +22,12 @@ pub async fn announce(mdm: String, system_id: u64, sds_id: u64, listen: SocketAd
             system_id,
             addr,
         };
-        let problem = match frame::call::<_, MdmResponse>(&mdm, &req, CALL_TIMEOUT).await {
-            Ok(Ok(MdmReply::Ok)) => {
+        let problem = match mdm_client::ask(&mdm, &req, CALL_TIMEOUT).await {
+            Ok(MdmReply::Ok) => {
                 info!(%mdm, %addr, sds = %fmt_id(sds_id), "announced to the MDM");
                 return;
             }
-            Ok(Ok(other)) => format!("unexpected reply {other:?}"),
-            Ok(Err(refusal)) => format!("the MDM refused: {refusal}"),
+            Ok(other) => format!("unexpected reply {other:?}"),
             Err(e) => e.to_string(),
         };
         if attempt == 1 || attempt.is_multiple_of(WARN_EVERY) {
@@ -47,19 +46,8 @@ async fn advertised(listen: SocketAddr, mdm: &str) -> SocketAddr {
     if !listen.ip().is_unspecified() {
         return listen;
     }
-    let route = async {
-        let target = tokio::net::lookup_host(mdm).await.ok()?.next()?;
-        let any = if target.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        };
-        let sock = tokio::net::UdpSocket::bind(any).await.ok()?;
-        sock.connect(target).await.ok()?;
-        sock.local_addr().ok()
-    };
-    match route.await {
-        Some(local) => SocketAddr::new(local.ip(), listen.port()),
+    match mdm_client::local_ip_towards(mdm).await {
+        Some(ip) => SocketAddr::new(ip, listen.port()),
         None => frame::reachable(listen),
     }
 }
