@@ -120,6 +120,132 @@ pub enum AdminRequest {
         volume: By,
     },
     QueryAllSdc,
+    /// Register a SCSI initiator (a hypervisor host) under an admin-friendly name.
+    AddScsiInitiator {
+        name: String,
+        /// IQN, EUI or NAA name (RFC 3720 section 3.2.6); stored normalized.
+        iqn: String,
+        chap: Option<Chap>,
+    },
+    /// Removes the initiator and its mappings; gateways end its sessions.
+    RemoveScsiInitiator {
+        initiator: By,
+    },
+    RenameScsiInitiator {
+        initiator: By,
+        new_name: String,
+    },
+    /// Sets (Some) or clears (None) the initiator's CHAP secrets.
+    SetScsiInitiatorChap {
+        initiator: By,
+        chap: Option<Chap>,
+    },
+    MapVolumeToScsiInitiator {
+        volume: By,
+        initiator: By,
+        /// Default: the lowest LUN free for that initiator.
+        lun: Option<u64>,
+        access: AccessMode,
+    },
+    UnmapVolumeFromScsiInitiator {
+        volume: By,
+        initiator: By,
+    },
+    QueryAllScsiInitiators,
+    QueryScsiInitiator {
+        initiator: By,
+    },
+    /// Replace the whole initiator registry and its mappings with this map, atomically.
+    ApplyInitiatorMap(InitiatorMap),
+    /// The registry and mappings in force, in the declarative map's shape (no secrets).
+    ExportInitiatorMap,
+}
+
+/// How an initiator may use a mapped volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccessMode {
+    ReadWrite,
+    ReadOnly,
+}
+
+/// CHAP secrets of one initiator: it proves itself with `username`/`secret`; with
+/// `mutual` the target proves itself back with that (username, secret).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chap {
+    pub username: String,
+    pub secret: String,
+    pub mutual: Option<(String, String)>,
+}
+
+/// Secrets never reach a log or a query: Debug shows only the usernames.
+impl std::fmt::Debug for Chap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chap")
+            .field("username", &self.username)
+            .field("secret", &"<hidden>")
+            .field(
+                "mutual",
+                &self.mutual.as_ref().map(|(u, _)| (u, "<hidden>")),
+            )
+            .finish()
+    }
+}
+
+/// What a query says of an initiator's CHAP: whether it is set, never the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChapMode {
+    None,
+    OneWay,
+    Mutual,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitiatorInfo {
+    pub id: u64,
+    pub name: String,
+    pub iqn: String,
+    pub chap: ChapMode,
+    pub chap_username: Option<String>,
+    pub luns: Vec<InitiatorLun>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitiatorLun {
+    pub lun: u64,
+    pub volume_id: u64,
+    pub volume_name: String,
+    pub access: AccessMode,
+}
+
+/// The declarative initiator map (`conf/initiators.toml`), as sent to the MDM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitiatorMap {
+    pub initiators: Vec<MapInitiator>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapInitiator {
+    pub name: String,
+    pub iqn: String,
+    pub chap: MapChap,
+    pub mappings: Vec<MapEntry>,
+}
+
+/// CHAP in the declarative map: absent (none), "unchanged" (keep what the MDM holds:
+/// exports say this, since they never contain secrets), or the secrets to set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MapChap {
+    None,
+    Keep,
+    Set(Chap),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapEntry {
+    /// Volume name.
+    pub volume: String,
+    pub lun: Option<u64>,
+    pub access: AccessMode,
 }
 
 /// Successful answers to [`AdminRequest`]s.
@@ -149,6 +275,11 @@ pub enum AdminReply {
     AllVolumes(Vec<VolumeInfo>),
     Volume1(VolumeInfo),
     AllSdc(Vec<SdcInfo>),
+    AllScsiInitiators(Vec<InitiatorInfo>),
+    ScsiInitiator(InitiatorInfo),
+    /// An initiator map was applied: one line per change (empty: nothing changed).
+    MapApplied(Vec<String>),
+    InitiatorMap(InitiatorMap),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -290,19 +421,34 @@ pub enum MdmReply {
 /// The MDM's answer on its port: a reply or a message for the admin.
 pub type MdmResponse = Result<MdmReply, String>;
 
-/// The volumes mapped to one SDC.
+/// What one gateway (SDC) exports: the volumes mapped to it, every volume mapped to
+/// an initiator (any gateway serves those), and the initiator map it enforces.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MappedView {
     pub generation: u64,
     pub system_id: u64,
     pub volumes: Vec<MappedVolume>,
+    pub initiators: Vec<InitiatorAccess>,
+}
+
+/// One registered initiator as a gateway needs it to admit and serve it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitiatorAccess {
+    pub name: String,
+    /// Normalized (lower-case) iSCSI name.
+    pub iqn: String,
+    pub chap: Option<Chap>,
+    /// (LUN, volume id, access mode).
+    pub luns: Vec<(u64, u64, AccessMode)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MappedVolume {
     pub id: u64,
     pub name: String,
-    pub lun: u64,
+    /// The LUN of its mapping to this SDC (what demo-mode targets export); None when
+    /// the volume is here only because initiators are mapped to it.
+    pub lun: Option<u64>,
     pub size_bytes: u64,
     pub thin: bool,
     /// Layout epoch; a gateway refetches the layout when it moves.

@@ -4,4 +4,5 @@
 pub mod api;
 pub mod chunk;
 pub mod frame;
+pub mod iscsi_name;
 pub mod mdm_client;

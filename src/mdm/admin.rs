@@ -25,6 +25,8 @@ const INVENTORY_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    #[error("not implemented yet: {0}")]
+    NotYet(String),
     #[error(transparent)]
     Change(#[from] ChangeError),
     #[error(transparent)]
@@ -266,6 +268,11 @@ impl Mdm {
                 let st = self.current();
                 let all = st.sdc.values().map(|s| query::sdc(&st, s)).collect();
                 Ok(AdminReply::AllSdc(all))
+            }
+            other => Err(AdminError::NotYet(format!("{other:?}"))),
+            #[allow(unreachable_patterns)]
+            R::QueryAllSdc => {
+                unreachable!()
             }
         }
     }

@@ -188,7 +188,7 @@ pub fn mapped_view(st: &State, sdc: &Sdc) -> MappedView {
             MappedVolume {
                 id: v.id,
                 name: v.name.clone(),
-                lun: m.lun,
+                lun: Some(m.lun),
                 size_bytes: v.size_bytes,
                 thin: v.thin,
                 epoch: v.epoch,
@@ -200,6 +200,7 @@ pub fn mapped_view(st: &State, sdc: &Sdc) -> MappedView {
         generation: sdc.generation,
         system_id: st.system_id,
         volumes,
+        initiators: Vec::new(),
     }
 }
 

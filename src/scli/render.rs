@@ -31,6 +31,7 @@ pub fn text(req: &AdminRequest, reply: &AdminReply) -> String {
         AdminReply::AllVolumes(all) => all_volumes(all),
         AdminReply::Volume1(v) => volume(v),
         AdminReply::AllSdc(all) => all_sdc(all),
+        other => vec![format!("{other:?}")],
     };
     lines.join("\n") + "\n"
 }

@@ -97,7 +97,9 @@ impl Sdc {
                 }
                 None => self.open(v).await?,
             };
-            luns.insert(v.lun, entry.1.clone());
+            if let Some(lun) = v.lun {
+                luns.insert(lun, entry.1.clone());
+            }
             next.insert(v.id, entry);
         }
         for (_, (_, unit)) in self.volumes.drain() {
