@@ -7,7 +7,7 @@ use crate::config::{ChapConfig, Config, ConfigError};
 use crate::iscsi::login::{ChapSecrets, Limits};
 use crate::iscsi::server::{Server, ServerCtx, Timing};
 use crate::iscsi::session::SessionTable;
-use crate::iscsi::target::{Target, TargetSet};
+use crate::iscsi::target::{Access, Target, TargetSet};
 use crate::scsi::{Identity, LogicalUnit, LunMap};
 use crate::sdc::{Sdc, SdcError};
 use std::collections::HashMap;
@@ -127,7 +127,7 @@ pub async fn build(
         }
     }
     let mut sdc = None;
-    let mut mapped = LunMap::new();
+    let mut mapped = Access::default();
     if let Some(link) = cluster {
         let mut s = register(link).await?;
         let view = s.watch(0).await?;
@@ -157,14 +157,19 @@ pub async fn build(
     }
     let mut targets = Vec::new();
     for t in &cfg.targets {
-        let luns: LunMap = if t.mapped {
+        let access = if t.mapped {
             mapped.clone()
         } else {
-            t.volumes
+            let luns: LunMap = t
+                .volumes
                 .iter()
                 .enumerate()
                 .map(|(i, v)| (i as u64, units[v].clone()))
-                .collect()
+                .collect();
+            Access {
+                shared: Arc::new(luns),
+                ..Access::default()
+            }
         };
         if t.demo_mode {
             warn!(target = %t.name, "DEMO MODE: every initiator can log in and see every LUN of this target; turn demo_mode off in production");
@@ -175,7 +180,8 @@ pub async fn build(
             chap(&t.chap),
             t.demo_mode,
             t.allowed_initiators.clone(),
-            luns,
+            t.mapped,
+            access,
         )));
     }
     if let Some((s, generation)) = sdc {

@@ -7,9 +7,9 @@ use super::cmdsn::{Admit, CmdWindow};
 use super::dataout::{BurstParams, DataOutError, WriteCollector};
 use super::login::{self, LoginMachine, SessionParams, SessionType, StepOutcome};
 use super::pdu::{
-    self, opcode, reject_reason, tmf, tmf_response, DataOut, Digests, LoginRequest, LoginResponse,
-    LogoutRequest, LogoutResponse, NopIn, NopOut, Pdu, PduError, Reject, ScsiCommand,
-    TaskMgmtRequest, TaskMgmtResponse, TextRequest, TextResponse, RESERVED_TAG,
+    self, opcode, reject_reason, tmf, tmf_response, AsyncMessage, DataOut, Digests, LoginRequest,
+    LoginResponse, LogoutRequest, LogoutResponse, NopIn, NopOut, Pdu, PduError, Reject,
+    ScsiCommand, TaskMgmtRequest, TaskMgmtResponse, TextRequest, TextResponse, RESERVED_TAG,
 };
 use super::response::{self, DataInLimits, Finished};
 use super::server::ServerCtx;
@@ -301,7 +301,14 @@ struct Conn {
     ping: Option<(u32, Instant)>,
     text: Option<TextExchange>,
     closing: bool,
+    /// Set when we asked the initiator to log out (it was removed from the map): past
+    /// this instant the connection is dropped.
+    logout_by: Option<Instant>,
 }
+
+/// Seconds an initiator removed from the map has to log out (Async Message
+/// Parameter3) before its connection is dropped.
+const LOGOUT_GRACE_SECS: u16 = 5;
 
 async fn full_feature(
     stream: TcpStream,
@@ -322,7 +329,12 @@ async fn full_feature(
         writer::run(wr, rx, sn.clone(), li.stat_sn, digests).instrument(tracing::Span::current()),
     );
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let luns = li.target.as_ref().map(|t| t.luns()).unwrap_or_default();
+    let luns = li
+        .target
+        .as_ref()
+        .and_then(|t| t.luns_for(&li.params.initiator_name))
+        .unwrap_or_default();
+    let mut access = li.target.as_ref().map(|t| t.subscribe());
     let nexus = ItNexus {
         initiator: li.params.initiator_name.as_str().into(),
         isid: li.isid,
@@ -345,11 +357,13 @@ async fn full_feature(
         ping: None,
         text: None,
         closing: false,
+        logout_by: None,
     };
     let interval = ctx.timing.nop_interval;
     let mut idle_deadline = Instant::now() + interval;
     let result = loop {
         let deadline = c.ping.map(|(_, t)| t).unwrap_or(idle_deadline);
+        let deadline = c.logout_by.map_or(deadline, |l| l.min(deadline));
         tokio::select! {
             r = read_pdu(&mut rd, &mut buf, digests, max_data) => {
                 idle_deadline = Instant::now() + interval;
@@ -374,7 +388,23 @@ async fn full_feature(
                 info!("session closed by the target (reinstated or reset)");
                 break Ok(());
             }
+            changed = async {
+                match access.as_mut() {
+                    Some(rx) => rx.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match changed {
+                    Ok(()) => c.access_changed(),
+                    // The target is gone with the server; nothing more will change.
+                    Err(_) => access = None,
+                }
+            }
             _ = sleep_until(deadline) => {
+                if c.logout_by.is_some_and(|l| Instant::now() >= l) {
+                    info!("initiator did not log out when asked; dropping the connection");
+                    break Ok(());
+                }
                 if c.ping.is_some() {
                     break Err(ConnectionError::PingTimeout(ctx.timing.nop_timeout.as_secs()));
                 }
@@ -405,6 +435,53 @@ fn next_tag(next: &mut u32) -> u32 {
 }
 
 impl Conn {
+    /// The target's map changed: pick up this initiator's LUNs. Mapped or unmapped
+    /// LUNs raise REPORTED LUNS DATA HAS CHANGED; an unmapped LUN refuses the next
+    /// command at once; an initiator no longer admitted is asked to log out.
+    fn access_changed(&mut self) {
+        let Some(t) = &self.target else { return };
+        let Some(new) = t.luns_for(&self.params.initiator_name) else {
+            if self.logout_by.is_none() {
+                info!("initiator removed from the target's map; asking it to log out");
+                self.set_luns(Arc::default());
+                self.send(Pdu::AsyncMessage(AsyncMessage {
+                    event: 1,
+                    param3: LOGOUT_GRACE_SECS,
+                    ..Default::default()
+                }));
+                self.logout_by = Some(
+                    Instant::now() + std::time::Duration::from_secs(LOGOUT_GRACE_SECS as u64 + 1),
+                );
+            }
+            return;
+        };
+        let same = new.len() == self.luns.len()
+            && new
+                .iter()
+                .zip(self.luns.iter())
+                .all(|((a, ua), (b, ub))| a == b && Arc::ptr_eq(ua, ub));
+        if !same {
+            info!(
+                luns = new.len(),
+                "LUN map changed; reporting it with a unit attention"
+            );
+            self.set_luns(new);
+            for lu in self.luns.values() {
+                lu.luns_changed(&self.nexus);
+            }
+        }
+    }
+
+    /// Replaces the LUN map; units this nexus no longer reaches forget it.
+    fn set_luns(&mut self, new: Arc<LunMap>) {
+        let old = std::mem::replace(&mut self.luns, new);
+        for lu in old.values() {
+            if !self.luns.values().any(|n| Arc::ptr_eq(n, lu)) {
+                lu.nexus_lost(&self.nexus);
+            }
+        }
+    }
+
     fn send(&self, pdu: Pdu) {
         let _ = self.tx.send(Outgoing::Pdu(Box::new(pdu)));
     }

@@ -47,6 +47,7 @@ pub mod asc {
     pub const MODE_PARAMETERS_CHANGED: AscCode = 0x2A01;
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: AscCode = 0x3900;
     pub const MEDIUM_REMOVAL_PREVENTED: AscCode = 0x5302;
+    pub const REPORTED_LUNS_DATA_HAS_CHANGED: AscCode = 0x3F0E;
     // Transport (iSCSI) conditions that end a task with ABORTED COMMAND.
     pub const PROTOCOL_SERVICE_CRC_ERROR: AscCode = 0x4705;
     pub const DATA_PHASE_ERROR: AscCode = 0x4B00;

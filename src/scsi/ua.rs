@@ -51,6 +51,19 @@ impl UaQueues {
         }
     }
 
+    /// Queues `code` for one nexus (after the power-on condition if it is new here).
+    pub fn raise(&mut self, nexus: &ItNexus, code: AscCode) {
+        self.touch(nexus);
+        if let Some(q) = self.pending.get_mut(nexus) {
+            if !q.contains(&code) {
+                if q.len() >= MAX_PENDING {
+                    q.pop_front();
+                }
+                q.push_back(code);
+            }
+        }
+    }
+
     pub fn forget(&mut self, nexus: &ItNexus) {
         self.pending.remove(nexus);
     }

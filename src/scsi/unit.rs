@@ -74,6 +74,14 @@ impl LogicalUnit {
         st.ua.reset_all(code);
     }
 
+    /// The LUN inventory this nexus sees has changed (a volume was mapped or
+    /// unmapped): it learns through REPORTED LUNS DATA HAS CHANGED on this unit.
+    pub fn luns_changed(&self, nexus: &ItNexus) {
+        self.lock()
+            .ua
+            .raise(nexus, asc::REPORTED_LUNS_DATA_HAS_CHANGED);
+    }
+
     /// The nexus is gone: its PREVENT and pending unit attentions go with it, and a
     /// reconnect under the same identity starts afresh with a power-on condition.
     pub fn nexus_lost(&self, nexus: &ItNexus) {

@@ -4,9 +4,10 @@
 use super::sds_pool::SdsPool;
 use super::volume::{fetch_layout, PoolVolume, VolumeError};
 use crate::backend::BlockBackend;
-use crate::cluster::api::{MappedView, MappedVolume, MdmReply, MdmRequest};
+use crate::cluster::api::{AccessMode, MappedView, MappedVolume, MdmReply, MdmRequest};
 use crate::cluster::mdm_client::{self, MdmCallError};
-use crate::iscsi::target::Target;
+use crate::iscsi::login::ChapSecrets;
+use crate::iscsi::target::{Access, InitiatorAccess, Target};
 use crate::scsi::{Identity, LogicalUnit, LunMap};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +24,24 @@ pub enum SdcError {
     Volume(#[from] VolumeError),
 }
 
+/// A pool volume this gateway serves, with its logical units: one read-write, and a
+/// write-protected one for read-only mappings, both over the same volume and identity.
+#[derive(Debug)]
+struct Served {
+    vol: PoolVolume,
+    rw: Arc<LogicalUnit>,
+    ro: Arc<LogicalUnit>,
+}
+
+impl Served {
+    fn unit(&self, access: AccessMode) -> Arc<LogicalUnit> {
+        match access {
+            AccessMode::ReadWrite => self.rw.clone(),
+            AccessMode::ReadOnly => self.ro.clone(),
+        }
+    }
+}
+
 /// A registered gateway and the pool volumes it currently exports.
 #[derive(Debug)]
 pub struct Sdc {
@@ -30,7 +49,7 @@ pub struct Sdc {
     pub system_id: u64,
     mdm: String,
     sds: Arc<SdsPool>,
-    volumes: HashMap<u64, (PoolVolume, Arc<LogicalUnit>)>,
+    volumes: HashMap<u64, Served>,
 }
 
 async fn ask(mdm: &str, req: &MdmRequest, timeout: Duration) -> Result<MdmReply, SdcError> {
@@ -80,42 +99,72 @@ impl Sdc {
         }
     }
 
-    /// Brings the exported volumes in line with `view` and returns the LUN map. Units
-    /// of volumes that stay mapped are kept, so their state (unit attentions, ...)
-    /// survives the update.
-    pub async fn apply(&mut self, view: &MappedView) -> Result<LunMap, SdcError> {
+    /// Brings the served volumes in line with `view` and returns who sees what. Units
+    /// of volumes that stay are kept, so their state (unit attentions, ...) survives.
+    pub async fn apply(&mut self, view: &MappedView) -> Result<Access, SdcError> {
         let mut next = HashMap::new();
-        let mut luns = LunMap::new();
         for v in &view.volumes {
-            let entry = match self.volumes.remove(&v.id) {
-                Some((vol, unit)) => {
-                    if vol.epoch() != v.epoch || vol.num_blocks() * 512 != v.size_bytes {
-                        vol.set_layout(fetch_layout(&self.mdm, v.id).await?);
+            let served = match self.volumes.remove(&v.id) {
+                Some(s) => {
+                    if s.vol.epoch() != v.epoch || s.vol.num_blocks() * 512 != v.size_bytes {
+                        s.vol.set_layout(fetch_layout(&self.mdm, v.id).await?);
                         info!(volume = %v.name, epoch = v.epoch, size = v.size_bytes, "layout refreshed");
                     }
-                    (vol, unit)
+                    s
                 }
                 None => self.open(v).await?,
             };
-            if let Some(lun) = v.lun {
-                luns.insert(lun, entry.1.clone());
-            }
-            next.insert(v.id, entry);
+            next.insert(v.id, served);
         }
-        for (_, (_, unit)) in self.volumes.drain() {
-            info!(serial = %unit.identity().serial, "volume unmapped from this gateway");
+        for (_, s) in self.volumes.drain() {
+            info!(serial = %s.rw.identity().serial, "volume no longer served by this gateway");
         }
         self.volumes = next;
-        Ok(luns)
+        let shared: LunMap = view
+            .volumes
+            .iter()
+            .filter_map(|v| Some((v.lun?, self.volumes[&v.id].rw.clone())))
+            .collect();
+        let initiators = view
+            .initiators
+            .iter()
+            .map(|i| {
+                let luns: LunMap = i
+                    .luns
+                    .iter()
+                    .filter_map(|&(lun, vol, access)| {
+                        Some((lun, self.volumes.get(&vol)?.unit(access)))
+                    })
+                    .collect();
+                let chap = i.chap.as_ref().map(|c| ChapSecrets {
+                    username: c.username.clone(),
+                    secret: c.secret.clone(),
+                    mutual: c.mutual.clone(),
+                });
+                (
+                    i.iqn.clone(),
+                    InitiatorAccess {
+                        chap,
+                        luns: Arc::new(luns),
+                    },
+                )
+            })
+            .collect();
+        Ok(Access {
+            shared: Arc::new(shared),
+            initiators,
+        })
     }
 
-    async fn open(&self, v: &MappedVolume) -> Result<(PoolVolume, Arc<LogicalUnit>), SdcError> {
+    async fn open(&self, v: &MappedVolume) -> Result<Served, SdcError> {
         let layout = fetch_layout(&self.mdm, v.id).await?;
         let vol = PoolVolume::new(layout, self.mdm.clone(), self.sds.clone());
         let id = Identity::from_volume_id(&v.name, v.id);
-        let unit = Arc::new(LogicalUnit::new(Arc::new(vol.clone()), id, false));
-        info!(volume = %v.name, lun = v.lun, size = v.size_bytes, thin = v.thin, "pool volume online");
-        Ok((vol, unit))
+        let backend: Arc<dyn crate::backend::BlockBackend> = Arc::new(vol.clone());
+        let rw = Arc::new(LogicalUnit::new(backend.clone(), id.clone(), false));
+        let ro = Arc::new(LogicalUnit::new(backend, id, true));
+        info!(volume = %v.name, sdc_lun = ?v.lun, size = v.size_bytes, thin = v.thin, "pool volume online");
+        Ok(Served { vol, rw, ro })
     }
 
     /// Follows the MDM's mappings for as long as the gateway runs, installing each new
@@ -124,15 +173,14 @@ impl Sdc {
         loop {
             let step = async {
                 let view = self.watch(since).await?;
-                let luns = self.apply(&view).await?;
-                Ok::<_, SdcError>((view.generation, luns))
+                let access = self.apply(&view).await?;
+                Ok::<_, SdcError>((view.generation, access))
             };
             match step.await {
-                Ok((generation, luns)) => {
+                Ok((generation, access)) => {
                     if generation != since {
-                        let luns = Arc::new(luns);
                         for t in &targets {
-                            t.set_luns(luns.clone());
+                            t.set_access(access.clone());
                         }
                         since = generation;
                     }

@@ -30,7 +30,7 @@ pub enum SessionType {
 }
 
 /// CHAP credentials configured for a target (or for discovery).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ChapSecrets {
     /// The name the initiator must present in `CHAP_N`.
     pub username: String,
@@ -40,7 +40,18 @@ pub struct ChapSecrets {
     pub mutual: Option<(String, String)>,
 }
 
+/// Secrets never reach a log: Debug shows the usernames only.
+impl std::fmt::Debug for ChapSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChapSecrets")
+            .field("username", &self.username)
+            .field("mutual_username", &self.mutual.as_ref().map(|(u, _)| u))
+            .finish_non_exhaustive()
+    }
+}
+
 /// The answer of a [`TargetDirectory`] to "may this initiator log in to this target".
+#[derive(Debug, PartialEq, Eq)]
 pub enum Lookup {
     /// The target exists and the initiator may use it, after CHAP if `chap` is set.
     Found {
