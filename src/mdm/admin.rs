@@ -25,8 +25,6 @@ const INVENTORY_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("not implemented yet: {0}")]
-    NotYet(String),
     #[error(transparent)]
     Change(#[from] ChangeError),
     #[error(transparent)]
@@ -269,11 +267,119 @@ impl Mdm {
                 let all = st.sdc.values().map(|s| query::sdc(&st, s)).collect();
                 Ok(AdminReply::AllSdc(all))
             }
-            other => Err(AdminError::NotYet(format!("{other:?}"))),
-            #[allow(unreachable_patterns)]
-            R::QueryAllSdc => {
-                unreachable!()
+            R::AddScsiInitiator { name, iqn, chap } => {
+                let (id, iqn) = self
+                    .apply::<_, AdminError>(|st, ids| {
+                        let id = change::add_initiator(st, ids, &name, &iqn, chap.as_ref())?;
+                        Ok((id, st.initiators[&id].iqn.clone()))
+                    })
+                    .await?;
+                let chap = query::chap_mode(chap.as_ref());
+                info!(initiator = %name, %iqn, id = %fmt_id(id), ?chap, "SCSI initiator added");
+                Ok(created("SCSI initiator", id, name))
             }
+            R::RemoveScsiInitiator { initiator } => {
+                let gone = self
+                    .apply::<_, AdminError>(|st, _| change::remove_initiator(st, &initiator))
+                    .await?;
+                let luns = gone.mappings.len();
+                info!(initiator = %gone.name, iqn = %gone.iqn, luns, "SCSI initiator removed");
+                Ok(AdminReply::Done(format!(
+                    "Successfully removed SCSI initiator {} ({}) and its {luns} volume mapping(s)",
+                    gone.name, gone.iqn
+                )))
+            }
+            R::RenameScsiInitiator {
+                initiator,
+                new_name,
+            } => {
+                let old = self
+                    .apply::<_, AdminError>(|st, _| {
+                        change::rename_initiator(st, &initiator, &new_name)
+                    })
+                    .await?;
+                info!(initiator = %new_name, old = %old, "SCSI initiator renamed");
+                Ok(AdminReply::Done(format!(
+                    "Successfully renamed SCSI initiator {old} to {new_name}"
+                )))
+            }
+            R::SetScsiInitiatorChap { initiator, chap } => {
+                let name = self
+                    .apply::<_, AdminError>(|st, _| change::set_chap(st, &initiator, chap.as_ref()))
+                    .await?;
+                let mode = query::chap_mode(chap.as_ref());
+                info!(initiator = %name, chap = ?mode, "SCSI initiator CHAP set");
+                Ok(AdminReply::Done(match &chap {
+                    Some(c) => format!(
+                        "Successfully set {} CHAP for SCSI initiator {name}",
+                        change::chap_words(c)
+                    ),
+                    None => format!("Successfully cleared CHAP for SCSI initiator {name}"),
+                }))
+            }
+            R::MapVolumeToScsiInitiator {
+                volume,
+                initiator,
+                lun,
+                access,
+            } => {
+                let (lun, v, i) = self
+                    .apply::<_, AdminError>(|st, _| {
+                        let lun = change::map_to_initiator(st, &volume, &initiator, lun, access)?;
+                        Ok((
+                            lun,
+                            st.volume(&volume)?.name.clone(),
+                            st.initiator(&initiator)?.name.clone(),
+                        ))
+                    })
+                    .await?;
+                info!(volume = %v, initiator = %i, lun, ?access, "volume mapped to SCSI initiator");
+                Ok(AdminReply::Done(format!(
+                    "Successfully mapped volume {v} to SCSI initiator {i} as LUN {lun} ({access:?})"
+                )))
+            }
+            R::UnmapVolumeFromScsiInitiator { volume, initiator } => {
+                let (lun, v, i) = self
+                    .apply::<_, AdminError>(|st, _| {
+                        let lun = change::unmap_from_initiator(st, &volume, &initiator)?;
+                        Ok((
+                            lun,
+                            st.volume(&volume)?.name.clone(),
+                            st.initiator(&initiator)?.name.clone(),
+                        ))
+                    })
+                    .await?;
+                info!(volume = %v, initiator = %i, lun, "volume unmapped from SCSI initiator");
+                Ok(AdminReply::Done(format!(
+                    "Successfully unmapped volume {v} (LUN {lun}) from SCSI initiator {i}"
+                )))
+            }
+            R::QueryAllScsiInitiators => {
+                let all = query::initiators(&self.current());
+                Ok(AdminReply::AllScsiInitiators(all))
+            }
+            R::QueryScsiInitiator { initiator } => {
+                let st = self.current();
+                let i = st.initiator(&initiator)?;
+                Ok(AdminReply::ScsiInitiator(query::initiator(&st, i)))
+            }
+            R::ApplyInitiatorMap(map) => {
+                let lines = self
+                    .apply::<_, AdminError>(|st, ids| change::apply_map(st, ids, &map))
+                    .await?;
+                for line in &lines {
+                    info!(change = %line, "initiator map");
+                }
+                info!(
+                    changes = lines.len(),
+                    initiators = map.initiators.len(),
+                    "initiator map applied"
+                );
+                Ok(AdminReply::MapApplied(lines))
+            }
+            R::ExportInitiatorMap => Ok(AdminReply::InitiatorMap(query::initiator_map(
+                &self.current(),
+            ))),
         }
     }
 

@@ -1,6 +1,6 @@
 //! The metadata manager (port 6611): the single source of truth for protection domains,
-//! storage pools, SDS and their devices, volumes and their chunk layouts, SDC and
-//! volume mappings. Every change is durable before it is answered.
+//! storage pools, SDS and their devices, volumes and their chunk layouts, SDC, SCSI
+//! initiators and volume mappings. Every change is durable before it is answered.
 //!
 //! Pure parts: `model` (the state), `change` (validated transitions), `placement`
 //! (where chunk copies go), `query` (what is reported). I/O parts: `store` (the state

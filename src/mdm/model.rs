@@ -2,13 +2,17 @@
 //! to disk. Lookups turn an admin's `By` into an object or an error that says which
 //! scli option was wrong and how to list the valid values.
 
-use crate::cluster::api::{fmt_id, By, MediaType, CHUNK_SIZE};
+use crate::cluster::api::{fmt_id, AccessMode, By, Chap, MediaType, CHUNK_SIZE};
+use crate::cluster::iscsi_name;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 /// Bumped when the state file changes shape; an MDM refuses a file it does not know.
-pub const FORMAT: u32 = 1;
+/// 2: SCSI initiators and their mappings (a format 1 file loads with none).
+pub const FORMAT: u32 = 2;
+/// The highest LUN of SAM flat space addressing.
+pub const MAX_LUN: u64 = 16383;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -90,6 +94,13 @@ pub const SDC: Kind = Kind {
     name_opt: "--sdc_name",
     ip_opt: Some("--sdc_ip"),
     list: "--query_all_sdc",
+};
+pub const INITIATOR: Kind = Kind {
+    noun: "SCSI initiator",
+    id_opt: "--initiator_id",
+    name_opt: "--initiator_name",
+    ip_opt: None,
+    list: "--query_all_scsi_initiators",
 };
 
 impl Kind {
@@ -247,6 +258,34 @@ pub struct Mapping {
     pub lun: u64,
 }
 
+/// A host (hypervisor) allowed to log in to the gateways, and the volumes it sees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScsiInitiator {
+    pub id: u64,
+    pub name: String,
+    /// Normalized (`iscsi_name::normalize`): one host is one key however it is typed.
+    pub iqn: String,
+    /// With its secrets: the state file is the MDM's private store, and gateways need
+    /// them to check logins. Never logged (Chap's Debug hides them) nor queried.
+    pub chap: Option<Chap>,
+    /// Sorted by LUN, so two registries that mean the same also compare equal.
+    pub mappings: Vec<LunMapping>,
+}
+
+impl ScsiInitiator {
+    pub fn mapping(&self, volume: u64) -> Option<&LunMapping> {
+        self.mappings.iter().find(|m| m.volume == volume)
+    }
+}
+
+/// A volume as one initiator sees it. Its LUN never moves while it stays mapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LunMapping {
+    pub volume: u64,
+    pub lun: u64,
+    pub access: AccessMode,
+}
+
 /// The whole cluster as the MDM knows it. Maps are keyed by object id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -257,6 +296,9 @@ pub struct State {
     pub sds: BTreeMap<u64, Sds>,
     pub volumes: BTreeMap<u64, Volume>,
     pub sdc: BTreeMap<u64, Sdc>,
+    /// Absent from format 1 files.
+    #[serde(default)]
+    pub initiators: BTreeMap<u64, ScsiInitiator>,
 }
 
 impl State {
@@ -269,6 +311,15 @@ impl State {
             sds: BTreeMap::new(),
             volumes: BTreeMap::new(),
             sdc: BTreeMap::new(),
+            initiators: BTreeMap::new(),
+        }
+    }
+
+    /// Brings a state file of an older format up to this one. Format 1 differs only
+    /// by having no SCSI initiators, which serde already filled in as none.
+    pub fn upgrade(&mut self) {
+        if self.format == 1 {
+            self.format = FORMAT;
         }
     }
 
@@ -317,6 +368,22 @@ impl State {
         SDC.pick(by, self.sdc.values(), |s| {
             (s.id, s.name.as_str(), Some(s.ip.clone()))
         })
+    }
+
+    pub fn initiator(&self, by: &By) -> Result<&ScsiInitiator, ModelError> {
+        INITIATOR.pick(by, self.initiators.values(), |i| {
+            (i.id, i.name.as_str(), None)
+        })
+    }
+
+    /// The initiators a volume is mapped to, with that mapping.
+    pub fn initiators_of(
+        &self,
+        volume: u64,
+    ) -> impl Iterator<Item = (&ScsiInitiator, &LunMapping)> {
+        self.initiators
+            .values()
+            .filter_map(move |i| i.mapping(volume).map(|m| (i, m)))
     }
 
     pub fn pd_name(&self, id: u64) -> String {
@@ -382,6 +449,7 @@ impl State {
             )
             .chain(self.volumes.keys())
             .chain(self.sdc.keys())
+            .chain(self.initiators.keys())
             .copied()
     }
 
@@ -398,7 +466,7 @@ impl State {
         if self.system_id == 0 {
             return bad("system id is 0".into());
         }
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         for id in self.ids() {
             if id == 0 || !seen.insert(id) {
                 return bad(format!("object id {} is 0 or used twice", fmt_id(id)));
@@ -408,7 +476,8 @@ impl State {
             && self.pools.iter().all(|(k, v)| *k == v.id)
             && self.sds.iter().all(|(k, v)| *k == v.id)
             && self.volumes.iter().all(|(k, v)| *k == v.id)
-            && self.sdc.iter().all(|(k, v)| *k == v.id);
+            && self.sdc.iter().all(|(k, v)| *k == v.id)
+            && self.initiators.iter().all(|(k, v)| *k == v.id);
         if !keys_ok {
             return bad("an object is filed under another object's id".into());
         }
@@ -437,6 +506,39 @@ impl State {
             for m in &c.mappings {
                 if !self.volumes.contains_key(&m.volume) {
                     return bad(format!("SDC {} maps a missing volume", c.name));
+                }
+            }
+        }
+        self.check_initiators()
+    }
+
+    /// Names and iSCSI names unique and normalized; each initiator maps existing
+    /// volumes, each once, at distinct LUNs in range.
+    fn check_initiators(&self) -> Result<(), ModelError> {
+        let bad = |s: String| Err(ModelError::Inconsistent(s));
+        let (mut names, mut iqns) = (HashSet::new(), HashSet::new());
+        for i in self.initiators.values() {
+            if !names.insert(&i.name) {
+                return bad(format!("SCSI initiator name {} is used twice", i.name));
+            }
+            if iscsi_name::normalize(&i.iqn).as_ref() != Ok(&i.iqn) || !iqns.insert(&i.iqn) {
+                return bad(format!(
+                    "SCSI initiator {} has a malformed or shared iSCSI name",
+                    i.name
+                ));
+            }
+            let (mut volumes, mut luns) = (HashSet::new(), HashSet::new());
+            for m in &i.mappings {
+                if !self.volumes.contains_key(&m.volume)
+                    || !volumes.insert(m.volume)
+                    || m.lun > MAX_LUN
+                    || !luns.insert(m.lun)
+                {
+                    return bad(format!(
+                        "SCSI initiator {} maps a missing volume, a volume twice, or a LUN \
+                         twice or out of range",
+                        i.name
+                    ));
                 }
             }
         }
@@ -555,6 +657,87 @@ pub(crate) mod tests {
         assert!(e.contains("(--sdc_ip)"), "{e}");
         let e = st.pd(&By::Ip("1.2.3.4".into())).unwrap_err().to_string();
         assert!(e.contains("have no IP"), "{e}");
+    }
+
+    /// `sample` plus a one-chunk volume (id 5) and an initiator (id 31) mapping it.
+    pub(crate) fn sample_with_initiator() -> State {
+        let mut st = sample();
+        st.volumes.insert(
+            5,
+            Volume {
+                id: 5,
+                name: "v".into(),
+                pool: 11,
+                size_bytes: CHUNK_SIZE,
+                thin: true,
+                epoch: 1,
+                devices: vec![121, 122],
+                chunks: vec![[0, 1]],
+            },
+        );
+        st.initiators.insert(
+            31,
+            ScsiInitiator {
+                id: 31,
+                name: "esx1".into(),
+                iqn: "iqn.1998-01.com.vmware:esx1".into(),
+                chap: Some(Chap {
+                    username: "esx1".into(),
+                    secret: "initiator-secret".into(),
+                    mutual: None,
+                }),
+                mappings: vec![LunMapping {
+                    volume: 5,
+                    lun: 0,
+                    access: AccessMode::ReadWrite,
+                }],
+            },
+        );
+        st
+    }
+
+    #[test]
+    fn initiators_are_named_by_their_own_options() {
+        let st = sample_with_initiator();
+        assert_eq!(st.initiator(&By::Name("esx1".into())).unwrap().id, 31);
+        assert_eq!(st.initiator(&By::Id(31)).unwrap().name, "esx1");
+        let e = st
+            .initiator(&By::Name("svrsan2011".into()))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "SCSI initiator svrsan2011 (--initiator_name) does not exist; list them with \
+             --query_all_scsi_initiators"
+        );
+        let e = st.initiator(&By::Id(9)).unwrap_err().to_string();
+        assert!(e.contains("(--initiator_id)"), "{e}");
+        let mapped: Vec<(u64, u64)> = st.initiators_of(5).map(|(i, m)| (i.id, m.lun)).collect();
+        assert_eq!(mapped, [(31, 0)]);
+    }
+
+    #[test]
+    fn check_catches_damaged_initiators() {
+        let st = sample_with_initiator();
+        st.check().unwrap();
+        let damage: [fn(&mut ScsiInitiator); 5] = [
+            |i| i.iqn = "IQN.1998-01.com.vmware:esx1".into(),
+            |i| i.mappings[0].volume = 99,
+            |i| i.mappings[0].lun = MAX_LUN + 1,
+            |i| i.mappings.push(i.mappings[0]),
+            |i| i.id = 32,
+        ];
+        for (n, f) in damage.iter().enumerate() {
+            let mut broken = st.clone();
+            f(broken.initiators.get_mut(&31).unwrap());
+            assert!(broken.check().is_err(), "damage {n} went unnoticed");
+        }
+        let mut twice = st.clone();
+        let mut other = twice.initiators[&31].clone();
+        other.id = 32;
+        other.name = "esx2".into();
+        twice.initiators.insert(32, other);
+        assert!(twice.check().is_err(), "one iSCSI name, two initiators");
     }
 
     #[test]

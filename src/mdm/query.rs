@@ -1,10 +1,11 @@
 //! What the MDM reports: admin query answers and the views gateways fetch, built from
 //! the state and, for live figures, from what the SDS reported just now.
 
-use super::model::{Pool, ProtectionDomain, Sdc, Sds, State, Volume};
+use super::model::{Pool, ProtectionDomain, ScsiInitiator, Sdc, Sds, State, Volume};
 use crate::cluster::api::{
-    ClusterInfo, DeviceInfo, DeviceLoc, Layout, MappedView, MappedVolume, PdInfo, PoolInfo,
-    SdcInfo, SdsInfo, SdsInventory, SdsState, VolumeInfo, CHUNK_SIZE,
+    Chap, ChapMode, ClusterInfo, DeviceInfo, DeviceLoc, InitiatorAccess, InitiatorInfo,
+    InitiatorLun, InitiatorMap, Layout, MapChap, MapEntry, MapInitiator, MappedView, MappedVolume,
+    PdInfo, PoolInfo, SdcInfo, SdsInfo, SdsInventory, SdsState, VolumeInfo, CHUNK_SIZE,
 };
 use std::collections::{HashMap, HashSet};
 
@@ -178,30 +179,120 @@ pub fn sdc(st: &State, sdc: &Sdc) -> SdcInfo {
     }
 }
 
-/// What a gateway serves: the SDC's volumes in LUN order.
+/// What a gateway serves and enforces: the SDC's own volumes in LUN order, then every
+/// other volume an initiator is mapped to (any gateway may be asked for it), and the
+/// whole initiator registry with the secrets it needs to check logins.
 pub fn mapped_view(st: &State, sdc: &Sdc) -> MappedView {
-    let mut volumes: Vec<MappedVolume> = sdc
+    let volume = |v: &Volume, lun| MappedVolume {
+        id: v.id,
+        name: v.name.clone(),
+        lun,
+        size_bytes: v.size_bytes,
+        thin: v.thin,
+        epoch: v.epoch,
+    };
+    let mut own: Vec<MappedVolume> = sdc
         .mappings
         .iter()
-        .map(|m| {
-            let v = &st.volumes[&m.volume];
-            MappedVolume {
-                id: v.id,
-                name: v.name.clone(),
-                lun: Some(m.lun),
-                size_bytes: v.size_bytes,
-                thin: v.thin,
-                epoch: v.epoch,
-            }
+        .map(|m| volume(&st.volumes[&m.volume], Some(m.lun)))
+        .collect();
+    own.sort_by_key(|v| v.lun);
+    let mut for_initiators: Vec<MappedVolume> = st
+        .volumes
+        .values()
+        .filter(|v| st.initiators_of(v.id).next().is_some())
+        .filter(|v| !sdc.mappings.iter().any(|m| m.volume == v.id))
+        .map(|v| volume(v, None))
+        .collect();
+    for_initiators.sort_by(|a, b| a.name.cmp(&b.name));
+    own.extend(for_initiators);
+    let mut initiators: Vec<InitiatorAccess> = st
+        .initiators
+        .values()
+        .map(|i| InitiatorAccess {
+            name: i.name.clone(),
+            iqn: i.iqn.clone(),
+            chap: i.chap.clone(),
+            luns: i
+                .mappings
+                .iter()
+                .map(|m| (m.lun, m.volume, m.access))
+                .collect(),
         })
         .collect();
-    volumes.sort_by_key(|v| v.lun);
+    initiators.sort_by(|a, b| a.name.cmp(&b.name));
     MappedView {
         generation: sdc.generation,
         system_id: st.system_id,
-        volumes,
-        initiators: Vec::new(),
+        volumes: own,
+        initiators,
     }
+}
+
+pub fn chap_mode(chap: Option<&Chap>) -> ChapMode {
+    match chap {
+        None => ChapMode::None,
+        Some(Chap { mutual: None, .. }) => ChapMode::OneWay,
+        Some(_) => ChapMode::Mutual,
+    }
+}
+
+/// An initiator as admins see it: whether CHAP is set, never the secrets.
+pub fn initiator(st: &State, i: &ScsiInitiator) -> InitiatorInfo {
+    let mut luns: Vec<InitiatorLun> = i
+        .mappings
+        .iter()
+        .map(|m| InitiatorLun {
+            lun: m.lun,
+            volume_id: m.volume,
+            volume_name: st.volumes[&m.volume].name.clone(),
+            access: m.access,
+        })
+        .collect();
+    luns.sort_by_key(|l| l.lun);
+    InitiatorInfo {
+        id: i.id,
+        name: i.name.clone(),
+        iqn: i.iqn.clone(),
+        chap: chap_mode(i.chap.as_ref()),
+        chap_username: i.chap.as_ref().map(|c| c.username.clone()),
+        luns,
+    }
+}
+
+/// Every initiator, by name.
+pub fn initiators(st: &State) -> Vec<InitiatorInfo> {
+    let mut all: Vec<InitiatorInfo> = st.initiators.values().map(|i| initiator(st, i)).collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    all
+}
+
+/// The registry in the declarative map's shape: applied as is, it changes nothing.
+/// Secrets stay in the MDM: an initiator with CHAP says "keep".
+pub fn initiator_map(st: &State) -> InitiatorMap {
+    let mut initiators: Vec<MapInitiator> = st
+        .initiators
+        .values()
+        .map(|i| MapInitiator {
+            name: i.name.clone(),
+            iqn: i.iqn.clone(),
+            chap: match i.chap {
+                Some(_) => MapChap::Keep,
+                None => MapChap::None,
+            },
+            mappings: initiator(st, i)
+                .luns
+                .into_iter()
+                .map(|l| MapEntry {
+                    volume: l.volume_name,
+                    lun: Some(l.lun),
+                    access: l.access,
+                })
+                .collect(),
+        })
+        .collect();
+    initiators.sort_by(|a, b| a.name.cmp(&b.name));
+    InitiatorMap { initiators }
 }
 
 pub fn layout(st: &State, v: &Volume) -> Layout {
@@ -229,9 +320,11 @@ pub fn layout(st: &State, v: &Volume) -> Layout {
 #[cfg(test)]
 mod tests {
     use super::super::change::tests::{by, World};
-    use super::super::change::{map_volume, thick_allocations};
+    use super::super::change::{
+        add_initiator, map_to_initiator, map_volume, set_chap, thick_allocations,
+    };
     use super::*;
-    use crate::cluster::api::{DeviceInventory, SdsControl};
+    use crate::cluster::api::{AccessMode, DeviceInventory, SdsControl};
 
     /// Two SDS with 100 and 50 + 50 slots, a thick volume of 10 chunks, a thin one of 4.
     fn world() -> (World, u64, u64) {
@@ -327,6 +420,7 @@ mod tests {
             .map(|v| (v.name.as_str(), v.lun))
             .collect();
         assert_eq!(luns, [("thin", Some(0)), ("thick", Some(1))]);
+        assert!(view.initiators.is_empty());
         assert_eq!(view.generation, 3);
         let info = sdc(&w.st, &w.st.sdc[&gw]);
         assert_eq!(info.volumes[1], (thick, "thick".to_string(), 1));
@@ -341,5 +435,137 @@ mod tests {
         }
         let pdi = pd(&w.st, w.st.pd(&by("pd1")).unwrap(), &Observed::default());
         assert_eq!((pdi.pools.len(), pdi.sds.len()), (2, 2));
+    }
+
+    const SECRET: &str = "initiator-secret";
+    const MUTUAL: &str = "target-secret!";
+
+    /// `world` plus initiators esx1 (mutual CHAP; thin at LUN 3, thick at LUN 0,
+    /// read-only) and esx2 (no CHAP, nothing mapped); thin is also mapped to gw.
+    fn initiator_world() -> (World, u64) {
+        let (mut w, _, gw) = world();
+        let chap = Chap {
+            username: "esx1".into(),
+            secret: SECRET.into(),
+            mutual: Some(("gw".into(), MUTUAL.into())),
+        };
+        add_initiator(
+            &mut w.st,
+            &mut w.ids,
+            "esx1",
+            "iqn.1998-01.com.vmware:esx1",
+            Some(&chap),
+        )
+        .unwrap();
+        add_initiator(&mut w.st, &mut w.ids, "esx2", "eui.02004567A425678D", None).unwrap();
+        let map = |w: &mut World, v: &str, lun, access| {
+            map_to_initiator(&mut w.st, &by(v), &by("esx1"), lun, access).unwrap();
+        };
+        map(&mut w, "thin", Some(3), AccessMode::ReadWrite);
+        map(&mut w, "thick", None, AccessMode::ReadOnly);
+        map_volume(&mut w.st, &by("thin"), &by("gw")).unwrap();
+        (w, gw)
+    }
+
+    #[test]
+    fn a_gateway_sees_every_initiator_volume_and_the_whole_registry() {
+        let (mut w, gw) = initiator_world();
+        let other = w.sdc("gw2", "10.0.1.2");
+        let id = |w: &World, v: &str| w.st.volume(&by(v)).unwrap().id;
+        let (thin, thick) = (id(&w, "thin"), id(&w, "thick"));
+        let view = mapped_view(&w.st, &w.st.sdc[&gw]);
+        let luns: Vec<(&str, Option<u64>)> = view
+            .volumes
+            .iter()
+            .map(|v| (v.name.as_str(), v.lun))
+            .collect();
+        assert_eq!(luns, [("thin", Some(0)), ("thick", None)]);
+        let view2 = mapped_view(&w.st, &w.st.sdc[&other]);
+        let luns: Vec<(&str, Option<u64>)> = view2
+            .volumes
+            .iter()
+            .map(|v| (v.name.as_str(), v.lun))
+            .collect();
+        assert_eq!(luns, [("thick", None), ("thin", None)], "each volume once");
+        assert_eq!(view.initiators, view2.initiators);
+        let names: Vec<&str> = view.initiators.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["esx1", "esx2"]);
+        let esx1 = &view.initiators[0];
+        assert_eq!(esx1.iqn, "iqn.1998-01.com.vmware:esx1");
+        assert_eq!(
+            esx1.chap.as_ref().unwrap().secret,
+            SECRET,
+            "gateways check logins"
+        );
+        assert_eq!(
+            esx1.luns,
+            [
+                (0, thick, AccessMode::ReadOnly),
+                (3, thin, AccessMode::ReadWrite)
+            ]
+        );
+        assert_eq!(view.initiators[1].iqn, "eui.02004567a425678d");
+        assert_eq!(view.initiators[1].chap, None);
+    }
+
+    #[test]
+    fn initiator_queries_and_exports_never_carry_secrets() {
+        let (w, _) = initiator_world();
+        let esx1 = initiator(&w.st, w.st.initiator(&by("esx1")).unwrap());
+        assert_eq!(
+            (esx1.chap, esx1.chap_username.as_deref()),
+            (ChapMode::Mutual, Some("esx1"))
+        );
+        let luns: Vec<(u64, &str, AccessMode)> = esx1
+            .luns
+            .iter()
+            .map(|l| (l.lun, l.volume_name.as_str(), l.access))
+            .collect();
+        assert_eq!(
+            luns,
+            [
+                (0, "thick", AccessMode::ReadOnly),
+                (3, "thin", AccessMode::ReadWrite)
+            ]
+        );
+        let esx2 = initiator(&w.st, w.st.initiator(&by("esx2")).unwrap());
+        assert_eq!((esx2.chap, esx2.chap_username), (ChapMode::None, None));
+        let map = initiator_map(&w.st);
+        let chaps: Vec<(&str, &MapChap)> = map
+            .initiators
+            .iter()
+            .map(|i| (i.name.as_str(), &i.chap))
+            .collect();
+        assert_eq!(chaps, [("esx1", &MapChap::Keep), ("esx2", &MapChap::None)]);
+        assert_eq!(
+            map.initiators[0].mappings[1],
+            MapEntry {
+                volume: "thin".into(),
+                lun: Some(3),
+                access: AccessMode::ReadWrite
+            }
+        );
+        let json = serde_json::to_string(&(&esx1, &map)).unwrap();
+        for secret in [SECRET, MUTUAL] {
+            assert!(!json.contains(secret), "{json}");
+        }
+        let debug = format!("{:?}", w.st);
+        assert!(
+            !debug.contains(SECRET) && !debug.contains(MUTUAL),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn chap_modes() {
+        let (mut w, _) = initiator_world();
+        let one_way = Chap {
+            username: "u".into(),
+            secret: SECRET.into(),
+            mutual: None,
+        };
+        set_chap(&mut w.st, &by("esx2"), Some(&one_way)).unwrap();
+        let esx2 = initiator(&w.st, w.st.initiator(&by("esx2")).unwrap());
+        assert_eq!(esx2.chap, ChapMode::OneWay);
     }
 }

@@ -81,7 +81,9 @@ impl Store {
             path: path.clone(),
             reason,
         };
-        let state: State = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let mut state: State =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        state.upgrade();
         state.check().map_err(|e| corrupt(e.to_string()))?;
         Ok((store, Some(state)))
     }
@@ -118,7 +120,8 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::model::tests::sample;
+    use super::super::model::tests::{sample, sample_with_initiator};
+    use super::super::model::FORMAT;
     use super::*;
 
     #[tokio::test]
@@ -135,6 +138,41 @@ mod tests {
         let (_store, loaded) = Store::open(dir.path()).unwrap();
         assert_eq!(loaded, Some(changed));
         assert!(!dir.path().join(TEMP_FILE).exists());
+    }
+
+    #[tokio::test]
+    async fn initiators_mappings_and_chap_load_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let st = sample_with_initiator();
+        store.save(&st).await.unwrap();
+        drop(store);
+        let (_store, loaded) = Store::open(dir.path()).unwrap();
+        let loaded = loaded.unwrap();
+        assert_eq!(loaded, st);
+        assert_eq!(
+            loaded.initiators[&31].chap.as_ref().unwrap().secret,
+            "initiator-secret"
+        );
+    }
+
+    #[test]
+    fn a_format_1_file_loads_with_no_initiators() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut json = serde_json::to_value(sample()).unwrap();
+        let obj = json.as_object_mut().unwrap();
+        obj.remove("initiators");
+        obj.insert("format".into(), 1.into());
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            serde_json::to_vec(&json).unwrap(),
+        )
+        .unwrap();
+        let (_store, loaded) = Store::open(dir.path()).unwrap();
+        let loaded = loaded.unwrap();
+        assert_eq!(loaded.format, FORMAT);
+        assert!(loaded.initiators.is_empty());
+        assert_eq!(loaded.sds, sample().sds);
     }
 
     #[tokio::test]

@@ -3,7 +3,8 @@
 use super::testutil::FakeSds;
 use super::*;
 use crate::cluster::api::{
-    AddSds, AdminReply, AdminRequest, By, DeviceSpec, MdmReply, MdmRequest, MdmResponse, MediaType,
+    AccessMode, AddSds, AdminReply, AdminRequest, By, Chap, ChapMode, DeviceSpec, InitiatorMap,
+    MapChap, MapEntry, MapInitiator, MappedView, MdmReply, MdmRequest, MdmResponse, MediaType,
     SdsControl, SdsState, CHUNK_SIZE,
 };
 use crate::cluster::frame;
@@ -69,6 +70,46 @@ impl Env {
         .await;
         for a in &SDS[..n] {
             self.ok(AdminRequest::AddSds(add_sds(a))).await;
+        }
+    }
+
+    async fn done(&self, req: AdminRequest) -> String {
+        match self.ok(req).await {
+            AdminReply::Done(text) => text,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn register(&self, name: &str) -> u64 {
+        match self
+            .call(MdmRequest::RegisterSdc {
+                name: name.into(),
+                ip: "127.0.0.1".into(),
+            })
+            .await
+            .unwrap()
+        {
+            MdmReply::Registered { sdc_id, .. } => sdc_id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The gateway's view as it is now (a `since` no generation has).
+    async fn view(&self, sdc_id: u64) -> MappedView {
+        let req = MdmRequest::WatchMappings {
+            sdc_id,
+            since: u64::MAX,
+        };
+        match self.call(req).await.unwrap() {
+            MdmReply::Mappings(v) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn export(&self) -> InitiatorMap {
+        match self.ok(AdminRequest::ExportInitiatorMap).await {
+            AdminReply::InitiatorMap(m) => m,
+            other => panic!("{other:?}"),
         }
     }
 
@@ -579,6 +620,320 @@ async fn protection_domains_and_pools_are_removed_when_empty() {
         panic!()
     };
     assert_eq!((c.protection_domains, c.storage_pools), (0, 0));
+}
+
+const IQN: &str = "iqn.1998-01.com.vmware:svrsan2011-4f2a";
+const SECRET: &str = "initiator-secret";
+
+fn chap() -> Chap {
+    Chap {
+        username: "svrsan2011".into(),
+        secret: SECRET.into(),
+        mutual: Some(("dreadnought".into(), "target-secret!".into())),
+    }
+}
+
+fn add_initiator(name: &str, iqn: &str, chap: Option<Chap>) -> AdminRequest {
+    AdminRequest::AddScsiInitiator {
+        name: name.into(),
+        iqn: iqn.into(),
+        chap,
+    }
+}
+
+fn map_to(volume: &str, initiator: &str, lun: Option<u64>, access: AccessMode) -> AdminRequest {
+    AdminRequest::MapVolumeToScsiInitiator {
+        volume: by(volume),
+        initiator: by(initiator),
+        lun,
+        access,
+    }
+}
+
+#[tokio::test]
+async fn initiators_are_registered_mapped_and_seen_by_every_gateway() {
+    let env = Env::new().await;
+    env.cluster(2).await;
+    let vol = env.volume("awsvol01", 4, true).await;
+    env.volume("awsvol02", 4, true).await;
+    let (gw1, gw2) = (env.register("gw1").await, env.register("gw2").await);
+    let g1 = env.view(gw1).await.generation;
+
+    // A watcher on the other gateway wakes when an initiator appears.
+    let addr = env.mdm.addr.to_string();
+    let since = env.view(gw2).await.generation;
+    let watcher = tokio::spawn(async move {
+        let req = MdmRequest::WatchMappings { sdc_id: gw2, since };
+        let r: MdmResponse = frame::call(&addr, &req, Duration::from_secs(30))
+            .await
+            .unwrap();
+        r
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let AdminReply::Created { kind, id, name } = env
+        .ok(add_initiator(
+            "svrsan2011",
+            "IQN.1998-01.com.vmware:svrsan2011-4F2A",
+            Some(chap()),
+        ))
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (kind.as_str(), name.as_str()),
+        ("SCSI initiator", "svrsan2011")
+    );
+    let MdmReply::Mappings(woke) = watcher.await.unwrap().unwrap() else {
+        panic!()
+    };
+    assert_eq!(woke.initiators[0].iqn, IQN);
+
+    let e = env
+        .admin(add_initiator("other", IQN, None))
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("already registered as SCSI initiator svrsan2011"),
+        "{e}"
+    );
+    let text = env
+        .done(map_to(
+            "awsvol01",
+            "svrsan2011",
+            None,
+            AccessMode::ReadWrite,
+        ))
+        .await;
+    assert_eq!(
+        text,
+        "Successfully mapped volume awsvol01 to SCSI initiator svrsan2011 as LUN 0 (ReadWrite)"
+    );
+    let text = env
+        .done(map_to(
+            "awsvol02",
+            "svrsan2011",
+            Some(9),
+            AccessMode::ReadOnly,
+        ))
+        .await;
+    assert!(text.ends_with("as LUN 9 (ReadOnly)"), "{text}");
+    let e = env
+        .admin(map_to(
+            "awsvol01",
+            "svrsan2011",
+            None,
+            AccessMode::ReadWrite,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("already mapped to SCSI initiator svrsan2011 as LUN 0"),
+        "{e}"
+    );
+
+    let AdminReply::ScsiInitiator(info) = env
+        .ok(AdminRequest::QueryScsiInitiator {
+            initiator: By::Id(id),
+        })
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!((info.chap, info.iqn.as_str()), (ChapMode::Mutual, IQN));
+    let luns: Vec<(u64, &str)> = info
+        .luns
+        .iter()
+        .map(|l| (l.lun, l.volume_name.as_str()))
+        .collect();
+    assert_eq!(luns, [(0, "awsvol01"), (9, "awsvol02")]);
+    let reply = env.ok(AdminRequest::QueryAllScsiInitiators).await;
+    assert!(!serde_json::to_string(&reply).unwrap().contains(SECRET));
+
+    for gw in [gw1, gw2] {
+        let view = env.view(gw).await;
+        assert!(view.generation > g1);
+        let vols: Vec<(&str, Option<u64>)> = view
+            .volumes
+            .iter()
+            .map(|v| (v.name.as_str(), v.lun))
+            .collect();
+        assert_eq!(vols, [("awsvol01", None), ("awsvol02", None)]);
+        assert_eq!(view.initiators[0].chap, Some(chap()));
+        assert_eq!(view.initiators[0].luns[0], (0, vol, AccessMode::ReadWrite));
+    }
+
+    let e = env
+        .admin(AdminRequest::RemoveVolume {
+            volume: by("awsvol01"),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("unmap it first with --unmap_volume_from_scsi_initiator"),
+        "{e}"
+    );
+    let text = env
+        .done(AdminRequest::UnmapVolumeFromScsiInitiator {
+            volume: by("awsvol01"),
+            initiator: by("svrsan2011"),
+        })
+        .await;
+    assert_eq!(
+        text,
+        "Successfully unmapped volume awsvol01 (LUN 0) from SCSI initiator svrsan2011"
+    );
+    env.ok(AdminRequest::RemoveVolume {
+        volume: by("awsvol01"),
+    })
+    .await;
+    let text = env
+        .done(AdminRequest::SetScsiInitiatorChap {
+            initiator: by("svrsan2011"),
+            chap: None,
+        })
+        .await;
+    assert_eq!(
+        text,
+        "Successfully cleared CHAP for SCSI initiator svrsan2011"
+    );
+    let text = env
+        .done(AdminRequest::RenameScsiInitiator {
+            initiator: by("svrsan2011"),
+            new_name: "esx1".into(),
+        })
+        .await;
+    assert_eq!(
+        text,
+        "Successfully renamed SCSI initiator svrsan2011 to esx1"
+    );
+    let text = env
+        .done(AdminRequest::RemoveScsiInitiator {
+            initiator: by("esx1"),
+        })
+        .await;
+    assert_eq!(
+        text,
+        format!("Successfully removed SCSI initiator esx1 ({IQN}) and its 1 volume mapping(s)")
+    );
+    let view = env.view(gw1).await;
+    assert!(view.volumes.is_empty() && view.initiators.is_empty());
+}
+
+#[tokio::test]
+async fn a_map_is_applied_whole_or_not_at_all_and_its_export_changes_nothing() {
+    let env = Env::new().await;
+    env.cluster(2).await;
+    env.volume("awsvol01", 4, true).await;
+    env.volume("awsvol02", 4, true).await;
+    let gw = env.register("gw1").await;
+    env.ok(add_initiator("old", "eui.02004567A425678D", None))
+        .await;
+    let entry = |volume: &str, lun| MapEntry {
+        volume: volume.into(),
+        lun,
+        access: AccessMode::ReadWrite,
+    };
+    let mut map = InitiatorMap {
+        initiators: vec![MapInitiator {
+            name: "svrsan2011".into(),
+            iqn: IQN.into(),
+            chap: MapChap::Set(chap()),
+            mappings: vec![entry("awsvol01", None), entry("awsvol02", Some(5))],
+        }],
+    };
+    let state_file = env._dir.as_ref().unwrap().path().join("mdm-state.json");
+    let before = std::fs::read(&state_file).unwrap();
+    let g = env.view(gw).await.generation;
+    let mut bad = map.clone();
+    bad.initiators[0].mappings.push(entry("nope", None));
+    let e = env
+        .admin(AdminRequest::ApplyInitiatorMap(bad))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e,
+        "initiator map: SCSI initiator svrsan2011: volume nope does not exist; list them \
+         with --query_all_volumes"
+    );
+    assert_eq!(std::fs::read(&state_file).unwrap(), before, "nothing saved");
+    assert_eq!(env.view(gw).await.generation, g);
+
+    let AdminReply::MapApplied(lines) = env.ok(AdminRequest::ApplyInitiatorMap(map.clone())).await
+    else {
+        panic!()
+    };
+    assert_eq!(
+        lines,
+        [
+            "removed SCSI initiator old (eui.02004567a425678d)".to_string(),
+            format!("added SCSI initiator svrsan2011 ({IQN})"),
+            "set CHAP (mutual) for svrsan2011".into(),
+            "mapped awsvol01 to svrsan2011 as LUN 0 (ReadWrite)".into(),
+            "mapped awsvol02 to svrsan2011 as LUN 5 (ReadWrite)".into(),
+        ]
+    );
+    let g = env.view(gw).await.generation;
+    let exported = env.export().await;
+    assert_eq!(exported.initiators[0].chap, MapChap::Keep);
+    assert!(!serde_json::to_string(&exported).unwrap().contains(SECRET));
+    let saved = std::fs::read(&state_file).unwrap();
+    let AdminReply::MapApplied(lines) = env.ok(AdminRequest::ApplyInitiatorMap(exported)).await
+    else {
+        panic!()
+    };
+    assert!(lines.is_empty(), "{lines:?}");
+    assert_eq!(std::fs::read(&state_file).unwrap(), saved, "no commit");
+    assert_eq!(env.view(gw).await.generation, g);
+    assert_eq!(env.view(gw).await.initiators[0].chap, Some(chap()), "kept");
+
+    map.initiators[0].mappings.reverse();
+    map.initiators[0].mappings[1].lun = None;
+    let AdminReply::MapApplied(lines) = env.ok(AdminRequest::ApplyInitiatorMap(map)).await else {
+        panic!()
+    };
+    assert!(lines.is_empty(), "the map meant the same: {lines:?}");
+}
+
+#[test]
+fn initiators_survive_a_restart() {
+    let fake = Arc::new(FakeSds::default());
+    for a in SDS {
+        fake.node(a, 1000);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = |fake: &Arc<FakeSds>| {
+        let fake = fake.clone();
+        let opts = opts(&dir);
+        async move {
+            Env {
+                mdm: start_with(opts, fake.clone()).await.unwrap(),
+                fake,
+                _dir: None,
+            }
+        }
+    };
+    let (map, view) = run(async {
+        let env = env(&fake).await;
+        env.cluster(2).await;
+        env.volume("v", 4, true).await;
+        let gw = env.register("gw").await;
+        env.ok(add_initiator("svrsan2011", IQN, Some(chap()))).await;
+        env.ok(map_to("v", "svrsan2011", Some(3), AccessMode::ReadOnly))
+            .await;
+        (env.export().await, env.view(gw).await)
+    });
+    run(async {
+        let env = env(&fake).await;
+        assert_eq!(env.export().await, map);
+        let gw = env.register("gw").await;
+        assert_eq!(env.view(gw).await, view, "CHAP secrets and generation too");
+        let e = env
+            .admin(AdminRequest::RemoveVolume { volume: by("v") })
+            .await
+            .unwrap_err();
+        assert!(e.contains("mapped to SCSI initiator svrsan2011"), "{e}");
+    });
 }
 
 /// Each run on its own runtime; dropping it ends the MDM like a kill.

@@ -3,18 +3,26 @@
 //! so a refused request leaves nothing behind. Talking to SDS is the caller's job;
 //! changes that need an SDS's answer come in two steps (plan, then record the answer).
 
+mod initiator;
+mod initiator_map;
 mod sdc;
 mod sds;
 mod volume;
 
+pub use initiator::{
+    add_initiator, chap_words, map_to_initiator, remove_initiator, rename_initiator, set_chap,
+    unmap_from_initiator,
+};
+pub use initiator_map::{apply_map, MapError};
 pub use sdc::{map_volume, register_sdc, unmap_volume};
 pub use sds::{add_sds, add_sds_device, record_claim, sds_hello, Claim};
 pub use volume::{add_volume, grow_volume, remove_volume, rename_volume, thick_allocations};
 
 use super::ids::IdGen;
 use super::link::Peer;
-use super::model::{Kind, ModelError, Pool, ProtectionDomain, Sds, State, PD, POOL};
+use super::model::{Kind, ModelError, Pool, ProtectionDomain, Sds, State, MAX_LUN, PD, POOL};
 use crate::cluster::api::{fmt_id, By, MediaType, CHUNK_SIZE};
+use crate::cluster::iscsi_name::NameError;
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
@@ -24,8 +32,6 @@ const MAX_NAME: usize = 64;
 /// Layouts live in the state file (about 8 bytes per chunk); this keeps one volume's
 /// layout near 130 MB.
 const MAX_VOLUME_BYTES: u64 = 16 << 40;
-/// The highest LUN of SAM flat space addressing.
-const MAX_LUN: u64 = 16383;
 
 /// Bytes shown in GB (2^30), as scli sizes are given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,18 +126,51 @@ pub enum ChangeError {
         current: u64,
         requested: u64,
     },
-    #[error("volume {volume} is mapped to SDC {sdc}; unmap it first with --unmap_volume_from_sdc")]
-    Mapped { volume: String, sdc: String },
-    #[error("volume {volume} is already mapped to SDC {sdc} as LUN {lun}")]
+    #[error("volume {volume} is mapped to {noun} {to}; unmap it first with {unmap}")]
+    Mapped {
+        volume: String,
+        noun: &'static str,
+        to: String,
+        unmap: &'static str,
+    },
+    #[error("volume {volume} is already mapped to {noun} {to} as LUN {lun}")]
     AlreadyMapped {
         volume: String,
-        sdc: String,
+        noun: &'static str,
+        to: String,
         lun: u64,
     },
-    #[error("volume {volume} is not mapped to SDC {sdc}; see its mappings with --query_volume")]
-    NotMapped { volume: String, sdc: String },
-    #[error("SDC {sdc} has no free LUN (the highest is {MAX_LUN}); unmap a volume from it first")]
-    NoFreeLun { sdc: String },
+    #[error("volume {volume} is not mapped to {noun} {to}; see its mappings with {list}")]
+    NotMapped {
+        volume: String,
+        noun: &'static str,
+        to: String,
+        list: &'static str,
+    },
+    #[error(
+        "{noun} {name} has no free LUN (the highest is {MAX_LUN}); unmap a volume from it first"
+    )]
+    NoFreeLun { noun: &'static str, name: String },
+    #[error("LUN {lun} (--lun) is over the highest LUN {MAX_LUN}; pick a lower --lun or leave it out for the lowest free")]
+    LunRange { lun: u64 },
+    #[error("LUN {lun} (--lun) of SCSI initiator {initiator} is taken by volume {volume}; pick another --lun or leave it out for the lowest free")]
+    LunTaken {
+        lun: u64,
+        initiator: String,
+        volume: String,
+    },
+    #[error("{error} (--iqn)")]
+    BadIqn { error: NameError },
+    #[error("iSCSI name {iqn} (--iqn) is already registered as SCSI initiator {initiator}; see it with --query_scsi_initiator")]
+    IqnTaken { iqn: String, initiator: String },
+    /// Never shows a secret: errors are logged.
+    #[error("CHAP for SCSI initiator {initiator} is not usable: {reason}")]
+    BadChap {
+        initiator: String,
+        reason: &'static str,
+    },
+    #[error(transparent)]
+    Map(#[from] MapError),
     #[error("SDS {sds} belongs to system {}, not to this MDM's system {}", fmt_id(*.theirs), fmt_id(*.ours))]
     OtherSystem { sds: String, theirs: u64, ours: u64 },
     #[error("SDS {sds} reports address {addr}, where SDS {other} already listens")]
@@ -142,14 +181,21 @@ pub enum ChangeError {
     },
 }
 
-fn check_name(kind: &Kind, name: &str) -> Result<(), ChangeError> {
-    let reason = if name.is_empty() {
-        "it is empty"
+/// Why `name` cannot name an object, if it cannot.
+fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("it is empty")
     } else if name.chars().count() > MAX_NAME {
-        "it is longer than 64 characters"
+        Some("it is longer than 64 characters")
     } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        "it contains a space or a control character"
+        Some("it contains a space or a control character")
     } else {
+        None
+    }
+}
+
+fn check_name(kind: &Kind, name: &str) -> Result<(), ChangeError> {
+    let Some(reason) = name_problem(name) else {
         return Ok(());
     };
     Err(ChangeError::BadName {
@@ -250,13 +296,27 @@ pub fn remove_pool(st: &mut State, pd: &By, pool: &By) -> Result<Pool, ChangeErr
     Ok(pool)
 }
 
-/// A mapped volume changed in a way its gateways must see.
+/// A volume changed in a way its gateways must see: those of the SDC it is mapped
+/// to, or every gateway when an initiator is mapped to it (all of them serve it).
 fn touch(st: &mut State, volume: u64) {
+    let everywhere = st.initiators_of(volume).next().is_some();
     for sdc in st.sdc.values_mut() {
-        if sdc.mappings.iter().any(|m| m.volume == volume) {
+        if everywhere || sdc.mappings.iter().any(|m| m.volume == volume) {
             sdc.generation += 1;
         }
     }
+}
+
+/// The initiator map changed: every gateway enforces it, so every one must look again.
+fn touch_all(st: &mut State) {
+    for sdc in st.sdc.values_mut() {
+        sdc.generation += 1;
+    }
+}
+
+/// The lowest LUN not in `used`.
+fn lowest_free_lun(used: &HashSet<u64>) -> Option<u64> {
+    (0..=MAX_LUN).find(|l| !used.contains(l))
 }
 
 pub fn peer(sds: &Sds) -> Peer {

@@ -1,6 +1,6 @@
 //! SDC (gateways) and the volumes mapped to them, each at a LUN that never moves.
 
-use super::{check_name, ChangeError, MAX_LUN};
+use super::{check_name, lowest_free_lun, ChangeError};
 use crate::cluster::api::By;
 use crate::mdm::ids::IdGen;
 use crate::mdm::model::{Mapping, Sdc, State, SDC};
@@ -13,16 +13,16 @@ pub fn map_volume(st: &mut State, volume: &By, sdc: &By) -> Result<u64, ChangeEr
     if let Some(m) = sdc.mappings.iter().find(|m| m.volume == vol.id) {
         return Err(ChangeError::AlreadyMapped {
             volume: vol.name.clone(),
-            sdc: sdc.name.clone(),
+            noun: SDC.noun,
+            to: sdc.name.clone(),
             lun: m.lun,
         });
     }
     let used: HashSet<u64> = sdc.mappings.iter().map(|m| m.lun).collect();
-    let lun = (0..=MAX_LUN)
-        .find(|l| !used.contains(l))
-        .ok_or_else(|| ChangeError::NoFreeLun {
-            sdc: sdc.name.clone(),
-        })?;
+    let lun = lowest_free_lun(&used).ok_or_else(|| ChangeError::NoFreeLun {
+        noun: SDC.noun,
+        name: sdc.name.clone(),
+    })?;
     let (volume, sdc) = (vol.id, sdc.id);
     let sdc = st.sdc.get_mut(&sdc).expect("just found");
     sdc.mappings.push(Mapping { volume, lun });
@@ -37,7 +37,9 @@ pub fn unmap_volume(st: &mut State, volume: &By, sdc: &By) -> Result<u64, Change
     let Some(at) = sdc.mappings.iter().position(|m| m.volume == vol.id) else {
         return Err(ChangeError::NotMapped {
             volume: vol.name.clone(),
-            sdc: sdc.name.clone(),
+            noun: SDC.noun,
+            to: sdc.name.clone(),
+            list: "--query_volume",
         });
     };
     let id = sdc.id;

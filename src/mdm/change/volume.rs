@@ -4,7 +4,7 @@ use super::{check_name, duplicate, peer, touch, unique_default, ChangeError, MAX
 use crate::cluster::api::{fmt_id, By, SdsControl, CHUNK_SIZE};
 use crate::mdm::ids::IdGen;
 use crate::mdm::link::Peer;
-use crate::mdm::model::{Device, Kind, State, Volume, VOLUME};
+use crate::mdm::model::{Device, Kind, State, Volume, INITIATOR, SDC, VOLUME};
 use crate::mdm::placement::{PlacementError, Placer, Target};
 use std::collections::{BTreeMap, HashMap};
 
@@ -166,17 +166,35 @@ pub fn thick_allocations(st: &State, volume: u64, from: u64) -> Vec<(Peer, SdsCo
         .collect()
 }
 
+/// Refused while the volume is mapped to an SDC or an initiator: a host would lose a
+/// disk it may be using.
 pub fn remove_volume(st: &mut State, volume: &By) -> Result<Volume, ChangeError> {
     let vol = st.volume(volume)?;
-    let sdc: Vec<&str> = st
+    let mapped = |noun, unmap, names: Vec<&str>| {
+        (!names.is_empty()).then(|| ChangeError::Mapped {
+            volume: vol.name.clone(),
+            noun,
+            to: names.join(", "),
+            unmap,
+        })
+    };
+    let sdc = st
         .mappings_of(vol.id)
         .map(|(s, _)| s.name.as_str())
         .collect();
-    if !sdc.is_empty() {
-        return Err(ChangeError::Mapped {
-            volume: vol.name.clone(),
-            sdc: sdc.join(", "),
-        });
+    if let Some(e) = mapped(SDC.noun, "--unmap_volume_from_sdc", sdc) {
+        return Err(e);
+    }
+    let initiators = st
+        .initiators_of(vol.id)
+        .map(|(i, _)| i.name.as_str())
+        .collect();
+    if let Some(e) = mapped(
+        INITIATOR.noun,
+        "--unmap_volume_from_scsi_initiator",
+        initiators,
+    ) {
+        return Err(e);
     }
     let id = vol.id;
     Ok(st.volumes.remove(&id).expect("just found"))
