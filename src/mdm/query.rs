@@ -321,12 +321,12 @@ mod tests {
         map_volume(&mut w.st, &by("thin"), &by("gw")).unwrap();
         map_volume(&mut w.st, &by("thick"), &by("gw")).unwrap();
         let view = mapped_view(&w.st, &w.st.sdc[&gw]);
-        let luns: Vec<(&str, u64)> = view
+        let luns: Vec<(&str, Option<u64>)> = view
             .volumes
             .iter()
             .map(|v| (v.name.as_str(), v.lun))
             .collect();
-        assert_eq!(luns, [("thin", 0), ("thick", 1)]);
+        assert_eq!(luns, [("thin", Some(0)), ("thick", Some(1))]);
         assert_eq!(view.generation, 3);
         let info = sdc(&w.st, &w.st.sdc[&gw]);
         assert_eq!(info.volumes[1], (thick, "thick".to_string(), 1));

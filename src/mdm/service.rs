@@ -267,7 +267,7 @@ mod tests {
             .unwrap();
         let v = view(waiter.await.unwrap());
         assert_eq!((v.generation, v.volumes.len()), (2, 1));
-        assert_eq!(v.volumes[0].lun, 0);
+        assert_eq!(v.volumes[0].lun, Some(0));
 
         let e = m
             .handle(

@@ -424,7 +424,7 @@ async fn gateways_register_watch_their_mappings_and_fetch_layouts() {
         panic!()
     };
     assert_eq!(view.generation, since + 1);
-    assert_eq!((view.volumes[0].id, view.volumes[0].lun), (vol, 0));
+    assert_eq!((view.volumes[0].id, view.volumes[0].lun), (vol, Some(0)));
 
     let MdmReply::Layout(layout) = env
         .call(MdmRequest::GetLayout { volume_id: vol })
