@@ -4,5 +4,7 @@
 pub mod api;
 pub mod chunk;
 pub mod frame;
+pub mod initiator_file;
+pub mod initiator_rules;
 pub mod iscsi_name;
 pub mod mdm_client;

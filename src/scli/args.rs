@@ -42,6 +42,15 @@ pub enum Opt {
     SdcIp,
     SdcName,
     SdcId,
+    InitiatorName,
+    InitiatorId,
+    Iqn,
+    ChapUsername,
+    ChapSecret,
+    MutualChapUsername,
+    MutualChapSecret,
+    Lun,
+    AccessMode,
 }
 
 /// Options every action accepts: where the MDM is, and ScaleIO's TLS switches, which
@@ -140,6 +149,30 @@ const OPTIONS: &[OptSpec] = &[
     o(Opt::SdcIp, "sdc_ip", Takes::Value, "IP"),
     o(Opt::SdcName, "sdc_name", Takes::Value, "NAME"),
     o(Opt::SdcId, "sdc_id", Takes::Value, "ID"),
+    o(Opt::InitiatorName, "initiator_name", Takes::Value, "NAME"),
+    o(Opt::InitiatorId, "initiator_id", Takes::Value, "ID"),
+    o(Opt::Iqn, "iqn", Takes::Value, "IQN"),
+    o(Opt::ChapUsername, "chap_username", Takes::Value, "NAME"),
+    o(Opt::ChapSecret, "chap_secret", Takes::Value, "SECRET"),
+    o(
+        Opt::MutualChapUsername,
+        "mutual_chap_username",
+        Takes::Value,
+        "NAME",
+    ),
+    o(
+        Opt::MutualChapSecret,
+        "mutual_chap_secret",
+        Takes::Value,
+        "SECRET",
+    ),
+    o(Opt::Lun, "lun", Takes::Value, "LUN"),
+    o(
+        Opt::AccessMode,
+        "access_mode",
+        Takes::Value,
+        "ReadWrite|ReadOnly",
+    ),
 ];
 
 /// What the admin asked for; one per invocation.
@@ -166,6 +199,17 @@ pub enum Action {
     QueryAllVolumes,
     QueryVolume,
     QueryAllSdc,
+    AddScsiInitiator,
+    RemoveScsiInitiator,
+    RenameScsiInitiator,
+    SetScsiInitiatorChap,
+    ClearScsiInitiatorChap,
+    MapVolumeToScsiInitiator,
+    UnmapVolumeFromScsiInitiator,
+    QueryAllScsiInitiators,
+    QueryScsiInitiator,
+    ApplyInitiatorMap,
+    ExportInitiatorMap,
 }
 
 struct ActionSpec {
@@ -184,6 +228,7 @@ use Opt::*;
 
 const PD: &str = "(--protection_domain_name NAME | --protection_domain_id ID)";
 const VOLUME: &str = "(--volume_name NAME | --volume_id ID)";
+const INITIATOR: &str = "(--initiator_name NAME | --initiator_id ID)";
 
 const ACTIONS: &[ActionSpec] = &[
     ActionSpec {
@@ -372,6 +417,102 @@ const ACTIONS: &[ActionSpec] = &[
         options: &[Json],
         usage: "[--json]",
         summary: "List every gateway (SDC) and the volumes mapped to it.",
+    },
+    ActionSpec {
+        action: Action::AddScsiInitiator,
+        name: "add_scsi_initiator",
+        argument: None,
+        options: &[InitiatorName, Iqn, ChapSecret, ChapUsername, MutualChapUsername, MutualChapSecret],
+        usage: "--initiator_name NAME --iqn IQN [--chap_secret SECRET [--chap_username NAME] \
+                [--mutual_chap_username NAME --mutual_chap_secret SECRET]]",
+        summary: "Let a host (its iSCSI name) log in to the gateways, optionally with CHAP \
+                  (secrets of 12 to 255 bytes; the username defaults to the IQN).",
+    },
+    ActionSpec {
+        action: Action::RemoveScsiInitiator,
+        name: "remove_scsi_initiator",
+        argument: None,
+        options: &[InitiatorName, InitiatorId],
+        usage: INITIATOR,
+        summary: "Remove an initiator and its mappings; the gateways end its sessions.",
+    },
+    ActionSpec {
+        action: Action::RenameScsiInitiator,
+        name: "rename_scsi_initiator",
+        argument: None,
+        options: &[InitiatorName, InitiatorId, NewName],
+        usage: "(--initiator_name NAME | --initiator_id ID) --new_name NAME",
+        summary: "Rename an initiator.",
+    },
+    ActionSpec {
+        action: Action::SetScsiInitiatorChap,
+        name: "set_scsi_initiator_chap",
+        argument: None,
+        options: &[InitiatorName, InitiatorId, ChapSecret, ChapUsername, MutualChapUsername, MutualChapSecret],
+        usage: "(--initiator_name NAME | --initiator_id ID) --chap_secret SECRET \
+                [--chap_username NAME] [--mutual_chap_username NAME --mutual_chap_secret SECRET]",
+        summary: "Require CHAP from an initiator, or change its secrets (the username defaults \
+                  to its IQN).",
+    },
+    ActionSpec {
+        action: Action::ClearScsiInitiatorChap,
+        name: "clear_scsi_initiator_chap",
+        argument: None,
+        options: &[InitiatorName, InitiatorId],
+        usage: INITIATOR,
+        summary: "Let an initiator log in without CHAP.",
+    },
+    ActionSpec {
+        action: Action::MapVolumeToScsiInitiator,
+        name: "map_volume_to_scsi_initiator",
+        argument: None,
+        options: &[VolumeName, VolumeId, InitiatorName, InitiatorId, Lun, AccessMode],
+        usage: "(--volume_name NAME | --volume_id ID) (--initiator_name NAME | --initiator_id ID) \
+                [--lun LUN] [--access_mode ReadWrite|ReadOnly]",
+        summary: "Let an initiator see a volume, at the lowest free LUN unless --lun, \
+                  ReadWrite unless --access_mode ReadOnly.",
+    },
+    ActionSpec {
+        action: Action::UnmapVolumeFromScsiInitiator,
+        name: "unmap_volume_from_scsi_initiator",
+        argument: None,
+        options: &[VolumeName, VolumeId, InitiatorName, InitiatorId],
+        usage: "(--volume_name NAME | --volume_id ID) (--initiator_name NAME | --initiator_id ID)",
+        summary: "Stop an initiator seeing a volume.",
+    },
+    ActionSpec {
+        action: Action::QueryAllScsiInitiators,
+        name: "query_all_scsi_initiators",
+        argument: None,
+        options: &[Json],
+        usage: "[--json]",
+        summary: "List every initiator, its CHAP mode and its LUNs.",
+    },
+    ActionSpec {
+        action: Action::QueryScsiInitiator,
+        name: "query_scsi_initiator",
+        argument: None,
+        options: &[InitiatorName, InitiatorId, Json],
+        usage: "(--initiator_name NAME | --initiator_id ID) [--json]",
+        summary: "Show one initiator, its CHAP mode and its LUNs.",
+    },
+    ActionSpec {
+        action: Action::ApplyInitiatorMap,
+        name: "apply_initiator_map",
+        argument: Some("FILE"),
+        options: &[],
+        usage: "",
+        summary: "Make the initiators and their mappings exactly those of a map file (the \
+                  format of conf/initiators.toml), all or nothing.",
+    },
+    ActionSpec {
+        action: Action::ExportInitiatorMap,
+        name: "export_initiator_map",
+        argument: None,
+        options: &[],
+        usage: "",
+        summary: "Print the initiators and mappings in force as a map file (without CHAP \
+                  secrets).",
     },
 ];
 
@@ -734,7 +875,13 @@ pub fn usage(exit_codes: &str) -> String {
          (--volume_id 7a5a9f1e00000001). --device_name, --device_path and --storage_pool_name\n\
          take comma-separated lists, or repeat the option. A GB is 2^30 bytes; volumes are\n\
          allocated in 1 MB chunks, so sizes round up to a whole number of MB. --json prints\n\
-         a query's answer as JSON, for scripts.\n\nExit status:\n",
+         a query's answer as JSON, for scripts.\n\
+         \n\
+         SCSI initiators are named by --initiator_name or --initiator_id; --iqn is only\n\
+         for --add_scsi_initiator. Other local users can see secrets typed on a command\n\
+         line (ps): to keep CHAP secrets private, put them in a map file only you can read\n\
+         and use --apply_initiator_map.\n\
+         \nExit status:\n",
     );
     out.push_str(exit_codes);
     out
@@ -977,6 +1124,45 @@ mod tests {
         let one = usage_of(Action::QueryVolume, "  0  ok\n");
         assert!(one.starts_with(
             "Usage: scli [--mdm_ip IP[:PORT]] --query_volume (--volume_name NAME | --volume_id ID) [--json]\n"
+        ));
+    }
+
+    #[test]
+    fn initiator_actions_take_their_options() {
+        let inv = run("--add_scsi_initiator --initiator_name svrsan2011 \
+                       --iqn iqn.1998-01.com.vmware:svrsan2011-4f2a --chap_secret twelve-bytes");
+        assert_eq!(inv.action, Action::AddScsiInitiator);
+        assert_eq!(inv.values(ChapSecret), ["twelve-bytes"]);
+        let inv = run("--apply_initiator_map conf/initiators.toml");
+        assert_eq!(inv.action, Action::ApplyInitiatorMap);
+        assert_eq!(inv.argument.as_deref(), Some("conf/initiators.toml"));
+        assert!(run("--query_scsi_initiator --initiator_id 1f --json").json);
+        assert_eq!(
+            err("--apply_initiator_map"),
+            "--apply_initiator_map needs a value: --apply_initiator_map FILE"
+        );
+        assert_eq!(
+            err("--remove_scsi_initiator --iqn iqn.1998-01.com.vmware:h1"),
+            "--iqn does not apply to --remove_scsi_initiator, which takes --initiator_name, \
+             --initiator_id"
+        );
+        assert_eq!(
+            err("--export_initiator_map --json"),
+            "--json does not apply to --export_initiator_map, which takes no options"
+        );
+        assert_eq!(
+            err("--add_scsi_initator"),
+            "unknown option `--add_scsi_initator`; did you mean --add_scsi_initiator?"
+        );
+        assert_eq!(
+            err("--map_volume_to_scsi_initiator --acess_mode ReadOnly"),
+            "unknown option `--acess_mode`; did you mean --access_mode?"
+        );
+        let help = usage_of(Action::MapVolumeToScsiInitiator, "");
+        assert!(help.starts_with(
+            "Usage: scli [--mdm_ip IP[:PORT]] --map_volume_to_scsi_initiator (--volume_name NAME \
+             | --volume_id ID) (--initiator_name NAME | --initiator_id ID) [--lun LUN] \
+             [--access_mode ReadWrite|ReadOnly]\n"
         ));
     }
 

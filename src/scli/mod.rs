@@ -1,13 +1,14 @@
 //! `scli`, the admin CLI: ScaleIO's command syntax, sent to the MDM as one
 //! [`AdminRequest`], the answer printed the way ScaleIO prints it.
 //!
-//! Reading the command line ([`args`], [`request`]), the installer CSV ([`csv`]) and
-//! printing answers ([`render`]) are pure; only [`run`] reads files and talks to the
-//! MDM, so everything an admin can get wrong is caught before anything is sent.
+//! Reading the command line ([`args`], [`request`]), the installer CSV ([`csv`]), the
+//! initiator map ([`initiator_file`]) and printing answers ([`render`]) are pure; only
+//! [`run`] reads files and talks to the MDM, so everything an admin can get wrong is
+//! caught before anything is changed.
 //!
-//! Exit status: 0 done; 1 bad arguments or CSV file (nothing was sent); 2 the MDM
-//! refused the command (it changed nothing); 3 the MDM could not be reached or gave an
-//! answer scli does not understand (the command may or may not have been applied).
+//! Exit status: 0 done; 1 bad arguments, CSV or map file (nothing was changed); 2 the
+//! MDM refused the command (it changed nothing); 3 the MDM could not be reached or gave
+//! an answer scli does not understand (the command may or may not have been applied).
 
 pub mod args;
 pub mod csv;
@@ -15,8 +16,9 @@ pub mod render;
 pub mod request;
 pub mod value;
 
-use crate::cluster::api::{AddSds, AdminReply, AdminRequest, MdmReply, MdmRequest};
+use crate::cluster::api::{AddSds, AdminReply, AdminRequest, By, MdmReply, MdmRequest};
 use crate::cluster::frame::FrameError;
+use crate::cluster::initiator_file::{self, MapFileError};
 use crate::cluster::mdm_client::{self, MdmCallError};
 use args::{ArgsError, Command};
 use csv::CsvError;
@@ -29,7 +31,7 @@ pub const EXIT_REFUSED: u8 = 2;
 pub const EXIT_UNREACHABLE: u8 = 3;
 
 const EXIT_CODES: &str = "  0  done\n\
-                          \x20 1  bad arguments or CSV file; nothing was sent\n\
+                          \x20 1  bad arguments, CSV or map file; nothing was changed\n\
                           \x20 2  the MDM refused the command; it changed nothing\n\
                           \x20 3  the MDM could not be reached or gave an answer scli does not \
                           understand\n";
@@ -50,6 +52,14 @@ pub enum ScliError {
     },
     #[error("{path}: {error}; nothing was sent")]
     Csv { path: PathBuf, error: CsvError },
+    #[error("cannot read {path}: {reason}; check the file given to --apply_initiator_map")]
+    ReadMap {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
+    /// Editors and compilers print `FILE:LINE:`, so an admin's editor can jump there.
+    #[error("{}:{}: {}", .path.display(), .error.line, .error.message)]
+    MapFile { path: PathBuf, error: MapFileError },
     /// ScaleIO's wording, which admins' scripts grep for.
     #[error("MDM failed command.  Status: {0}")]
     Refused(String),
@@ -77,6 +87,11 @@ pub enum ScliError {
          --mdm_ip and --mdm_port name an MDM"
     )]
     NotAdmin(String),
+    #[error(
+        "the MDM at {addr} gave an unexpected answer to {asked}; check that --mdm_ip and \
+         --mdm_port name an MDM of this version"
+    )]
+    UnexpectedReply { addr: String, asked: &'static str },
 }
 
 impl ScliError {
@@ -85,12 +100,15 @@ impl ScliError {
             ScliError::Args(_)
             | ScliError::Request(_)
             | ScliError::ReadCsv { .. }
-            | ScliError::Csv { .. } => EXIT_USAGE,
+            | ScliError::Csv { .. }
+            | ScliError::ReadMap { .. }
+            | ScliError::MapFile { .. } => EXIT_USAGE,
             ScliError::Refused(_) => EXIT_REFUSED,
             ScliError::Unreachable { .. }
             | ScliError::Timeout(_)
             | ScliError::Transport { .. }
-            | ScliError::NotAdmin(_) => EXIT_UNREACHABLE,
+            | ScliError::NotAdmin(_)
+            | ScliError::UnexpectedReply { .. } => EXIT_UNREACHABLE,
         }
     }
 }
@@ -109,31 +127,83 @@ pub async fn run(argv: &[String]) -> Result<String, ScliError> {
         Command::Run(inv) => inv,
     };
     match request::build(&inv)? {
-        Job::Admin(req) => {
-            let reply = call(&inv.mdm, &req).await?;
-            Ok(if inv.json {
-                render::json(&reply)
-            } else {
-                render::text(&req, &reply)
-            })
+        Job::Admin(req) => ask_and_print(&inv, &req).await,
+        Job::NeedsIqn(initiator) => {
+            let iqn = iqn_of(&inv.mdm, initiator).await?;
+            ask_and_print(&inv, &request::set_chap_for_iqn(&inv, &iqn)?).await
         }
-        Job::Csv(path) => {
-            let text = match tokio::fs::read_to_string(&path).await {
-                Ok(text) => text,
-                Err(reason) => return Err(ScliError::ReadCsv { path, reason }),
-            };
-            let rows = match csv::parse(&text) {
-                Ok(rows) => rows,
-                Err(error) => return Err(ScliError::Csv { path, error }),
-            };
-            let batch: Vec<AddSds> = rows.iter().filter_map(|r| r.sds.clone()).collect();
-            let req = AdminRequest::AddSdsBatch(batch);
-            Ok(match call(&inv.mdm, &req).await? {
-                AdminReply::CreatedMany(created) => render::csv_rows(&rows, &created),
-                other => render::text(&req, &other),
-            })
-        }
+        Job::Csv(path) => add_sds_from_csv(&inv.mdm, path).await,
+        Job::InitiatorMap(path) => apply_initiator_map(&inv.mdm, path).await,
     }
+}
+
+async fn ask_and_print(inv: &args::Invocation, req: &AdminRequest) -> Result<String, ScliError> {
+    let reply = call(&inv.mdm, req).await?;
+    Ok(if inv.json {
+        render::json(&reply)
+    } else {
+        render::text(req, &reply)
+    })
+}
+
+/// The IQN the MDM holds for an initiator.
+async fn iqn_of(mdm: &str, initiator: By) -> Result<String, ScliError> {
+    match call(mdm, &AdminRequest::QueryScsiInitiator { initiator }).await? {
+        AdminReply::ScsiInitiator(info) => Ok(info.iqn),
+        _ => Err(ScliError::UnexpectedReply {
+            addr: mdm.to_string(),
+            asked: "--query_scsi_initiator",
+        }),
+    }
+}
+
+async fn add_sds_from_csv(mdm: &str, path: PathBuf) -> Result<String, ScliError> {
+    let text = match tokio::fs::read_to_string(&path).await {
+        Ok(text) => text,
+        Err(reason) => return Err(ScliError::ReadCsv { path, reason }),
+    };
+    let rows = match csv::parse(&text) {
+        Ok(rows) => rows,
+        Err(error) => return Err(ScliError::Csv { path, error }),
+    };
+    let batch: Vec<AddSds> = rows.iter().filter_map(|r| r.sds.clone()).collect();
+    let req = AdminRequest::AddSdsBatch(batch);
+    Ok(match call(mdm, &req).await? {
+        AdminReply::CreatedMany(created) => render::csv_rows(&rows, &created),
+        other => render::text(&req, &other),
+    })
+}
+
+/// Checks the whole file, then that its volumes exist (a typo would otherwise reach
+/// the MDM as a refusal without a line), then sends it.
+async fn apply_initiator_map(mdm: &str, path: PathBuf) -> Result<String, ScliError> {
+    let text = match tokio::fs::read_to_string(&path).await {
+        Ok(text) => text,
+        Err(reason) => return Err(ScliError::ReadMap { path, reason }),
+    };
+    let file = match initiator_file::parse(&text) {
+        Ok(file) => file,
+        Err(error) => return Err(ScliError::MapFile { path, error }),
+    };
+    let volumes: Vec<String> = match call(mdm, &AdminRequest::QueryAllVolumes).await? {
+        AdminReply::AllVolumes(all) => all.into_iter().map(|v| v.name).collect(),
+        _ => {
+            return Err(ScliError::UnexpectedReply {
+                addr: mdm.to_string(),
+                asked: "--query_all_volumes",
+            })
+        }
+    };
+    if let Err(error) = file.check_volumes(&volumes) {
+        return Err(ScliError::MapFile { path, error });
+    }
+    let req = AdminRequest::ApplyInitiatorMap(file.map);
+    Ok(match call(mdm, &req).await? {
+        AdminReply::MapApplied(changes) => {
+            render::map_applied(&changes, &path.display().to_string())
+        }
+        other => render::text(&req, &other),
+    })
 }
 
 /// One round trip to the MDM.
@@ -171,13 +241,28 @@ mod tests {
 
     /// An MDM that answers one request with `answer` and hands back what it was asked.
     async fn fake_mdm(answer: MdmResponse) -> (String, JoinHandle<MdmRequest>) {
+        let (addr, task) = fake_mdm_answering(vec![answer]).await;
+        (
+            addr,
+            tokio::spawn(async move { task.await.unwrap().remove(0) }),
+        )
+    }
+
+    /// An MDM that answers one request per connection, with `answers` in order, and
+    /// hands back what it was asked.
+    async fn fake_mdm_answering(
+        answers: Vec<MdmResponse>,
+    ) -> (String, JoinHandle<Vec<MdmRequest>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let task = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let req: MdmRequest = frame::read(&mut s).await.unwrap().unwrap();
-            frame::write(&mut s, &answer).await.unwrap();
-            req
+            let mut asked = Vec::new();
+            for answer in answers {
+                let (mut s, _) = listener.accept().await.unwrap();
+                asked.push(frame::read(&mut s).await.unwrap().unwrap());
+                frame::write(&mut s, &answer).await.unwrap();
+            }
+            asked
         });
         (addr, task)
     }
@@ -375,7 +460,7 @@ mod tests {
         let help = run(&[]).await.unwrap();
         assert!(help.contains("  --query_all_sds [--json]\n"));
         assert!(help.ends_with(
-            "Exit status:\n  0  done\n  1  bad arguments or CSV file; nothing was sent\n  \
+            "Exit status:\n  0  done\n  1  bad arguments, CSV or map file; nothing was changed\n  \
              2  the MDM refused the command; it changed nothing\n  3  the MDM could not be \
              reached or gave an answer scli does not understand\n"
         ));
@@ -385,6 +470,230 @@ mod tests {
         assert_eq!(
             version,
             format!("scli (Dreadnought) {}\n", env!("CARGO_PKG_VERSION"))
+        );
+    }
+
+    fn admin(reply: AdminReply) -> MdmResponse {
+        Ok(MdmReply::Admin(reply))
+    }
+
+    fn volume_named(name: &str) -> crate::cluster::api::VolumeInfo {
+        crate::cluster::api::VolumeInfo {
+            id: 0x7a5a,
+            name: name.into(),
+            size_bytes: 1 << 30,
+            thin: true,
+            pool_id: 1,
+            pool_name: "pool1".into(),
+            protection_domain_name: "pd1".into(),
+            chunks: 1024,
+            epoch: 1,
+            mapped_sdc: vec![],
+        }
+    }
+
+    const MAP: &str = "[[initiator]]\n\
+                       name = \"svrsan2011\"\n\
+                       iqn = \"iqn.1998-01.com.vmware:svrsan2011-4f2a\"\n\
+                       \n\
+                       [[initiator.mapping]]\n\
+                       volume = \"awsvol01\"\n\
+                       lun = 0\n";
+
+    fn write_map(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("initiators.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path.display().to_string())
+    }
+
+    #[tokio::test]
+    async fn add_scsi_initiator_sends_the_normalized_iqn() {
+        let (mdm, asked) = fake_mdm(admin(AdminReply::Created {
+            kind: "SCSI initiator".into(),
+            id: 0xa1,
+            name: "svrsan2011".into(),
+        }))
+        .await;
+        let out = run(&argv(&format!(
+            "--mdm_ip {mdm} --add_scsi_initiator --initiator_name svrsan2011 \
+             --iqn IQN.1998-01.com.vmware:svrsan2011-4f2a"
+        )))
+        .await
+        .unwrap();
+        assert_eq!(
+            out,
+            "Successfully created SCSI initiator svrsan2011 (IQN \
+             iqn.1998-01.com.vmware:svrsan2011-4f2a, CHAP: none). Object ID 00000000000000a1\n"
+        );
+        assert_eq!(
+            asked.await.unwrap(),
+            MdmRequest::Admin(AdminRequest::AddScsiInitiator {
+                name: "svrsan2011".into(),
+                iqn: "iqn.1998-01.com.vmware:svrsan2011-4f2a".into(),
+                chap: None,
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn set_chap_without_username_uses_the_iqn_the_mdm_holds() {
+        let info = crate::cluster::api::InitiatorInfo {
+            id: 0xa1,
+            name: "svrsan2011".into(),
+            iqn: "iqn.1998-01.com.vmware:svrsan2011-4f2a".into(),
+            chap: crate::cluster::api::ChapMode::None,
+            chap_username: None,
+            luns: vec![],
+        };
+        let (mdm, asked) = fake_mdm_answering(vec![
+            admin(AdminReply::ScsiInitiator(info.clone())),
+            admin(AdminReply::Done("CHAP set for svrsan2011".into())),
+        ])
+        .await;
+        let out = run(&argv(&format!(
+            "--mdm_ip {mdm} --set_scsi_initiator_chap --initiator_name svrsan2011 \
+             --chap_secret twelve-bytes"
+        )))
+        .await
+        .unwrap();
+        assert_eq!(out, "CHAP set for svrsan2011\n");
+        let asked = asked.await.unwrap();
+        assert_eq!(
+            asked[0],
+            MdmRequest::Admin(AdminRequest::QueryScsiInitiator {
+                initiator: By::Name("svrsan2011".into())
+            })
+        );
+        assert_eq!(
+            asked[1],
+            MdmRequest::Admin(AdminRequest::SetScsiInitiatorChap {
+                initiator: By::Name("svrsan2011".into()),
+                chap: Some(crate::cluster::api::Chap {
+                    username: info.iqn,
+                    secret: "twelve-bytes".into(),
+                    mutual: None,
+                }),
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn apply_initiator_map_checks_volumes_then_sends_the_map() {
+        let (_dir, path) = write_map(MAP);
+        let (mdm, asked) = fake_mdm_answering(vec![
+            admin(AdminReply::AllVolumes(vec![volume_named("awsvol01")])),
+            admin(AdminReply::MapApplied(vec![
+                "Added SCSI initiator svrsan2011".into(),
+            ])),
+        ])
+        .await;
+        let out = run(&argv(&format!(
+            "--mdm_ip {mdm} --apply_initiator_map {path}"
+        )))
+        .await
+        .unwrap();
+        assert_eq!(
+            out,
+            format!("Added SCSI initiator svrsan2011\nApplied 1 change from {path}.\n")
+        );
+        let asked = asked.await.unwrap();
+        assert_eq!(asked[0], MdmRequest::Admin(AdminRequest::QueryAllVolumes));
+        let expected = initiator_file::parse(MAP).unwrap().map;
+        assert_eq!(
+            asked[1],
+            MdmRequest::Admin(AdminRequest::ApplyInitiatorMap(expected))
+        );
+
+        let (mdm, _) = fake_mdm_answering(vec![
+            admin(AdminReply::AllVolumes(vec![volume_named("awsvol01")])),
+            admin(AdminReply::MapApplied(vec![])),
+        ])
+        .await;
+        let out = run(&argv(&format!(
+            "--mdm_ip {mdm} --apply_initiator_map {path}"
+        )))
+        .await
+        .unwrap();
+        assert_eq!(
+            out,
+            format!("No changes: the map in force already matches {path}\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_map_changes_nothing() {
+        // A syntax error: nothing is sent (nothing listens, so a send would fail otherwise).
+        let (_dir, path) = write_map("[[initiator]]\nname = \"svrsan2011\"\niqn = \"bogus\"\n");
+        let e = run(&argv(&format!(
+            "--mdm_ip {} --apply_initiator_map {path}",
+            nobody().await
+        )))
+        .await
+        .unwrap_err();
+        assert_eq!(e.exit_code(), EXIT_USAGE);
+        assert!(
+            e.to_string().starts_with(&format!(
+                "{path}:3: initiator svrsan2011: iSCSI name \"bogus\" must start with"
+            )),
+            "{e}"
+        );
+
+        // An unknown volume: only the volume query is sent.
+        let (_dir, path) = write_map(MAP);
+        let (mdm, asked) =
+            fake_mdm_answering(vec![admin(AdminReply::AllVolumes(vec![volume_named(
+                "other",
+            )]))])
+            .await;
+        let e = run(&argv(&format!(
+            "--mdm_ip {mdm} --apply_initiator_map {path}"
+        )))
+        .await
+        .unwrap_err();
+        assert_eq!(e.exit_code(), EXIT_USAGE);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{path}:6: volume awsvol01 does not exist; create it (scli --add_volume) or \
+                 correct the name in initiator svrsan2011's mapping"
+            )
+        );
+        assert_eq!(asked.await.unwrap().len(), 1);
+
+        // A refusal by the MDM.
+        let (mdm, _) = fake_mdm_answering(vec![
+            admin(AdminReply::AllVolumes(vec![volume_named("awsvol01")])),
+            Err("volume awsvol01 is mapped to SDC gw1".into()),
+        ])
+        .await;
+        let e = run(&argv(&format!(
+            "--mdm_ip {mdm} --apply_initiator_map {path}"
+        )))
+        .await
+        .unwrap_err();
+        assert_eq!(e.exit_code(), EXIT_REFUSED);
+
+        let e = run(&argv(&format!(
+            "--mdm_ip {mdm} --apply_initiator_map {path}.absent"
+        )))
+        .await
+        .unwrap_err();
+        assert!(matches!(e, ScliError::ReadMap { .. }));
+        assert_eq!(e.exit_code(), EXIT_USAGE);
+    }
+
+    #[tokio::test]
+    async fn export_prints_a_map_file() {
+        let map = initiator_file::parse(MAP).unwrap().map;
+        let (mdm, asked) = fake_mdm(admin(AdminReply::InitiatorMap(map.clone()))).await;
+        let out = run(&argv(&format!("--mdm_ip {mdm} --export_initiator_map")))
+            .await
+            .unwrap();
+        assert_eq!(initiator_file::parse(&out).unwrap().map, map);
+        assert_eq!(
+            asked.await.unwrap(),
+            MdmRequest::Admin(AdminRequest::ExportInitiatorMap)
         );
     }
 }

@@ -6,9 +6,11 @@
 
 use super::csv::Row;
 use crate::cluster::api::{
-    fmt_id, AddSds, AdminReply, AdminRequest, ClusterInfo, MediaType, PdInfo, PoolInfo, SdcInfo,
-    SdsInfo, SdsState, VolumeInfo, CHUNK_SIZE,
+    fmt_id, AddSds, AdminReply, AdminRequest, Chap, ChapMode, ClusterInfo, InitiatorInfo,
+    InitiatorMap, MediaType, PdInfo, PoolInfo, SdcInfo, SdsInfo, SdsState, VolumeInfo, CHUNK_SIZE,
 };
+use crate::cluster::initiator_file;
+use crate::cluster::initiator_rules::access_mode_name;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -31,7 +33,12 @@ pub fn text(req: &AdminRequest, reply: &AdminReply) -> String {
         AdminReply::AllVolumes(all) => all_volumes(all),
         AdminReply::Volume1(v) => volume(v),
         AdminReply::AllSdc(all) => all_sdc(all),
-        other => vec![format!("{other:?}")],
+        AdminReply::AllScsiInitiators(all) => all_initiators(all),
+        AdminReply::ScsiInitiator(i) => initiator(i),
+        AdminReply::MapApplied(changes) => {
+            return map_applied(changes, "the map sent");
+        }
+        AdminReply::InitiatorMap(map) => return exported_map(map),
     };
     lines.join("\n") + "\n"
 }
@@ -48,6 +55,8 @@ pub fn json(reply: &AdminReply) -> String {
         AdminReply::AllVolumes(all) => pretty(all),
         AdminReply::Volume1(v) => pretty(v),
         AdminReply::AllSdc(all) => pretty(all),
+        AdminReply::AllScsiInitiators(all) => pretty(all),
+        AdminReply::ScsiInitiator(i) => pretty(i),
         other => pretty(other),
     };
     text + "\n"
@@ -123,6 +132,37 @@ pub fn csv_rows(rows: &[Row], created: &[(u64, String)]) -> String {
         count(rows.len(), "row", "rows")
     ));
     lines.join("\n") + "\n"
+}
+
+/// What `--apply_initiator_map` changed, one line per change; `source` names the map.
+pub fn map_applied(changes: &[String], source: &str) -> String {
+    if changes.is_empty() {
+        return format!("No changes: the map in force already matches {source}\n");
+    }
+    let mut out: String = changes.iter().map(|c| format!("{c}\n")).collect();
+    out.push_str(&format!(
+        "Applied {} from {source}.\n",
+        count(changes.len(), "change", "changes")
+    ));
+    out
+}
+
+/// The map in force as a map file, headed by what an admin needs to know before
+/// editing and applying it.
+fn exported_map(map: &InitiatorMap) -> String {
+    let mut out = String::from(
+        "# The SCSI initiator map in force, from scli --export_initiator_map; the format is\n\
+         # described in conf/initiators.toml. CHAP secrets are never exported: chap =\n\
+         # \"unchanged\" keeps the ones the MDM holds. Apply edits with\n\
+         # scli --apply_initiator_map FILE.\n",
+    );
+    if map.initiators.is_empty() {
+        out.push_str("# No initiator is registered: no host sees any volume.\n");
+    } else {
+        out.push('\n');
+        out.push_str(&initiator_file::render(map));
+    }
+    out
 }
 
 /// A size the way ScaleIO prints one: `20.0 GB (20480 MB)`, in binary units, the
@@ -203,6 +243,29 @@ fn group_by<T, K: PartialEq>(items: &[T], key: impl Fn(&T) -> K) -> Vec<(K, Vec<
     groups
 }
 
+/// An initiator's CHAP as a query shows it: the mode and username, never a secret.
+fn chap_mode(mode: ChapMode, username: Option<&str>) -> String {
+    let mode = match mode {
+        ChapMode::None => return "none".to_string(),
+        ChapMode::OneWay => "one-way",
+        ChapMode::Mutual => "mutual",
+    };
+    match username {
+        Some(u) => format!("{mode} (username {u})"),
+        None => mode.to_string(),
+    }
+}
+
+/// The CHAP mode a request asks for.
+fn asked_chap(chap: Option<&Chap>) -> String {
+    let mode = match chap {
+        None => ChapMode::None,
+        Some(c) if c.mutual.is_some() => ChapMode::Mutual,
+        Some(_) => ChapMode::OneWay,
+    };
+    chap_mode(mode, chap.map(|c| c.username.as_str()))
+}
+
 fn created(req: &AdminRequest, kind: &str, id: u64, name: &str) -> Vec<String> {
     let id = fmt_id(id);
     let name = or_na(name);
@@ -221,6 +284,10 @@ fn created(req: &AdminRequest, kind: &str, id: u64, name: &str) -> Vec<String> {
         AdminRequest::AddSdsDevice { device, .. } => format!(
             "Successfully added device {name} ({}) to storage pool {}. Object ID {id}",
             device.path, device.pool
+        ),
+        AdminRequest::AddScsiInitiator { iqn, chap, .. } => format!(
+            "Successfully created SCSI initiator {name} (IQN {iqn}, CHAP: {}). Object ID {id}",
+            asked_chap(chap.as_ref())
         ),
         _ => format!("Successfully created {kind} {name}. Object ID {id}"),
     }]
@@ -561,10 +628,48 @@ fn all_sdc(all: &[SdcInfo]) -> Vec<String> {
     lines
 }
 
+fn all_initiators(all: &[InitiatorInfo]) -> Vec<String> {
+    let mut lines = vec![format!(
+        "Query all SCSI Initiators returned {}.",
+        count(all.len(), "initiator", "initiators")
+    )];
+    for i in all {
+        lines.extend(initiator(i));
+    }
+    lines
+}
+
+fn initiator(i: &InitiatorInfo) -> Vec<String> {
+    let mut lines = vec![format!(
+        "SCSI Initiator ID: {} Name: {} IQN: {} CHAP: {}",
+        fmt_id(i.id),
+        or_na(&i.name),
+        i.iqn,
+        chap_mode(i.chap, i.chap_username.as_deref())
+    )];
+    if i.luns.is_empty() {
+        lines.push("\tNo volumes mapped".to_string());
+    }
+    let mut luns: Vec<_> = i.luns.iter().collect();
+    luns.sort_by_key(|l| l.lun);
+    for l in luns {
+        lines.push(format!(
+            "\tLUN {}: volume {} (ID {}) {}",
+            l.lun,
+            or_na(&l.volume_name),
+            fmt_id(l.volume_id),
+            access_mode_name(l.access)
+        ));
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::api::{By, DeviceInfo, DeviceSpec};
+    use crate::cluster::api::{
+        AccessMode, By, DeviceInfo, DeviceSpec, InitiatorLun, MapChap, MapEntry, MapInitiator,
+    };
 
     const GB: u64 = 1 << 30;
     const MB: u64 = 1 << 20;
@@ -1053,5 +1158,182 @@ mod tests {
             ),
             "Successfully created 1 SDS node.\nSDS ID: 0000000000000001 Name: a\n"
         );
+    }
+
+    fn initiator_info(
+        id: u64,
+        name: &str,
+        chap: ChapMode,
+        luns: Vec<InitiatorLun>,
+    ) -> InitiatorInfo {
+        InitiatorInfo {
+            id,
+            name: name.into(),
+            iqn: format!("iqn.1998-01.com.vmware:{name}-4f2a"),
+            chap,
+            chap_username: (chap != ChapMode::None).then(|| name.to_string()),
+            luns,
+        }
+    }
+
+    fn lun(lun: u64, volume_id: u64, volume_name: &str, access: AccessMode) -> InitiatorLun {
+        InitiatorLun {
+            lun,
+            volume_id,
+            volume_name: volume_name.into(),
+            access,
+        }
+    }
+
+    #[test]
+    fn initiators_show_chap_mode_and_luns_never_secrets() {
+        let all = vec![
+            initiator_info(
+                0xa1,
+                "svrsan2011",
+                ChapMode::Mutual,
+                vec![
+                    lun(1, 0x7a5b, "awsvol02", AccessMode::ReadOnly),
+                    lun(0, 0x7a5a, "awsvol01", AccessMode::ReadWrite),
+                ],
+            ),
+            initiator_info(0xa2, "svrsan2012", ChapMode::None, vec![]),
+            initiator_info(0xa3, "svrsan2013", ChapMode::OneWay, vec![]),
+        ];
+        assert_eq!(
+            text(
+                &AdminRequest::QueryAllScsiInitiators,
+                &AdminReply::AllScsiInitiators(all.clone())
+            ),
+            "Query all SCSI Initiators returned 3 initiators.\n\
+             SCSI Initiator ID: 00000000000000a1 Name: svrsan2011 IQN: \
+             iqn.1998-01.com.vmware:svrsan2011-4f2a CHAP: mutual (username svrsan2011)\n\
+             \tLUN 0: volume awsvol01 (ID 0000000000007a5a) ReadWrite\n\
+             \tLUN 1: volume awsvol02 (ID 0000000000007a5b) ReadOnly\n\
+             SCSI Initiator ID: 00000000000000a2 Name: svrsan2012 IQN: \
+             iqn.1998-01.com.vmware:svrsan2012-4f2a CHAP: none\n\
+             \tNo volumes mapped\n\
+             SCSI Initiator ID: 00000000000000a3 Name: svrsan2013 IQN: \
+             iqn.1998-01.com.vmware:svrsan2013-4f2a CHAP: one-way (username svrsan2013)\n\
+             \tNo volumes mapped\n"
+        );
+        assert_eq!(
+            text(
+                &AdminRequest::QueryAllScsiInitiators,
+                &AdminReply::AllScsiInitiators(vec![])
+            ),
+            "Query all SCSI Initiators returned 0 initiators.\n"
+        );
+        assert_eq!(
+            text(
+                &AdminRequest::QueryScsiInitiator {
+                    initiator: By::Id(0xa2)
+                },
+                &AdminReply::ScsiInitiator(all[1].clone())
+            ),
+            "SCSI Initiator ID: 00000000000000a2 Name: svrsan2012 IQN: \
+             iqn.1998-01.com.vmware:svrsan2012-4f2a CHAP: none\n\
+             \tNo volumes mapped\n"
+        );
+        let v: Value = serde_json::from_str(&json(&AdminReply::AllScsiInitiators(all))).unwrap();
+        assert_eq!(v[0]["id"], "00000000000000a1");
+        assert_eq!(v[0]["chap"], "Mutual");
+        assert_eq!(v[0]["chap_username"], "svrsan2011");
+        assert_eq!(v[0]["luns"][0]["volume_id"], "0000000000007a5b");
+        assert_eq!(v[0]["luns"][0]["access"], "ReadOnly");
+        assert_eq!(v[1]["chap_username"], Value::Null);
+        let v: Value = serde_json::from_str(&json(&AdminReply::ScsiInitiator(initiator_info(
+            0xa3,
+            "h",
+            ChapMode::OneWay,
+            vec![],
+        ))))
+        .unwrap();
+        assert_eq!(v["id"], "00000000000000a3");
+    }
+
+    #[test]
+    fn a_new_initiator_says_its_chap_mode() {
+        let add = |chap: Option<Chap>| AdminRequest::AddScsiInitiator {
+            name: "svrsan2011".into(),
+            iqn: "iqn.1998-01.com.vmware:svrsan2011-4f2a".into(),
+            chap,
+        };
+        let reply = AdminReply::Created {
+            kind: "SCSI initiator".into(),
+            id: 0xa1,
+            name: "svrsan2011".into(),
+        };
+        assert_eq!(
+            text(&add(None), &reply),
+            "Successfully created SCSI initiator svrsan2011 (IQN \
+             iqn.1998-01.com.vmware:svrsan2011-4f2a, CHAP: none). Object ID 00000000000000a1\n"
+        );
+        let mutual = Chap {
+            username: "esx".into(),
+            secret: "twelve-bytes".into(),
+            mutual: Some(("dn".into(), "other-secret".into())),
+        };
+        let out = text(&add(Some(mutual)), &reply);
+        assert!(out.contains("CHAP: mutual (username esx))"), "{out}");
+        assert!(!out.contains("twelve-bytes") && !out.contains("other-secret"));
+    }
+
+    #[test]
+    fn applied_maps_list_their_changes() {
+        assert_eq!(
+            map_applied(&[], "conf/initiators.toml"),
+            "No changes: the map in force already matches conf/initiators.toml\n"
+        );
+        let changes = vec![
+            "Added SCSI initiator svrsan2011".to_string(),
+            "Mapped volume awsvol01 to svrsan2011 as LUN 0 (ReadWrite)".to_string(),
+        ];
+        assert_eq!(
+            map_applied(&changes, "m.toml"),
+            "Added SCSI initiator svrsan2011\n\
+             Mapped volume awsvol01 to svrsan2011 as LUN 0 (ReadWrite)\n\
+             Applied 2 changes from m.toml.\n"
+        );
+        assert_eq!(
+            text(
+                &AdminRequest::ExportInitiatorMap,
+                &AdminReply::MapApplied(vec![])
+            ),
+            "No changes: the map in force already matches the map sent\n"
+        );
+    }
+
+    #[test]
+    fn exports_are_map_files_that_parse_back() {
+        let map = InitiatorMap {
+            initiators: vec![MapInitiator {
+                name: "svrsan2011".into(),
+                iqn: "iqn.1998-01.com.vmware:svrsan2011-4f2a".into(),
+                chap: MapChap::Keep,
+                mappings: vec![MapEntry {
+                    volume: "awsvol01".into(),
+                    lun: Some(0),
+                    access: AccessMode::ReadWrite,
+                }],
+            }],
+        };
+        let out = text(
+            &AdminRequest::ExportInitiatorMap,
+            &AdminReply::InitiatorMap(map.clone()),
+        );
+        assert!(
+            out.starts_with("# The SCSI initiator map in force"),
+            "{out}"
+        );
+        assert!(out.ends_with(&format!("\n\n{}", initiator_file::render(&map))));
+        assert_eq!(initiator_file::parse(&out).unwrap().map, map);
+        let empty = InitiatorMap { initiators: vec![] };
+        let out = text(
+            &AdminRequest::ExportInitiatorMap,
+            &AdminReply::InitiatorMap(empty.clone()),
+        );
+        assert!(out.ends_with("# No initiator is registered: no host sees any volume.\n"));
+        assert_eq!(initiator_file::parse(&out).unwrap().map, empty);
     }
 }

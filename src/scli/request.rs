@@ -4,7 +4,9 @@
 
 use super::args::{self, Action, Invocation, Opt};
 use super::value::{self, ValueError};
-use crate::cluster::api::{AddSds, AdminRequest, By, DeviceSpec, MediaType};
+use crate::cluster::api::{AccessMode, AddSds, AdminRequest, By, Chap, DeviceSpec, MediaType};
+use crate::cluster::initiator_rules::{self, ChapError, ChapPart};
+use crate::cluster::iscsi_name::{self, NameError};
 use std::path::PathBuf;
 
 /// What an invocation turns into.
@@ -13,6 +15,12 @@ pub enum Job {
     Admin(AdminRequest),
     /// `--add_sds_from_csv`: the file still has to be read and checked.
     Csv(PathBuf),
+    /// `--apply_initiator_map`: the file still has to be read and checked.
+    InitiatorMap(PathBuf),
+    /// `--set_scsi_initiator_chap` without `--chap_username`: the username defaults to
+    /// the initiator's IQN, which only the MDM knows. Everything else is checked; ask
+    /// the MDM for the IQN, then [`set_chap_for_iqn`].
+    NeedsIqn(By),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +49,17 @@ pub enum RequestError {
     NameCount { paths: usize, names: usize },
     #[error("--sds_ip `{0}` already has a port; drop --sds_port or the :PORT")]
     SdsPortTwice(String),
+    #[error(
+        "--iqn: {0}; give the host's RFC 3720 name, e.g. iqn.1998-01.com.vmware:svrsan2011-4f2a \
+         (ESXi: the iSCSI adapter's Name; Linux: /etc/iscsi/initiatorname.iscsi)"
+    )]
+    Iqn(NameError),
+    #[error("{option}: {reason}")]
+    Chap { option: String, reason: ChapError },
+    #[error("{option} only goes with {needs}; give {needs} too, or drop {option}")]
+    GoesWith { option: String, needs: String },
+    #[error("give both {0} and {1}, or neither")]
+    Pair(String, String),
 }
 
 /// Turns a checked command line into the request to send.
@@ -110,9 +129,58 @@ pub fn build(inv: &Invocation) -> Result<Job, RequestError> {
             volume: b.volume()?,
         },
         Action::QueryAllSdc => AdminRequest::QueryAllSdc,
+        Action::AddScsiInitiator => b.add_initiator()?,
+        Action::RemoveScsiInitiator => AdminRequest::RemoveScsiInitiator {
+            initiator: b.initiator()?,
+        },
+        Action::RenameScsiInitiator => AdminRequest::RenameScsiInitiator {
+            initiator: b.initiator()?,
+            new_name: b.required(Opt::NewName)?,
+        },
+        Action::SetScsiInitiatorChap => match b.chap_username()? {
+            Some(username) => b.set_chap(username)?,
+            None => {
+                let initiator = b.initiator()?;
+                b.required_secrets()?;
+                return Ok(Job::NeedsIqn(initiator));
+            }
+        },
+        Action::ClearScsiInitiatorChap => AdminRequest::SetScsiInitiatorChap {
+            initiator: b.initiator()?,
+            chap: None,
+        },
+        Action::MapVolumeToScsiInitiator => AdminRequest::MapVolumeToScsiInitiator {
+            volume: b.volume()?,
+            initiator: b.initiator()?,
+            lun: b.lun()?,
+            access: b.access_mode()?,
+        },
+        Action::UnmapVolumeFromScsiInitiator => AdminRequest::UnmapVolumeFromScsiInitiator {
+            volume: b.volume()?,
+            initiator: b.initiator()?,
+        },
+        Action::QueryAllScsiInitiators => AdminRequest::QueryAllScsiInitiators,
+        Action::QueryScsiInitiator => AdminRequest::QueryScsiInitiator {
+            initiator: b.initiator()?,
+        },
+        Action::ApplyInitiatorMap => {
+            return match &inv.argument {
+                Some(file) => Ok(Job::InitiatorMap(PathBuf::from(file))),
+                None => Err(b.missing("the map file: --apply_initiator_map FILE")),
+            }
+        }
+        Action::ExportInitiatorMap => AdminRequest::ExportInitiatorMap,
     };
     Ok(Job::Admin(req))
 }
+
+/// The request of a [`Job::NeedsIqn`], now that the MDM said the initiator's IQN.
+pub fn set_chap_for_iqn(inv: &Invocation, iqn: &str) -> Result<AdminRequest, RequestError> {
+    Builder { inv }.set_chap(iqn.to_string())
+}
+
+/// A CHAP secret and the optional mutual (username, secret).
+type Secrets = (String, Option<(String, String)>);
 
 struct Builder<'a> {
     inv: &'a Invocation,
@@ -203,6 +271,105 @@ impl Builder<'_> {
 
     fn sdc(&self) -> Result<By, RequestError> {
         self.by(Opt::SdcName, Opt::SdcId, Some(Opt::SdcIp))
+    }
+
+    /// An initiator by name or id. Not by IQN: the API's `By` has no IQN form, and
+    /// sending one as a name would find nothing, or another initiator so named.
+    fn initiator(&self) -> Result<By, RequestError> {
+        self.by(Opt::InitiatorName, Opt::InitiatorId, None)
+    }
+
+    fn add_initiator(&self) -> Result<AdminRequest, RequestError> {
+        let name = self.required(Opt::InitiatorName)?;
+        let given = self.required(Opt::Iqn)?;
+        let iqn = iscsi_name::normalize(&given).map_err(RequestError::Iqn)?;
+        let username = self.chap_username()?;
+        // The username defaults to the IQN as typed, copied from the host, which sends
+        // it in that case when set to use its initiator name.
+        let chap = self.chap_secrets()?.map(|(secret, mutual)| Chap {
+            username: username.unwrap_or_else(|| given.trim().to_string()),
+            secret,
+            mutual,
+        });
+        Ok(AdminRequest::AddScsiInitiator { name, iqn, chap })
+    }
+
+    fn set_chap(&self, username: String) -> Result<AdminRequest, RequestError> {
+        let initiator = self.initiator()?;
+        let (secret, mutual) = self.required_secrets()?;
+        Ok(AdminRequest::SetScsiInitiatorChap {
+            initiator,
+            chap: Some(Chap {
+                username,
+                secret,
+                mutual,
+            }),
+        })
+    }
+
+    fn chap_error(reason: ChapError) -> RequestError {
+        let opt = match reason.part() {
+            ChapPart::Username => Opt::ChapUsername,
+            ChapPart::Secret => Opt::ChapSecret,
+            ChapPart::MutualUsername => Opt::MutualChapUsername,
+            ChapPart::MutualSecret => Opt::MutualChapSecret,
+        };
+        RequestError::Chap {
+            option: args::flag(opt),
+            reason,
+        }
+    }
+
+    fn chap_username(&self) -> Result<Option<String>, RequestError> {
+        let username = self.optional(Opt::ChapUsername)?;
+        if let Some(u) = &username {
+            initiator_rules::check_username(u).map_err(Self::chap_error)?;
+        }
+        Ok(username)
+    }
+
+    /// The checked secrets; `None` without `--chap_secret`, which the other CHAP
+    /// options cannot go without.
+    fn chap_secrets(&self) -> Result<Option<Secrets>, RequestError> {
+        let (mu, ms) = (Opt::MutualChapUsername, Opt::MutualChapSecret);
+        let mutual = match (self.optional(mu)?, self.optional(ms)?) {
+            (None, None) => None,
+            (Some(u), Some(s)) => Some((u, s)),
+            _ => return Err(RequestError::Pair(args::flag(mu), args::flag(ms))),
+        };
+        let Some(secret) = self.optional(Opt::ChapSecret)? else {
+            return match [Opt::ChapUsername, mu, ms]
+                .into_iter()
+                .find(|o| self.inv.has(*o))
+            {
+                Some(opt) => Err(RequestError::GoesWith {
+                    option: args::flag(opt),
+                    needs: args::flag(Opt::ChapSecret),
+                }),
+                None => Ok(None),
+            };
+        };
+        initiator_rules::check_secrets(&secret, mutual.as_ref()).map_err(Self::chap_error)?;
+        Ok(Some((secret, mutual)))
+    }
+
+    fn required_secrets(&self) -> Result<Secrets, RequestError> {
+        self.chap_secrets()?
+            .ok_or_else(|| self.missing(&args::flag(Opt::ChapSecret)))
+    }
+
+    fn lun(&self) -> Result<Option<u64>, RequestError> {
+        self.optional(Opt::Lun)?
+            .map(|v| value::lun(&v).map_err(|r| Self::bad(Opt::Lun, r)))
+            .transpose()
+    }
+
+    /// ReadWrite unless asked otherwise: what a host expects of a datastore.
+    fn access_mode(&self) -> Result<AccessMode, RequestError> {
+        match self.optional(Opt::AccessMode)? {
+            None => Ok(AccessMode::ReadWrite),
+            Some(v) => value::access_mode(&v).map_err(|r| Self::bad(Opt::AccessMode, r)),
+        }
     }
 
     /// Bytes from `--size_gb` or its ScaleIO synonym `--size`.
@@ -692,6 +859,239 @@ mod tests {
         assert_eq!(
             err("--query_storage_pool --protection_domain_name pd"),
             "--query_storage_pool needs --storage_pool_name or --storage_pool_id"
+        );
+    }
+
+    const IQN: &str = "iqn.1998-01.com.vmware:svrsan2011-4f2a";
+
+    fn chap(username: &str, secret: &str, mutual: Option<(&str, &str)>) -> Option<Chap> {
+        Some(Chap {
+            username: username.into(),
+            secret: secret.into(),
+            mutual: mutual.map(|(u, s)| (u.into(), s.into())),
+        })
+    }
+
+    #[test]
+    fn add_initiator_normalizes_the_iqn_and_defaults_the_chap_username() {
+        assert_eq!(
+            req(&format!(
+                "--add_scsi_initiator --initiator_name svrsan2011 --iqn {IQN}"
+            )),
+            AdminRequest::AddScsiInitiator {
+                name: "svrsan2011".into(),
+                iqn: IQN.into(),
+                chap: None
+            }
+        );
+        let upper = "IQN.1998-01.com.vmware:SVRSAN2011-4f2a";
+        assert_eq!(
+            req(&format!(
+                "--add_scsi_initiator --initiator_name svrsan2011 --iqn {upper} \
+                 --chap_secret twelve-bytes"
+            )),
+            AdminRequest::AddScsiInitiator {
+                name: "svrsan2011".into(),
+                iqn: IQN.into(),
+                // As typed: what the host sends when it uses its initiator name.
+                chap: chap(upper, "twelve-bytes", None)
+            }
+        );
+        assert_eq!(
+            req(&format!(
+                "--add_scsi_initiator --initiator_name h --iqn {IQN} --chap_secret twelve-bytes \
+                 --chap_username esx --mutual_chap_username dn --mutual_chap_secret other-secret"
+            )),
+            AdminRequest::AddScsiInitiator {
+                name: "h".into(),
+                iqn: IQN.into(),
+                chap: chap("esx", "twelve-bytes", Some(("dn", "other-secret")))
+            }
+        );
+    }
+
+    #[test]
+    fn add_initiator_errors_name_the_option() {
+        let base = "--add_scsi_initiator --initiator_name h";
+        assert_eq!(err(base), "--add_scsi_initiator needs --iqn");
+        assert_eq!(
+            err(&format!("{base} --iqn svrsan2011")),
+            "--iqn: iSCSI name \"svrsan2011\" must start with iqn., eui. or naa.; give the \
+             host's RFC 3720 name, e.g. iqn.1998-01.com.vmware:svrsan2011-4f2a (ESXi: the iSCSI \
+             adapter's Name; Linux: /etc/iscsi/initiatorname.iscsi)"
+        );
+        let with = |extra: &str| err(&format!("{base} --iqn {IQN} {extra}"));
+        assert_eq!(
+            with("--chap_secret short"),
+            "--chap_secret: the CHAP secret is 5 bytes long; give 12 to 255 (a shorter one can \
+             be guessed from one captured login)"
+        );
+        assert!(with(&format!("--chap_secret {}", "s".repeat(256)))
+            .starts_with("--chap_secret: the CHAP secret is 256 bytes long"));
+        assert_eq!(
+            with("--chap_username esx"),
+            "--chap_username only goes with --chap_secret; give --chap_secret too, or drop \
+             --chap_username"
+        );
+        assert_eq!(
+            with("--chap_secret twelve-bytes --mutual_chap_secret other-secret"),
+            "give both --mutual_chap_username and --mutual_chap_secret, or neither"
+        );
+        assert_eq!(
+            with("--chap_secret twelve-bytes --mutual_chap_username dn --mutual_chap_secret short"),
+            "--mutual_chap_secret: the mutual CHAP secret is 5 bytes long; give 12 to 255"
+        );
+        assert_eq!(
+            with(
+                "--chap_secret twelve-bytes --mutual_chap_username dn \
+                 --mutual_chap_secret twelve-bytes"
+            ),
+            "--mutual_chap_secret: the mutual CHAP secret is the same as the CHAP secret; \
+             RFC 7143 forbids one secret for both directions, choose another"
+        );
+    }
+
+    #[test]
+    fn initiators_are_named_by_name_or_id() {
+        assert_eq!(
+            req("--remove_scsi_initiator --initiator_name h"),
+            AdminRequest::RemoveScsiInitiator {
+                initiator: name("h")
+            }
+        );
+        assert_eq!(
+            req("--rename_scsi_initiator --initiator_id 00000000000000a1 --new_name h2"),
+            AdminRequest::RenameScsiInitiator {
+                initiator: By::Id(0xa1),
+                new_name: "h2".into()
+            }
+        );
+        assert_eq!(
+            req("--clear_scsi_initiator_chap --initiator_name h"),
+            AdminRequest::SetScsiInitiatorChap {
+                initiator: name("h"),
+                chap: None
+            }
+        );
+        assert_eq!(
+            req("--query_scsi_initiator --initiator_name h --json"),
+            AdminRequest::QueryScsiInitiator {
+                initiator: name("h")
+            }
+        );
+        assert_eq!(
+            req("--query_all_scsi_initiators"),
+            AdminRequest::QueryAllScsiInitiators
+        );
+        assert_eq!(
+            req("--export_initiator_map"),
+            AdminRequest::ExportInitiatorMap
+        );
+        assert_eq!(
+            err("--remove_scsi_initiator"),
+            "--remove_scsi_initiator needs --initiator_name or --initiator_id"
+        );
+        assert_eq!(
+            err("--remove_scsi_initiator --initiator_name h --initiator_id 1"),
+            "give only one of --initiator_name, --initiator_id"
+        );
+        assert!(err("--query_scsi_initiator --initiator_id h")
+            .starts_with("--initiator_id: `h` is not an object id"));
+    }
+
+    #[test]
+    fn set_chap_asks_for_the_iqn_only_when_the_username_is_left_out() {
+        assert_eq!(
+            req(
+                "--set_scsi_initiator_chap --initiator_name h --chap_secret twelve-bytes \
+                 --chap_username esx"
+            ),
+            AdminRequest::SetScsiInitiatorChap {
+                initiator: name("h"),
+                chap: chap("esx", "twelve-bytes", None)
+            }
+        );
+        let line = "--set_scsi_initiator_chap --initiator_id a1 --chap_secret twelve-bytes \
+                    --mutual_chap_username dn --mutual_chap_secret other-secret";
+        assert_eq!(build_line(line), Ok(Job::NeedsIqn(By::Id(0xa1))));
+        let argv: Vec<String> = line.split_whitespace().map(String::from).collect();
+        let Ok(Command::Run(inv)) = args::parse(&argv) else {
+            panic!()
+        };
+        assert_eq!(
+            set_chap_for_iqn(&inv, IQN),
+            Ok(AdminRequest::SetScsiInitiatorChap {
+                initiator: By::Id(0xa1),
+                chap: chap(IQN, "twelve-bytes", Some(("dn", "other-secret")))
+            })
+        );
+        // Checked before the MDM is asked anything.
+        assert_eq!(
+            err("--set_scsi_initiator_chap --initiator_name h"),
+            "--set_scsi_initiator_chap needs --chap_secret"
+        );
+        assert!(
+            err("--set_scsi_initiator_chap --initiator_name h --chap_secret short")
+                .starts_with("--chap_secret: the CHAP secret is 5 bytes long")
+        );
+        assert_eq!(
+            err("--set_scsi_initiator_chap --chap_secret twelve-bytes"),
+            "--set_scsi_initiator_chap needs --initiator_name or --initiator_id"
+        );
+    }
+
+    #[test]
+    fn scsi_mappings_default_to_the_lowest_lun_read_write() {
+        assert_eq!(
+            req("--map_volume_to_scsi_initiator --volume_name awsvol01 --initiator_name h"),
+            AdminRequest::MapVolumeToScsiInitiator {
+                volume: name("awsvol01"),
+                initiator: name("h"),
+                lun: None,
+                access: AccessMode::ReadWrite
+            }
+        );
+        for mode in ["ReadOnly", "readonly", "READ_ONLY"] {
+            assert_eq!(
+                req(&format!(
+                    "--map_volume_to_scsi_initiator --volume_id 7a5a --initiator_id a1 --lun 3 \
+                     --access_mode {mode}"
+                )),
+                AdminRequest::MapVolumeToScsiInitiator {
+                    volume: By::Id(0x7a5a),
+                    initiator: By::Id(0xa1),
+                    lun: Some(3),
+                    access: AccessMode::ReadOnly
+                }
+            );
+        }
+        assert_eq!(
+            req("--unmap_volume_from_scsi_initiator --volume_name v --initiator_name h"),
+            AdminRequest::UnmapVolumeFromScsiInitiator {
+                volume: name("v"),
+                initiator: name("h")
+            }
+        );
+        let base = "--map_volume_to_scsi_initiator --volume_name v --initiator_name h";
+        assert_eq!(
+            err(&format!("{base} --lun 16384")),
+            "--lun: `16384` is not a LUN; give a number from 0 to 16383"
+        );
+        assert_eq!(
+            err(&format!("{base} --access_mode rw")),
+            "--access_mode: `rw` is not an access mode; use ReadWrite or ReadOnly"
+        );
+        assert_eq!(
+            err("--map_volume_to_scsi_initiator --volume_name v"),
+            "--map_volume_to_scsi_initiator needs --initiator_name or --initiator_id"
+        );
+    }
+
+    #[test]
+    fn initiator_map_file_is_read_later() {
+        assert_eq!(
+            build_line("--apply_initiator_map conf/initiators.toml"),
+            Ok(Job::InitiatorMap(PathBuf::from("conf/initiators.toml")))
         );
     }
 

@@ -1,9 +1,11 @@
-//! The typed values an admin types: object ids, sizes, ports, addresses, media types.
+//! The typed values an admin types: object ids, sizes, ports, addresses, media types,
+//! LUNs and access modes.
 //!
 //! Shared by the argument parser and the installer CSV parser, which add where the
 //! value came from (an option, or a line and column) to these errors.
 
-use crate::cluster::api::MediaType;
+use crate::cluster::api::{AccessMode, MediaType};
+use crate::cluster::initiator_rules::{self, MAX_LUN};
 use std::net::{IpAddr, SocketAddr};
 
 /// One GB as ScaleIO counts it (2^30 bytes).
@@ -37,6 +39,10 @@ pub enum ValueError {
     SeveralAddresses(String),
     #[error("`{0}` is not a media type; use HDD, SSD or CLOUD")]
     NotMediaType(String),
+    #[error("`{0}` is not a LUN; give a number from 0 to {MAX_LUN}")]
+    NotLun(String),
+    #[error("`{0}` is not an access mode; use ReadWrite or ReadOnly")]
+    NotAccessMode(String),
 }
 
 /// Parses an object id as scli prints it: up to 16 hex digits, optionally `0x`.
@@ -163,6 +169,20 @@ pub fn media_type(s: &str) -> Result<MediaType, ValueError> {
     }
 }
 
+/// Parses a LUN (0-16383), in decimal as initiators show it.
+pub fn lun(s: &str) -> Result<u64, ValueError> {
+    match s.parse::<u64>() {
+        Ok(n) if n <= MAX_LUN => Ok(n),
+        _ => Err(ValueError::NotLun(s.to_string())),
+    }
+}
+
+/// Parses an access mode: ReadWrite or ReadOnly in any case, or ScaleIO's READ_WRITE
+/// and READ_ONLY.
+pub fn access_mode(s: &str) -> Result<AccessMode, ValueError> {
+    initiator_rules::access_mode(s).ok_or_else(|| ValueError::NotAccessMode(s.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +293,21 @@ mod tests {
         assert_eq!(
             media_type("NVMe"),
             Err(ValueError::NotMediaType("NVMe".into()))
+        );
+    }
+
+    #[test]
+    fn luns_and_access_modes() {
+        assert_eq!(lun("0"), Ok(0));
+        assert_eq!(lun("16383"), Ok(16383));
+        for bad in ["16384", "-1", "", "x", "0x1"] {
+            assert_eq!(lun(bad), Err(ValueError::NotLun(bad.into())), "{bad}");
+        }
+        assert_eq!(access_mode("read_only"), Ok(AccessMode::ReadOnly));
+        assert_eq!(access_mode("ReadWrite"), Ok(AccessMode::ReadWrite));
+        assert_eq!(
+            access_mode("rw").unwrap_err().to_string(),
+            "`rw` is not an access mode; use ReadWrite or ReadOnly"
         );
     }
 }
