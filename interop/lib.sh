@@ -1,7 +1,10 @@
 # Shared by the interop scripts: start a fresh `dreadnought up` (MDM, three SDS and
 # the gateway, all on free loopback ports) in a temp dir and stop it on exit.
-# Target $DN_IQN LUN 0 is a thin volume on the mirrored pool; $DN_IQN-local LUN 0 is
-# a local file volume of the same size. Sets DN_DIR, DN_PORT, DN_IQN, DN_LOG.
+# Demo mode is off: the initiator map admits libiscsi's two test initiators and
+# QEMU's default name. Target $DN_IQN LUN 0 is a thin volume on the mirrored pool,
+# LUN 1 a read-only mapping of another; $DN_IQN-local LUN 0 is a local file volume of
+# the same size. Sets DN_DIR, DN_PORT, DN_IQN, DN_LOG.
+DN_INITIATORS="iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2 iqn.2008-11.org.linux-kvm"
 DN_BIN=${DN_BIN:-$(pwd)/target/debug/dreadnought}
 DN_IQN=${DN_IQN:-iqn.2026-11.io.dreadnought:interop}
 
@@ -9,17 +12,34 @@ dn_start() {
     local extra=${1:-}
     DN_DIR=$(mktemp -d /tmp/dreadnought-interop.XXXXXX)
     DN_LOG=$DN_DIR/dreadnought.log
+    : >"$DN_DIR/initiators.toml"
+    local n=0 allowed=""
+    for iqn in $DN_INITIATORS; do
+        n=$((n + 1))
+        allowed="$allowed\"$iqn\", "
+        cat >>"$DN_DIR/initiators.toml" <<TOML
+[[initiator]]
+name = "host$n"
+iqn = "$iqn"
+[[initiator.mapping]]
+volume = "lun0"
+lun = 0
+[[initiator.mapping]]
+volume = "ro0"
+lun = 1
+access_mode = "ReadOnly"
+TOML
+    done
     cat >"$DN_DIR/dreadnought.toml" <<TOML
 data_dir = "$DN_DIR/data"
 [iscsi]
 listen = ["127.0.0.1:0"]
 [[target]]
 name = "$DN_IQN"
-demo_mode = true
 mapped = true
 [[target]]
 name = "$DN_IQN-local"
-demo_mode = true
+allowed_initiators = [$allowed]
 volumes = ["lun0"]
 $extra
 [[volume]]
@@ -33,6 +53,9 @@ device_size = "8GiB"
 name = "lun0"
 size = "${DN_SIZE:-1GiB}"
 thin = true
+[[cluster.volume]]
+name = "ro0"
+size = "64MiB"
 TOML
     [ -x "$DN_BIN" ] || cargo build --bins
     "$DN_BIN" up --config "$DN_DIR/dreadnought.toml" >"$DN_LOG" 2>&1 &

@@ -47,6 +47,9 @@ pub struct ClusterConfig {
     pub media_type: String,
     /// The name `up`'s gateway registers with the MDM as an SDC.
     pub gateway_name: String,
+    /// The declarative initiator map `up` applies at start and on every edit,
+    /// relative to the config file's directory.
+    pub initiator_map: PathBuf,
     #[serde(rename = "volume")]
     pub volumes: Vec<ClusterVolumeConfig>,
 }
@@ -64,6 +67,7 @@ impl Default for ClusterConfig {
             storage_pool: "pool1".into(),
             media_type: "SSD".into(),
             gateway_name: "gateway1".into(),
+            initiator_map: PathBuf::from("initiators.toml"),
             volumes: Vec::new(),
         }
     }

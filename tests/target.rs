@@ -4,9 +4,8 @@
 mod common;
 
 use bytes::Bytes;
-use common::{key, keys, require_tool, Initiator, Up, INITIATOR, IQN};
+use common::{chap_response, key, keys, require_tool, unhex, Initiator, Up, INITIATOR, IQN};
 use dreadnought::iscsi::pdu::{self, Pdu, RESERVED_TAG};
-use md5::{Digest, Md5};
 use std::process::Command;
 
 fn read10(lba: u32, blocks: u16) -> [u8; 10] {
@@ -337,26 +336,6 @@ fn logout_closes_the_session() {
         other => panic!("expected Logout Response, got {other:?}"),
     }
     assert!(i.recv().is_none());
-}
-
-fn chap_response(id: u8, secret: &str, challenge: &[u8]) -> String {
-    let mut h = Md5::new();
-    h.update([id]);
-    h.update(secret.as_bytes());
-    h.update(challenge);
-    let d = h.finalize();
-    format!(
-        "0x{}",
-        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    let s = s.trim_start_matches("0x").trim_start_matches("0X");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
 }
 
 const CHAP: &str = r#"chap = { username = "alice", secret = "alicesecret1", mutual_username = "tgt", mutual_secret = "targetsecret2" }"#;

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 /// 2: SCSI initiators and their mappings (a format 1 file loads with none).
 pub const FORMAT: u32 = 2;
 /// The highest LUN of SAM flat space addressing.
-pub const MAX_LUN: u64 = 16383;
+pub use crate::cluster::initiator_rules::MAX_LUN;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

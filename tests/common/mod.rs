@@ -3,10 +3,12 @@
 //! PDUs (good or malformed) they mean to.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod proc;
 
 use bytes::{Bytes, BytesMut};
 use dreadnought::iscsi::pdu::{self, Digests, LoginRequest, Pdu, RESERVED_TAG};
+use md5::{Digest, Md5};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
@@ -87,6 +89,8 @@ pub struct Initiator {
     pub tsih: u16,
     /// What we told the target we accept per PDU.
     pub max_recv: u32,
+    /// The LUN `scsi` addresses.
+    pub lun: u64,
 }
 
 pub struct ScsiResult {
@@ -114,6 +118,7 @@ impl Initiator {
             exp_stat_sn: 0,
             tsih: 0,
             max_recv: 262_144,
+            lun: 0,
         }
     }
 
@@ -231,6 +236,44 @@ impl Initiator {
         r
     }
 
+    /// The security stage with CHAP as `user`/`secret`, asking the target to prove
+    /// itself too when `mutual` is set; returns the target's last Login Response (its
+    /// status says whether we got in, and CHAP_N/CHAP_R its proof).
+    pub fn login_chap(
+        &mut self,
+        initiator: &str,
+        target: &str,
+        user: &str,
+        secret: &str,
+        mutual: bool,
+    ) -> pdu::LoginResponse {
+        let r = self.login_step(
+            0,
+            0,
+            false,
+            &[
+                ("InitiatorName", initiator),
+                ("TargetName", target),
+                ("AuthMethod", "CHAP,None"),
+            ],
+        );
+        if r.status_class != 0 {
+            return r;
+        }
+        let r = self.login_step(0, 0, false, &[("CHAP_A", "5")]);
+        let kv = keys(&r.data);
+        let id: u8 = key(&kv, "CHAP_I").unwrap().parse().unwrap();
+        let challenge = unhex(key(&kv, "CHAP_C").unwrap());
+        let resp = chap_response(id, secret, &challenge);
+        let mc = format!("0x{}", "09".repeat(16));
+        let mut answer = vec![("CHAP_N", user), ("CHAP_R", resp.as_str())];
+        if mutual {
+            answer.push(("CHAP_I", "77"));
+            answer.push(("CHAP_C", mc.as_str()));
+        }
+        self.login_step(0, 1, true, &answer)
+    }
+
     /// Runs one SCSI command to completion, answering R2Ts from `write`.
     pub fn scsi(
         &mut self,
@@ -247,7 +290,7 @@ impl Initiator {
             read: write.is_none() && edtl > 0,
             write: write.is_some(),
             attr: 1,
-            lun: 0,
+            lun: dreadnought::scsi::encode_lun(self.lun),
             itt,
             edtl,
             cmd_sn: self.cmd_sn,
@@ -273,7 +316,7 @@ impl Initiator {
                         let n = (end - off).min(8192);
                         let d = pdu::DataOut {
                             final_: off + n == end,
-                            lun: 0,
+                            lun: dreadnought::scsi::encode_lun(self.lun),
                             itt,
                             ttt: r.ttt,
                             exp_stat_sn: self.exp_stat_sn,
@@ -377,4 +420,25 @@ pub fn require_tool(name: &str) {
         found,
         "{name} is not installed: run scripts/install-deps.sh"
     );
+}
+
+/// The CHAP response (RFC 1994 MD5) as a hex key value.
+pub fn chap_response(id: u8, secret: &str, challenge: &[u8]) -> String {
+    let mut h = Md5::new();
+    h.update([id]);
+    h.update(secret.as_bytes());
+    h.update(challenge);
+    let d = h.finalize();
+    format!(
+        "0x{}",
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+pub fn unhex(s: &str) -> Vec<u8> {
+    let s = s.trim_start_matches("0x").trim_start_matches("0X");
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }

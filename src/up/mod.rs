@@ -5,6 +5,9 @@
 //!
 //! The first start creates the protection domain, pool, SDS and volumes through the
 //! MDM's admin API (what scli would send); later starts find them in the MDM's state.
+//! The initiator map file is applied at every start and whenever it is edited.
+
+mod map_watch;
 
 use crate::cluster::api::{
     AddSds, AdminReply, AdminRequest, By, DeviceSpec, MdmReply, MdmRequest, MediaType, SdsInfo,
@@ -74,6 +77,11 @@ pub async fn run(config: &Path, ov: Overrides) -> Result<(), UpError> {
             }
         })?;
     }
+    let map_file = config
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(&cl.initiator_map);
+    map_watch::apply_then_watch(mdm_addr.clone(), map_file).await;
     let link = ClusterLink {
         mdm: mdm_addr.clone(),
         name: cl.gateway_name.clone(),

@@ -1,0 +1,229 @@
+//! A cluster as separate processes on loopback (MDM, SDS, gateways) driven through
+//! `scli`, for the integration tests.
+
+use super::proc::Proc;
+use dreadnought::cluster::api::{SdsControl, SdsControlReply};
+use dreadnought::cluster::chunk::ChunkClient;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub const GW_IQN: &str = "iqn.2026-11.io.dreadnought:gw1";
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub mdm: Option<Proc>,
+    pub mdm_addr: SocketAddr,
+    pub sds: Vec<Option<Proc>>,
+    pub sds_addrs: Vec<SocketAddr>,
+}
+
+pub fn start_mdm(dir: &Path, listen: &str) -> (Proc, SocketAddr) {
+    let data = dir.join("mdm");
+    let p = Proc::dreadnought(
+        &[
+            "mdm",
+            "--listen",
+            listen,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        "ready: MDM listening",
+    );
+    let a = p.addr("ready: MDM listening", "addr");
+    (p, a)
+}
+
+pub fn start_sds(dir: &Path, i: usize, listen: &str) -> (Proc, SocketAddr) {
+    let data = dir.join(format!("sds{i}"));
+    let p = Proc::dreadnought(
+        &[
+            "sds",
+            "--listen",
+            listen,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        "ready: SDS listening",
+    );
+    let a = p.addr("ready: SDS listening", "addr");
+    (p, a)
+}
+
+impl Cluster {
+    pub fn start(sds: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let (mdm, mdm_addr) = start_mdm(dir.path(), "127.0.0.1:0");
+        let mut procs = Vec::new();
+        let mut addrs = Vec::new();
+        for i in 1..=sds {
+            let (p, a) = start_sds(dir.path(), i, "127.0.0.1:0");
+            procs.push(Some(p));
+            addrs.push(a);
+        }
+        Cluster {
+            dir,
+            mdm: Some(mdm),
+            mdm_addr,
+            sds: procs,
+            sds_addrs: addrs,
+        }
+    }
+
+    /// A sparse file to hand to an SDS as its device.
+    pub fn device(&self, name: &str, size: u64) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::File::create(&p).unwrap().set_len(size).unwrap();
+        p
+    }
+
+    /// Runs scli against this MDM; returns (success, stdout + stderr).
+    pub fn scli(&self, args: &[&str]) -> (bool, String) {
+        let mdm = self.mdm_addr.to_string();
+        let out = Command::new(env!("CARGO_BIN_EXE_scli"))
+            .args(["--mdm_ip", &mdm])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (ok, text) = self.scli(args);
+        assert!(ok, "scli {args:?} failed:\n{text}");
+        text
+    }
+
+    /// scli must refuse, naming every word of `names`, and change nothing.
+    pub fn refused(&self, args: &[&str], names: &[&str]) {
+        let before = self.state();
+        let (ok, text) = self.scli(args);
+        assert!(!ok, "scli {args:?} should have been refused:\n{text}");
+        for n in names {
+            assert!(
+                text.contains(n),
+                "refusal of {args:?} should name {n:?}:\n{text}"
+            );
+        }
+        assert_eq!(before, self.state(), "refused {args:?} changed the cluster");
+    }
+
+    /// Everything the MDM knows, as JSON, for before/after comparisons.
+    pub fn state(&self) -> String {
+        [
+            "--query_all_sds",
+            "--query_all_volumes",
+            "--query_all_sdc",
+            "--query_cluster",
+        ]
+        .iter()
+        .map(|q| self.ok(&[q, "--json"]))
+        .collect::<Vec<_>>()
+        .join("\n")
+        // Liveness and usage are measured at query time; only the objects matter here.
+        .lines()
+        .filter(|l| !l.contains("\"state\"") && !l.contains("used"))
+        .collect::<Vec<_>>()
+        .join("\n")
+    }
+
+    pub fn kill9_mdm(&mut self) {
+        self.mdm.take().unwrap().kill9();
+    }
+
+    pub fn restart_mdm(&mut self) {
+        let (p, a) = start_mdm(self.dir.path(), &self.mdm_addr.to_string());
+        assert_eq!(a, self.mdm_addr);
+        self.mdm = Some(p);
+    }
+
+    pub fn kill9_sds(&mut self, i: usize) {
+        self.sds[i].take().unwrap().kill9();
+    }
+
+    pub fn restart_sds(&mut self, i: usize) {
+        let (p, a) = start_sds(self.dir.path(), i + 1, &self.sds_addrs[i].to_string());
+        assert_eq!(a, self.sds_addrs[i]);
+        self.sds[i] = Some(p);
+    }
+
+    /// A gateway named gw1 whose target exports the mapped volumes, in demo mode or
+    /// under the initiator map.
+    pub fn gateway(&self, demo: bool) -> (Proc, SocketAddr) {
+        let cfg = self.dir.path().join("gateway.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = \"{}\"\n[iscsi]\nlisten = [\"127.0.0.1:0\"]\n[[target]]\nname = \"{GW_IQN}\"\nmapped = true\ndemo_mode = {demo}\n",
+                self.dir.path().join("gw").display()
+            ),
+        )
+        .unwrap();
+        let mdm = self.mdm_addr.to_string();
+        let p = Proc::dreadnought(
+            &[
+                "target",
+                "--mdm",
+                &mdm,
+                "--name",
+                "gw1",
+                "--sdc-ip",
+                "127.0.0.1",
+                "--config",
+                cfg.to_str().unwrap(),
+            ],
+            "ready: iSCSI target listening",
+        );
+        let a = p.addr("ready: iSCSI target listening", "portals");
+        (p, a)
+    }
+
+    /// Every chunk copy each SDS reports holding, from its own tables.
+    pub fn inventories(&self) -> Vec<Vec<(u64, u64)>> {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        self.sds_addrs
+            .iter()
+            .map(|a| {
+                let reply = rt
+                    .block_on(ChunkClient::new(*a).control(&SdsControl::Inventory))
+                    .unwrap();
+                let SdsControlReply::Inventory(inv) = reply else {
+                    panic!("unexpected inventory reply {reply:?}")
+                };
+                inv.devices.into_iter().flat_map(|d| d.chunks).collect()
+            })
+            .collect()
+    }
+}
+
+/// Runs qemu-io commands (one per line) against a LUN; returns its output.
+pub fn qemu_io(portal: SocketAddr, lun: u32, commands: &str) -> String {
+    let url = format!("iscsi://{portal}/{GW_IQN}/{lun}");
+    let mut child = Command::new("qemu-io")
+        .args(["-f", "raw", &url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let cmds = commands.to_string();
+    let feeder = std::thread::spawn(move || {
+        stdin.write_all(cmds.as_bytes()).unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "qemu-io failed:\n{text}");
+    text
+}
