@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::cluster::{qemu_io, Cluster, GW_IQN};
-use common::proc::Proc;
+use common::cluster::{qemu_io, Cluster};
 use common::require_tool;
 use dreadnought::cluster::api::CHUNK_SIZE;
 use std::collections::HashMap;
@@ -315,37 +314,7 @@ fn bad_admin_input_is_refused_by_name_and_changes_nothing() {
 fn up_runs_a_cluster_and_keeps_it_across_restarts() {
     require_tool("qemu-io");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("dreadnought.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"data_dir = "{}"
-[iscsi]
-listen = ["127.0.0.1:0"]
-[[target]]
-name = "{GW_IQN}"
-demo_mode = true
-mapped = true
-[cluster]
-mdm_listen = "127.0.0.1:0"
-sds_listen = ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"]
-device_size = "1GiB"
-[[cluster.volume]]
-name = "demo0"
-size = "64MiB"
-"#,
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let up = || {
-        let p = Proc::dreadnought(
-            &["up", "--config", cfg.to_str().unwrap()],
-            "ready: iSCSI target listening",
-        );
-        let portal = p.addr("ready: iSCSI target listening", "portals");
-        (p, portal)
-    };
+    let up = || common::cluster::up(dir.path(), 3, true);
     let (p, portal) = up();
     let mdm = p.field("cluster ready", "mdm");
     let out = qemu_io(portal, 0, &pattern(64, "write"));

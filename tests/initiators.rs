@@ -248,6 +248,17 @@ fn per_initiator_chap_one_way_and_mutual() {
     );
 }
 
+/// A session as `initiator` once the gateway admits it, past its power-on attention.
+fn logged_in(portal: SocketAddr, initiator: &str) -> Initiator {
+    eventually("the initiator may log in", || {
+        login_status(portal, initiator).0 == 0
+    });
+    let mut i = Initiator::connect(portal);
+    assert_eq!(i.login(initiator, GW_IQN, &[]).status_class, 0);
+    i.clear_ua();
+    i
+}
+
 fn sense_asc(r: &common::ScsiResult) -> (u8, u8, u8) {
     (r.sense[2] & 0x0F, r.sense[12], r.sense[13])
 }
@@ -257,13 +268,7 @@ fn map_changes_reach_a_logged_in_initiator_at_once() {
     let (c, _gw, portal) = cluster();
     add_host(&c, "svrsan2011", HOST_A);
     map(&c, "v1", "svrsan2011", &[]);
-    let mut i = Initiator::connect(portal);
-    eventually("host A may log in", || {
-        let mut probe = Initiator::connect(portal);
-        probe.login(HOST_A, GW_IQN, &[]).status_class == 0
-    });
-    assert_eq!(i.login(HOST_A, GW_IQN, &[]).status_class, 0);
-    i.clear_ua();
+    let mut i = logged_in(portal, HOST_A);
 
     // Mapping while logged in: REPORTED LUNS DATA HAS CHANGED, then the LUN works.
     map(&c, "v2", "svrsan2011", &[]);
@@ -324,13 +329,7 @@ fn a_read_only_mapping_refuses_writes_and_passes_the_readonly_suite() {
     let (c, _gw, portal) = cluster();
     add_host(&c, "svrsan2011", HOST_A);
     map(&c, "v1", "svrsan2011", &["--access_mode", "ReadOnly"]);
-    let mut i = Initiator::connect(portal);
-    eventually("host A may log in", || {
-        let mut probe = Initiator::connect(portal);
-        probe.login(HOST_A, GW_IQN, &[]).status_class == 0
-    });
-    assert_eq!(i.login(HOST_A, GW_IQN, &[]).status_class, 0);
-    i.clear_ua();
+    let mut i = logged_in(portal, HOST_A);
     let w = vec![1u8; 512];
     let r = i.scsi(&[0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0], 512, Some(&w), 512);
     assert_eq!((r.status, sense_asc(&r)), (2, (7, 0x27, 0)));
@@ -360,33 +359,7 @@ fn a_broken_initiators_toml_edit_changes_nothing_and_names_the_line() {
         "[[initiator]]\nname = \"svrsan2011\"\niqn = \"{HOST_A}\"\n\n[[initiator.mapping]]\nvolume = \"demo0\"\nlun = 0\n"
     );
     std::fs::write(&map_file, &good).unwrap();
-    let cfg = dir.path().join("dreadnought.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"data_dir = "{}"
-[iscsi]
-listen = ["127.0.0.1:0"]
-[[target]]
-name = "{GW_IQN}"
-mapped = true
-[cluster]
-mdm_listen = "127.0.0.1:0"
-sds_listen = ["127.0.0.1:0", "127.0.0.1:0"]
-device_size = "1GiB"
-[[cluster.volume]]
-name = "demo0"
-size = "64MiB"
-"#,
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let up = Proc::dreadnought(
-        &["up", "--config", cfg.to_str().unwrap()],
-        "ready: iSCSI target listening",
-    );
-    let portal = up.addr("ready: iSCSI target listening", "portals");
+    let (up, portal) = common::cluster::up(dir.path(), 2, false);
     let mdm = up.field("cluster ready", "mdm");
     assert_eq!(
         login_status(portal, HOST_A).0,

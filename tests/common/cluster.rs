@@ -227,3 +227,38 @@ pub fn qemu_io(portal: SocketAddr, lun: u32, commands: &str) -> String {
     assert!(out.status.success(), "qemu-io failed:\n{text}");
     text
 }
+
+/// A `dreadnought up` with a cluster of `sds` SDS and one 64 MiB pool volume `demo0`
+/// behind target GW_IQN (mapped), in `dir`; returns it with its iSCSI portal.
+pub fn up(dir: &Path, sds: usize, demo: bool) -> (Proc, SocketAddr) {
+    let cfg = dir.join("dreadnought.toml");
+    if !cfg.exists() {
+        let listen = vec!["\"127.0.0.1:0\""; sds].join(", ");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"data_dir = "{}"
+[iscsi]
+listen = ["127.0.0.1:0"]
+[[target]]
+name = "{GW_IQN}"
+demo_mode = {demo}
+mapped = true
+[cluster]
+mdm_listen = "127.0.0.1:0"
+sds_listen = [{listen}]
+device_size = "1GiB"
+[[cluster.volume]]
+name = "demo0"
+size = "64MiB"
+"#,
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+    }
+    let ready = "ready: iSCSI target listening";
+    let p = Proc::dreadnought(&["up", "--config", cfg.to_str().unwrap()], ready);
+    let portal = p.addr(ready, "portals");
+    (p, portal)
+}
