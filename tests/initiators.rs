@@ -191,13 +191,14 @@ fn per_initiator_chap_one_way_and_mutual() {
         "--chap_secret",
         "hostAsecret12",
     ]);
-    let inq = |auth: &str| {
+    let inq_with = |auth: &str, args: &str| {
         Command::new("iscsi-inq")
             .args(["-i", HOST_A])
-            .arg(format!("iscsi://{auth}{portal}/{GW_IQN}/0"))
+            .arg(format!("iscsi://{auth}{portal}/{GW_IQN}/0{args}"))
             .output()
             .unwrap()
     };
+    let inq = |auth: &str| inq_with(auth, "");
     eventually("CHAP is required", || {
         let mut i = Initiator::connect(portal);
         i.login_chap(HOST_A, GW_IQN, "hostA", "wrongsecret99", false)
@@ -240,6 +241,20 @@ fn per_initiator_chap_one_way_and_mutual() {
             && key(&kv, "CHAP_R").map(|s| s.to_ascii_lowercase())
                 == Some(chap_response(77, "gatewaysecret3", &[9u8; 16]))
     });
+    // libiscsi checks the target's proof too.
+    let auth = "hostA%hostAsecret12@";
+    let ok = inq_with(auth, "?target_user=gateway&target_password=gatewaysecret3");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = inq_with(auth, "?target_user=gateway&target_password=notthetarget9");
+    assert!(
+        !bad.status.success(),
+        "libiscsi accepted a target with the wrong secret"
+    );
+
     // Queries never show the secrets.
     let q = c.ok(&["--query_all_scsi_initiators", "--json"]);
     assert!(
