@@ -134,7 +134,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 #[test]
 fn each_initiator_sees_exactly_its_luns_and_strangers_see_nothing() {
     require_tool("iscsi-ls");
-    let (c, _gw, portal) = cluster();
+    let (mut c, gw, portal) = cluster();
     add_host(&c, "svrsan2011", HOST_A);
     add_host(&c, "svrsan2012", HOST_B);
     map(&c, "v1", "svrsan2011", &[]);
@@ -174,6 +174,17 @@ fn each_initiator_sees_exactly_its_luns_and_strangers_see_nothing() {
         assert!(all.contains(h), "{all}");
     }
     assert!(all.contains("LUN 2") && all.contains("v3"), "{all}");
+
+    // It all persists: kill -9 of the MDM, then a new gateway process.
+    let before = c.ok(&["--export_initiator_map"]);
+    c.kill9_mdm();
+    c.restart_mdm();
+    assert_eq!(c.ok(&["--export_initiator_map"]), before);
+    assert_eq!(c.ok(&["--query_all_scsi_initiators"]), all);
+    gw.kill9();
+    let (_gw, portal) = c.gateway(false);
+    assert_eq!(luns_seen(&iscsi_ls(portal, HOST_A)), ["0", "1", "2"]);
+    assert_eq!(login_status(portal, stranger), (2, 2));
 }
 
 #[test]
