@@ -121,15 +121,22 @@ fn new_device(
         return Err(ChangeError::EmptyPath);
     }
     let pool = st.pool(&By::Id(sds.pd), &By::Name(spec.pool.clone()))?.id;
-    let name = spec.name.clone().unwrap_or_else(|| spec.path.clone());
-    check_name(
-        &Kind {
-            noun: "device",
-            name_opt: "--device_name",
-            ..SDS
-        },
-        &name,
-    )?;
+    // A device named after its path keeps the whole path, however long (by-id paths
+    // often pass the 64 characters allowed for a name an admin chooses).
+    let name = match &spec.name {
+        Some(n) => {
+            check_name(
+                &Kind {
+                    noun: "device",
+                    name_opt: "--device_name",
+                    ..SDS
+                },
+                n,
+            )?;
+            n.clone()
+        }
+        None => spec.path.clone(),
+    };
     if sds.devices.iter().any(|d| d.path == spec.path) {
         return Err(if st.sds.contains_key(&sds.id) {
             ChangeError::AlreadyClaimed {
@@ -315,6 +322,20 @@ mod tests {
         assert_eq!(claim.sds.addr, "127.0.0.1:7073".parse().unwrap());
         assert_eq!(claim.devices.len(), 1);
         assert_eq!(w.st.sds[&claim.sds.id].devices[0].name, "/dev/sdb");
+    }
+
+    #[test]
+    fn a_device_named_after_a_long_path_keeps_the_whole_path() {
+        let mut w = World::new();
+        let mut req = sds_req("10.0.0.7", "pd1", "pool1", 1);
+        let long = format!("/dev/disk/by-id/{}", "nvme-VendorModel_SERIAL".repeat(4));
+        req.devices[0].path = long.clone();
+        let claim = add_sds(&mut w.st, &mut w.ids, &req).unwrap();
+        assert_eq!(w.st.sds[&claim.sds.id].devices[0].name, long);
+        req.devices[0].name = Some("x".repeat(65));
+        req.ip = "10.0.0.8".into();
+        let e = w.refuse(|st, ids| add_sds(st, ids, &req));
+        assert!(e.contains("--device_name"), "{e}");
     }
 
     #[test]
