@@ -46,7 +46,8 @@ pub async fn execute(
             let key = (h.at.volume, h.at.chunk);
             match h.op {
                 Op::Read => {
-                    let data = blocking(move || dev.read(key, h.offset, h.length)).await?;
+                    let small = h.length <= INLINE_MAX;
+                    let data = run(small, move || dev.read(key, h.offset, h.length)).await?;
                     Ok(Answer::data(data))
                 }
                 Op::Status => {
@@ -60,7 +61,8 @@ pub async fn execute(
                 _ => {
                     let data = SgList::from(payload);
                     let forward = data.clone();
-                    let local = blocking(move || {
+                    let small = h.length <= INLINE_MAX && !h.fua();
+                    let local = run(small, move || {
                         if h.op == Op::Write {
                             dev.write(key, h.offset, &data, h.fua())
                         } else {
@@ -117,6 +119,29 @@ async fn control(sds: &Arc<Sds>, payload: Bytes, peer: SocketAddr) -> Result<Ans
     Ok(Answer::data(body.into()))
 }
 
+/// Small I/O without FUA lands in the page cache in microseconds: cheaper to do on the
+/// worker than to hand to a blocking thread and wake it (the hand-off dominated the
+/// profile of 4 KiB writes).
+const INLINE_MAX: u32 = 64 << 10;
+
+/// Runs device work inline when `small`, else on a blocking thread.
+async fn run<T: Send + 'static>(
+    small: bool,
+    f: impl FnOnce() -> Result<T, SdsError> + Send + 'static,
+) -> Result<T, ChunkError> {
+    if small {
+        return f().map_err(device_error);
+    }
+    blocking(f).await
+}
+
+fn device_error(e: SdsError) -> ChunkError {
+    if matches!(e, SdsError::DeviceIo { .. }) {
+        tracing::warn!(error = %e, "device I/O failed");
+    }
+    e.to_chunk()
+}
+
 /// Runs device work on a blocking thread.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SdsError> + Send + 'static,
@@ -124,10 +149,5 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ChunkError::Io(format!("device task failed: {e}")))?
-        .map_err(|e| {
-            if matches!(e, SdsError::DeviceIo { .. }) {
-                tracing::warn!(error = %e, "device I/O failed");
-            }
-            e.to_chunk()
-        })
+        .map_err(device_error)
 }
