@@ -142,7 +142,24 @@ async fn run(cmd: Cmd) -> Result<(), String> {
     }
 }
 
+/// glibc serves every allocation over 128 KiB with mmap and returns it with munmap,
+/// so each 1 MiB I/O buffer faults its pages in afresh (8% of a 1 MiB read profile).
+/// Keep such buffers in the heap, and let at most 64 MiB of free heap linger.
+fn keep_io_buffers_in_heap() {
+    extern "C" {
+        fn mallopt(param: i32, value: i32) -> i32;
+    }
+    const M_TRIM_THRESHOLD: i32 = -1;
+    const M_MMAP_THRESHOLD: i32 = -3;
+    // SAFETY: mallopt only adjusts allocator tunables; called before any thread starts.
+    unsafe {
+        mallopt(M_MMAP_THRESHOLD, 32 << 20);
+        mallopt(M_TRIM_THRESHOLD, 64 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    keep_io_buffers_in_heap();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

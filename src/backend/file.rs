@@ -1,9 +1,9 @@
 //! A volume kept in one local file (or block device), created sparse.
 
-use super::fileops::{punch_hole, seek, write_zeros, SEEK_DATA, SEEK_HOLE};
+use super::fileops::{punch_hole, read_at, seek, write_zeros, SEEK_DATA, SEEK_HOLE};
 use super::{BackendError, BlockBackend, Provisioning, SgList, BLOCK_SIZE};
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -92,12 +92,8 @@ impl BlockBackend for FileBackend {
     async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes, BackendError> {
         let len = blocks as usize * BLOCK_SIZE as usize;
         let off = lba * BLOCK_SIZE as u64;
-        self.io(len <= INLINE_MAX, move |f| {
-            let mut buf = BytesMut::zeroed(len);
-            f.read_exact_at(&mut buf, off)?;
-            Ok(buf.freeze())
-        })
-        .await
+        self.io(len <= INLINE_MAX, move |f| read_at(f, off, len))
+            .await
     }
 
     async fn write(&self, lba: u64, data: SgList, fua: bool) -> Result<(), BackendError> {

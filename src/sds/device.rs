@@ -10,7 +10,7 @@
 
 use super::format::{Entry, FormatError, Header, ENTRY_LEN, HEADER_LEN};
 use super::SdsError;
-use crate::backend::fileops::{punch_hole, seek, write_zeros, SEEK_DATA, SEEK_HOLE};
+use crate::backend::fileops::{punch_hole, read_at, seek, write_zeros, SEEK_DATA, SEEK_HOLE};
 use crate::backend::SgList;
 use crate::cluster::api::{fmt_id, DeviceReport, CHUNK_SIZE};
 use bytes::Bytes;
@@ -20,6 +20,9 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tracing::{error, info};
+
+/// What an unwritten chunk reads as.
+static ZEROS: [u8; CHUNK_SIZE as usize] = [0; CHUNK_SIZE as usize];
 
 /// (volume id, chunk index).
 pub type ChunkKey = (u64, u64);
@@ -204,14 +207,14 @@ impl Device {
 
     pub fn read(&self, key: ChunkKey, offset: u32, len: u32) -> Result<Bytes, SdsError> {
         let table = self.lock();
-        let mut buf = vec![0u8; len as usize];
-        if let Some(slot) = table.chunks.get(&key) {
-            let at = self.header.slot_offset(slot.index) + offset as u64;
-            self.file
-                .read_exact_at(&mut buf, at)
-                .map_err(|e| self.io_err(e))?;
+        match table.chunks.get(&key) {
+            Some(slot) => {
+                let at = self.header.slot_offset(slot.index) + offset as u64;
+                read_at(&self.file, at, len as usize).map_err(|e| self.io_err(e))
+            }
+            // An unwritten chunk reads as zeros, shared rather than allocated.
+            None => Ok(Bytes::from_static(&ZEROS[..len as usize])),
         }
-        Ok(buf.into())
     }
 
     /// Writes into a chunk, allocating its slot on first write.
