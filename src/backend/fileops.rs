@@ -65,34 +65,6 @@ pub(crate) fn seek(file: &File, offset: u64, whence: i32) -> std::io::Result<Opt
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn punched_range_reads_zeros_and_seeks_as_hole() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("f"))
-            .unwrap();
-        f.set_len(4 << 20).unwrap();
-        f.write_all_at(&vec![9u8; 2 << 20], 0).unwrap();
-        punch_hole(&f, 1 << 20, 1 << 20).unwrap();
-        let mut buf = vec![1u8; 4096];
-        f.read_exact_at(&mut buf, 1 << 20).unwrap();
-        assert!(buf.iter().all(|&b| b == 0));
-        assert_eq!(seek(&f, 0, SEEK_HOLE).unwrap(), Some(1 << 20));
-        assert_eq!(seek(&f, 1 << 20, SEEK_DATA).unwrap(), None);
-        write_zeros(&f, 0, 4096).unwrap();
-        f.read_exact_at(&mut buf, 0).unwrap();
-        assert!(buf.iter().all(|&b| b == 0));
-    }
-}
-
 /// Reads exactly `len` bytes at `offset` into a fresh buffer without zero-filling it
 /// first: for 1 MiB reads the memset cost as much as the copy. Short reads (past the
 /// end of the file) come back as zeros, as a sparse file's unwritten tail would.
@@ -130,4 +102,47 @@ pub(crate) fn read_at(file: &File, offset: u64, len: usize) -> std::io::Result<B
         done += n as usize;
     }
     Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn punched_range_reads_zeros_and_seeks_as_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        f.set_len(4 << 20).unwrap();
+        f.write_all_at(&vec![9u8; 2 << 20], 0).unwrap();
+        punch_hole(&f, 1 << 20, 1 << 20).unwrap();
+        let mut buf = vec![1u8; 4096];
+        f.read_exact_at(&mut buf, 1 << 20).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+        assert_eq!(seek(&f, 0, SEEK_HOLE).unwrap(), Some(1 << 20));
+        assert_eq!(seek(&f, 1 << 20, SEEK_DATA).unwrap(), None);
+        write_zeros(&f, 0, 4096).unwrap();
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn read_at_returns_the_bytes_and_zeros_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        f.write_all_at(b"hello world", 0).unwrap();
+        assert_eq!(&read_at(&f, 6, 5).unwrap()[..], b"world");
+        assert_eq!(&read_at(&f, 6, 8).unwrap()[..], b"world\0\0\0");
+    }
 }
