@@ -175,8 +175,9 @@ async fn add_sds_from_csv(mdm: &str, path: PathBuf) -> Result<String, ScliError>
 }
 
 /// Checks the whole file, then that its volumes exist (a typo would otherwise reach
-/// the MDM as a refusal without a line), then sends it.
-async fn apply_initiator_map(mdm: &str, path: PathBuf) -> Result<String, ScliError> {
+/// the MDM as a refusal without a line), then sends it. `dreadnought up` applies its
+/// `conf/initiators.toml` through this too.
+pub async fn apply_initiator_map(mdm: &str, path: PathBuf) -> Result<String, ScliError> {
     let text = match tokio::fs::read_to_string(&path).await {
         Ok(text) => text,
         Err(reason) => return Err(ScliError::ReadMap { path, reason }),
