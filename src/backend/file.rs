@@ -1,6 +1,6 @@
 //! A volume kept in one local file (or block device), created sparse.
 
-use super::fileops::{punch_hole, read_at, seek, write_zeros, SEEK_DATA, SEEK_HOLE};
+use super::fileops::{punch_hole, read_at, runs_inline, seek, write_zeros, SEEK_DATA, SEEK_HOLE};
 use super::{BackendError, BlockBackend, Provisioning, SgList, BLOCK_SIZE};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -38,9 +38,8 @@ impl FileBackend {
         })
     }
 
-    /// Small I/O without a sync lands in the page cache in microseconds: cheaper on the
-    /// worker than handed to a blocking thread (the hand-off and wake-up cost more than
-    /// the copy). Everything else goes to a blocking thread.
+    /// Runs `f` on the worker when `small` (see [`runs_inline`]), else on a blocking
+    /// thread.
     async fn io<T: Send + 'static>(
         &self,
         small: bool,
@@ -72,9 +71,6 @@ fn map_io(e: std::io::Error) -> BackendError {
     }
 }
 
-/// Largest read or write done on the async worker itself (see `FileBackend::io`).
-const INLINE_MAX: usize = 64 << 10;
-
 const fn libc_enospc() -> i32 {
     28
 }
@@ -92,13 +88,13 @@ impl BlockBackend for FileBackend {
     async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes, BackendError> {
         let len = blocks as usize * BLOCK_SIZE as usize;
         let off = lba * BLOCK_SIZE as u64;
-        self.io(len <= INLINE_MAX, move |f| read_at(f, off, len))
+        self.io(runs_inline(len, false), move |f| read_at(f, off, len))
             .await
     }
 
     async fn write(&self, lba: u64, data: SgList, fua: bool) -> Result<(), BackendError> {
         let off = lba * BLOCK_SIZE as u64;
-        self.io(data.len() <= INLINE_MAX && !fua, move |f| {
+        self.io(runs_inline(data.len(), fua), move |f| {
             if data.segments().len() == 1 {
                 f.write_all_at(&data.segments()[0], off)?;
             } else {

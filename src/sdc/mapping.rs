@@ -3,7 +3,7 @@
 
 use super::sds_pool::SdsPool;
 use super::volume::{fetch_layout, PoolVolume, VolumeError};
-use crate::backend::BlockBackend;
+use crate::backend::{BlockBackend, BLOCK_SIZE};
 use crate::cluster::api::{AccessMode, MappedView, MappedVolume, MdmReply, MdmRequest};
 use crate::cluster::mdm_client::{self, MdmCallError};
 use crate::iscsi::login::ChapSecrets;
@@ -106,7 +106,9 @@ impl Sdc {
         for v in &view.volumes {
             let served = match self.volumes.remove(&v.id) {
                 Some(s) => {
-                    if s.vol.epoch() != v.epoch || s.vol.num_blocks() * 512 != v.size_bytes {
+                    if s.vol.epoch() != v.epoch
+                        || s.vol.num_blocks() * BLOCK_SIZE as u64 != v.size_bytes
+                    {
                         s.vol.set_layout(fetch_layout(&self.mdm, v.id).await?);
                         info!(volume = %v.name, epoch = v.epoch, size = v.size_bytes, "layout refreshed");
                     }

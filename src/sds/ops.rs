@@ -2,6 +2,7 @@
 //! thread, and for a primary write the forward to the mirror SDS, run concurrently.
 
 use super::{Sds, SdsError};
+use crate::backend::fileops::runs_inline;
 use crate::backend::SgList;
 use crate::cluster::api::SdsControl;
 use crate::cluster::chunk::wire::{Op, RequestHeader, FLAG_MAPPED};
@@ -46,7 +47,7 @@ pub async fn execute(
             let key = (h.at.volume, h.at.chunk);
             match h.op {
                 Op::Read => {
-                    let small = h.length <= INLINE_MAX;
+                    let small = runs_inline(h.length as usize, false);
                     let data = run(small, move || dev.read(key, h.offset, h.length)).await?;
                     Ok(Answer::data(data))
                 }
@@ -61,7 +62,7 @@ pub async fn execute(
                 _ => {
                     let data = SgList::from(payload);
                     let forward = data.clone();
-                    let small = h.length <= INLINE_MAX && !h.fua();
+                    let small = runs_inline(h.length as usize, h.fua());
                     let local = run(small, move || {
                         if h.op == Op::Write {
                             dev.write(key, h.offset, &data, h.fua())
@@ -118,11 +119,6 @@ async fn control(sds: &Arc<Sds>, payload: Bytes, peer: SocketAddr) -> Result<Ans
     let body = serde_json::to_vec(&reply).expect("control replies always serialize");
     Ok(Answer::data(body.into()))
 }
-
-/// Small I/O without FUA lands in the page cache in microseconds: cheaper to do on the
-/// worker than to hand to a blocking thread and wake it (the hand-off dominated the
-/// profile of 4 KiB writes).
-const INLINE_MAX: u32 = 64 << 10;
 
 /// Runs device work inline when `small`, else on a blocking thread.
 async fn run<T: Send + 'static>(
