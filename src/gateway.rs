@@ -8,6 +8,7 @@ use crate::iscsi::login::{ChapSecrets, Limits};
 use crate::iscsi::server::{Server, ServerCtx, Timing};
 use crate::iscsi::session::SessionTable;
 use crate::iscsi::target::{Access, Target, TargetSet};
+use crate::scsi::shared::LocalStore;
 use crate::scsi::{Identity, LogicalUnit, LunMap};
 use crate::sdc::{Sdc, SdcError};
 use std::collections::HashMap;
@@ -152,7 +153,12 @@ pub async fn build(
         info!(volume = %v.name, size = v.size.0, serial = %id.serial, path = %path.display(), read_only = v.read_only, "volume online");
         units.insert(
             v.name.clone(),
-            Arc::new(LogicalUnit::new(be, id, v.read_only)),
+            Arc::new(LogicalUnit::new(
+                be,
+                id,
+                v.read_only,
+                Arc::new(LocalStore::new()),
+            )),
         );
     }
     let mut targets = Vec::new();

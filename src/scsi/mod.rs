@@ -14,6 +14,7 @@ mod provisioning;
 mod report_luns;
 mod rw;
 pub mod sense;
+pub mod shared;
 mod ua;
 mod unit;
 

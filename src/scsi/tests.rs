@@ -16,7 +16,12 @@ fn nexus(i: u8) -> ItNexus {
 }
 
 fn unit_with(backend: Arc<dyn BlockBackend>, read_only: bool) -> LunMap {
-    let u = LogicalUnit::new(backend, Identity::from_volume_id("vol0", 0x1234), read_only);
+    let u = LogicalUnit::new(
+        backend,
+        Identity::from_volume_id("vol0", 0x1234),
+        read_only,
+        Arc::new(super::shared::LocalStore::new()),
+    );
     let mut m = LunMap::new();
     m.insert(0, Arc::new(u));
     m

@@ -4,6 +4,7 @@
 //! RESET OCCURRED: from its point of view the unit just appeared.
 
 use super::sense::{asc, AscCode};
+use super::shared::NexusId;
 use super::ItNexus;
 use std::collections::{HashMap, VecDeque};
 
@@ -61,6 +62,33 @@ impl UaQueues {
                 }
                 q.push_back(code);
             }
+        }
+    }
+
+    /// Queues `code` for the nexus `id` names, if it has reached this unit here (a
+    /// nexus of another gateway is that gateway's to notify).
+    pub fn raise_matching(&mut self, id: &NexusId, code: AscCode) {
+        let known: Vec<ItNexus> = self
+            .pending
+            .keys()
+            .filter(|n| id.matches(n))
+            .cloned()
+            .collect();
+        for n in known {
+            self.raise(&n, code);
+        }
+    }
+
+    /// Queues `code` for every known nexus but the one `origin` names.
+    pub fn raise_unless(&mut self, origin: Option<&NexusId>, code: AscCode) {
+        let others: Vec<ItNexus> = self
+            .pending
+            .keys()
+            .filter(|n| origin.is_none_or(|o| !o.matches(n)))
+            .cloned()
+            .collect();
+        for n in others {
+            self.raise(&n, code);
         }
     }
 

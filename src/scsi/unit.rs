@@ -2,6 +2,7 @@
 
 use super::mode::ModePages;
 use super::sense::asc;
+use super::shared::{SharedStore, UnitSink};
 use super::ua::UaQueues;
 use super::{Identity, ItNexus, ResetKind};
 use crate::backend::BlockBackend;
@@ -23,17 +24,33 @@ pub struct LogicalUnit {
     backend: Arc<dyn BlockBackend>,
     identity: Identity,
     read_only: bool,
-    state: Mutex<UnitState>,
+    state: Arc<Mutex<UnitState>>,
+    /// Reservations and cross-gateway events, shared by every unit of the volume.
+    shared: Arc<dyn SharedStore>,
 }
 
 impl LogicalUnit {
-    pub fn new(backend: Arc<dyn BlockBackend>, identity: Identity, read_only: bool) -> Self {
+    /// `shared` is the volume's: units of one volume (a read-write and a read-only
+    /// one, here and on other gateways) must be given the same store.
+    pub fn new(
+        backend: Arc<dyn BlockBackend>,
+        identity: Identity,
+        read_only: bool,
+        shared: Arc<dyn SharedStore>,
+    ) -> Self {
+        let state = Arc::new(Mutex::new(UnitState::default()));
+        shared.attach(UnitSink(Arc::downgrade(&state)));
         Self {
             backend,
             identity,
             read_only,
-            state: Mutex::new(UnitState::default()),
+            state,
+            shared,
         }
+    }
+
+    pub(crate) fn shared(&self) -> &dyn SharedStore {
+        &*self.shared
     }
 
     pub fn identity(&self) -> &Identity {

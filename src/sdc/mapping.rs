@@ -8,6 +8,7 @@ use crate::cluster::api::{AccessMode, MappedView, MappedVolume, MdmReply, MdmReq
 use crate::cluster::mdm_client::{self, MdmCallError};
 use crate::iscsi::login::ChapSecrets;
 use crate::iscsi::target::{Access, InitiatorAccess, Target};
+use crate::scsi::shared::{LocalStore, SharedStore};
 use crate::scsi::{Identity, LogicalUnit, LunMap};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -163,8 +164,14 @@ impl Sdc {
         let vol = PoolVolume::new(layout, self.mdm.clone(), self.sds.clone());
         let id = Identity::from_volume_id(&v.name, v.id);
         let backend: Arc<dyn crate::backend::BlockBackend> = Arc::new(vol.clone());
-        let rw = Arc::new(LogicalUnit::new(backend.clone(), id.clone(), false));
-        let ro = Arc::new(LogicalUnit::new(backend, id, true));
+        let shared: Arc<dyn SharedStore> = Arc::new(LocalStore::new());
+        let rw = Arc::new(LogicalUnit::new(
+            backend.clone(),
+            id.clone(),
+            false,
+            shared.clone(),
+        ));
+        let ro = Arc::new(LogicalUnit::new(backend, id, true, shared));
         info!(volume = %v.name, sdc_lun = ?v.lun, size = v.size_bytes, thin = v.thin, "pool volume online");
         Ok(Served { vol, rw, ro })
     }
