@@ -4,6 +4,7 @@
 //! Kept in one place because every component speaks some of it; all sizes are bytes
 //! and all ids are the MDM's 64-bit object ids (printed as 16 hex digits).
 
+use crate::scsi::shared::SharedEvent;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -401,6 +402,34 @@ pub enum MdmRequest {
     GetLayout {
         volume_id: u64,
     },
+    /// Replaces a volume's shared SCSI state (reservations) if it is still at
+    /// `version`, and hands `events` to the other gateways serving the volume; answered
+    /// once they have it (see `mdm::scsi_hub`).
+    StoreScsiState {
+        volume_id: u64,
+        sdc_id: u64,
+        version: u64,
+        state: String,
+        events: Vec<SharedEvent>,
+    },
+    /// Hands `events` to the other gateways serving the volume, like `StoreScsiState`
+    /// without a state change (a LUN reset).
+    PublishScsiEvents {
+        volume_id: u64,
+        sdc_id: u64,
+        events: Vec<SharedEvent>,
+    },
+    /// One volume's shared SCSI state, for a gateway that starts serving it.
+    GetScsiState {
+        volume_id: u64,
+    },
+    /// Long poll: answers once the shared SCSI state of any volume moved past `since`
+    /// (or after about 20 s). Asking with `since` = g also tells the MDM this gateway
+    /// has applied everything up to g.
+    WatchScsi {
+        sdc_id: u64,
+        since: u64,
+    },
     /// An SDS that restarted reports where it now listens.
     SdsHello {
         sds_id: u64,
@@ -412,10 +441,40 @@ pub enum MdmRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MdmReply {
     Admin(AdminReply),
-    Registered { sdc_id: u64, system_id: u64 },
+    Registered {
+        sdc_id: u64,
+        system_id: u64,
+    },
     Mappings(MappedView),
     Layout(Layout),
+    /// A volume's shared SCSI state: the answer to `GetScsiState`, to a successful
+    /// `StoreScsiState` (the new version), and to one that lost the race (the state
+    /// that won, to re-run the command against).
+    ScsiState {
+        stored: bool,
+        state: VolumeScsi,
+    },
+    ScsiView(ScsiView),
     Ok,
+}
+
+/// Shared SCSI state of one volume (an opaque blob the gateways' SCSI engine encodes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeScsi {
+    pub volume_id: u64,
+    /// 0 and empty: never written.
+    pub version: u64,
+    pub state: String,
+}
+
+/// What changed in shared SCSI state since a gateway's last `WatchScsi`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScsiView {
+    pub generation: u64,
+    /// The current state of every volume this gateway serves.
+    pub volumes: Vec<VolumeScsi>,
+    /// Events other gateways published since `since`, oldest first: (volume, event).
+    pub events: Vec<(u64, SharedEvent)>,
 }
 
 /// The MDM's answer on its port: a reply or a message for the admin.

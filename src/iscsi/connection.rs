@@ -957,7 +957,7 @@ impl Conn {
             tmf::LOGICAL_UNIT_RESET => {
                 let n = self.abort_where(|task| task.lun == lun).await;
                 if let Some(lu) = self.luns.get(&lun) {
-                    lu.reset(ResetKind::LogicalUnit);
+                    lu.reset(ResetKind::LogicalUnit).await;
                 }
                 info!(lun, aborted = n, "logical unit reset");
                 tmf_response::COMPLETE
@@ -971,7 +971,7 @@ impl Conn {
                     ResetKind::TargetWarm
                 };
                 for lu in self.luns.values() {
-                    lu.reset(kind);
+                    lu.reset(kind).await;
                 }
                 info!(aborted = n, cold, "target reset");
                 if cold {

@@ -14,6 +14,7 @@ mod link;
 mod model;
 mod placement;
 mod query;
+mod scsi_hub;
 mod server;
 mod service;
 mod store;

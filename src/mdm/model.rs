@@ -299,6 +299,18 @@ pub struct State {
     /// Absent from format 1 files.
     #[serde(default)]
     pub initiators: BTreeMap<u64, ScsiInitiator>,
+    /// Per volume id: the reservations every gateway must agree on, as the gateways'
+    /// SCSI engine encoded them (`scsi::shared`). Durable like the rest, so a
+    /// reservation outlives an MDM restart (APTPL or not: the logical unit never lost
+    /// power). Absent from older files.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scsi: BTreeMap<u64, ScsiBlob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScsiBlob {
+    pub version: u64,
+    pub state: String,
 }
 
 impl State {
@@ -312,6 +324,7 @@ impl State {
             volumes: BTreeMap::new(),
             sdc: BTreeMap::new(),
             initiators: BTreeMap::new(),
+            scsi: BTreeMap::new(),
         }
     }
 

@@ -5,7 +5,7 @@ use super::model::{Pool, ProtectionDomain, ScsiInitiator, Sdc, Sds, State, Volum
 use crate::cluster::api::{
     Chap, ChapMode, ClusterInfo, DeviceInfo, DeviceLoc, InitiatorAccess, InitiatorInfo,
     InitiatorLun, InitiatorMap, Layout, MapChap, MapEntry, MapInitiator, MappedView, MappedVolume,
-    PdInfo, PoolInfo, SdcInfo, SdsInfo, SdsInventory, SdsState, VolumeInfo, CHUNK_SIZE,
+    PdInfo, PoolInfo, SdcInfo, SdsInfo, SdsInventory, SdsState, VolumeInfo, VolumeScsi, CHUNK_SIZE,
 };
 use std::collections::{HashMap, HashSet};
 
@@ -182,6 +182,25 @@ pub fn sdc(st: &State, sdc: &Sdc) -> SdcInfo {
 /// What a gateway serves and enforces: the SDC's own volumes in LUN order, then every
 /// other volume an initiator is mapped to (any gateway may be asked for it), and the
 /// whole initiator registry with the secrets it needs to check logins.
+/// Whether gateway `sdc` serves volume `volume`: mapped to it, or mapped to an
+/// initiator (every gateway serves those).
+pub fn serves(st: &State, sdc: &Sdc, volume: u64) -> bool {
+    sdc.mappings.iter().any(|m| m.volume == volume) || st.initiators_of(volume).next().is_some()
+}
+
+/// A volume's shared SCSI state (version 0, empty: never written).
+pub fn volume_scsi(st: &State, volume: u64) -> VolumeScsi {
+    let (version, state) = st
+        .scsi
+        .get(&volume)
+        .map_or((0, String::new()), |b| (b.version, b.state.clone()));
+    VolumeScsi {
+        volume_id: volume,
+        version,
+        state,
+    }
+}
+
 pub fn mapped_view(st: &State, sdc: &Sdc) -> MappedView {
     let volume = |v: &Volume, lun| MappedVolume {
         id: v.id,

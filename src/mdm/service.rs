@@ -5,10 +5,12 @@ use super::admin::AdminError;
 use super::change::{self, ChangeError};
 use super::ids::IdGen;
 use super::link::{self, SdsLink};
-use super::model::{ModelError, State};
+use super::model::{ModelError, ScsiBlob, State};
 use super::query;
+use super::scsi_hub::{ScsiHub, ACK_WAIT};
 use super::store::{Store, StoreError};
-use crate::cluster::api::{fmt_id, By, MdmReply, MdmRequest, MdmResponse, SdsControl};
+use crate::cluster::api::{fmt_id, By, MdmReply, MdmRequest, MdmResponse, ScsiView, SdsControl};
+use crate::scsi::shared::SharedEvent;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +44,8 @@ pub struct Mdm {
     pub(super) addr: SocketAddr,
     /// How long `WatchMappings` waits for a change before answering anyway.
     pub(super) watch_wait: Duration,
+    /// Shared SCSI state changes on their way to the gateways.
+    pub(super) scsi: ScsiHub,
 }
 
 impl Mdm {
@@ -59,6 +63,7 @@ impl Mdm {
             link,
             addr,
             watch_wait,
+            scsi: ScsiHub::new(watch_wait),
         }
     }
 
@@ -139,6 +144,31 @@ impl Mdm {
                 system_id,
                 addr,
             } => self.sds_hello(sds_id, system_id, addr, from).await,
+            MdmRequest::StoreScsiState {
+                volume_id,
+                sdc_id,
+                version,
+                state,
+                events,
+            } => {
+                self.store_scsi_state(volume_id, sdc_id, version, state, events)
+                    .await
+            }
+            MdmRequest::PublishScsiEvents {
+                volume_id,
+                sdc_id,
+                events,
+            } => self.publish_scsi_events(volume_id, sdc_id, events).await,
+            MdmRequest::GetScsiState { volume_id } => {
+                let st = self.current();
+                st.volume(&By::Id(volume_id))
+                    .map(|_| MdmReply::ScsiState {
+                        stored: false,
+                        state: query::volume_scsi(&st, volume_id),
+                    })
+                    .map_err(Into::into)
+            }
+            MdmRequest::WatchScsi { sdc_id, since } => self.watch_scsi(sdc_id, since).await,
         };
         r.map_err(|e: ServiceError| {
             info!(error = %e, "request refused");
@@ -184,6 +214,106 @@ impl Mdm {
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
                 _ => return Ok(MdmReply::Mappings(query::mapped_view(&st, sdc))),
+            }
+        }
+    }
+
+    /// Compare-and-swap of a volume's shared SCSI state, answered once the other
+    /// gateways serving the volume have it (see `scsi_hub`).
+    async fn store_scsi_state(
+        &self,
+        volume_id: u64,
+        sdc_id: u64,
+        version: u64,
+        state: String,
+        events: Vec<SharedEvent>,
+    ) -> Result<MdmReply, ServiceError> {
+        let generation = {
+            let writer = self.writer.lock().await;
+            let cur = self.current();
+            cur.volume(&By::Id(volume_id))?;
+            let have = query::volume_scsi(&cur, volume_id);
+            if have.version != version {
+                return Ok(MdmReply::ScsiState {
+                    stored: false,
+                    state: have,
+                });
+            }
+            let mut next = (*cur).clone();
+            next.scsi.insert(
+                volume_id,
+                ScsiBlob {
+                    version: version + 1,
+                    state,
+                },
+            );
+            self.commit(&writer, next).await?;
+            self.scsi.record(volume_id, sdc_id, events)
+        };
+        self.await_gateways(volume_id, sdc_id, generation).await;
+        let st = self.current();
+        Ok(MdmReply::ScsiState {
+            stored: true,
+            state: query::volume_scsi(&st, volume_id),
+        })
+    }
+
+    async fn publish_scsi_events(
+        &self,
+        volume_id: u64,
+        sdc_id: u64,
+        events: Vec<SharedEvent>,
+    ) -> Result<MdmReply, ServiceError> {
+        self.current().volume(&By::Id(volume_id))?;
+        let generation = self.scsi.record(volume_id, sdc_id, events);
+        self.await_gateways(volume_id, sdc_id, generation).await;
+        Ok(MdmReply::Ok)
+    }
+
+    /// Waits for every other gateway serving the volume to acknowledge `generation`.
+    async fn await_gateways(&self, volume_id: u64, origin: u64, generation: u64) {
+        let st = self.current();
+        let who: Vec<u64> = st
+            .sdc
+            .values()
+            .filter(|s| s.id != origin && query::serves(&st, s, volume_id))
+            .map(|s| s.id)
+            .collect();
+        for sdc in self.scsi.wait_acked(generation, &who, ACK_WAIT).await {
+            let name = st.sdc.get(&sdc).map_or("?", |s| s.name.as_str());
+            warn!(sdc = name, volume = %fmt_id(volume_id), "gateway did not confirm a reservation change or reset in time; until it polls again it may serve the volume on stale reservations");
+        }
+    }
+
+    /// Long poll for shared SCSI state; see `scsi_hub`.
+    async fn watch_scsi(&self, sdc_id: u64, since: u64) -> Result<MdmReply, ServiceError> {
+        self.current().sdc_by(&By::Id(sdc_id))?;
+        self.scsi.ack(sdc_id, since);
+        let mut rx = self.scsi.subscribe();
+        let deadline = tokio::time::Instant::now() + self.watch_wait;
+        loop {
+            let generation = *rx.borrow_and_update();
+            if generation != since
+                || tokio::time::timeout_at(deadline, rx.changed())
+                    .await
+                    .is_err()
+            {
+                let st = self.current();
+                let sdc = st.sdc_by(&By::Id(sdc_id))?;
+                let volumes = st
+                    .volumes
+                    .keys()
+                    .filter(|&&v| query::serves(&st, sdc, v))
+                    .map(|&v| query::volume_scsi(&st, v))
+                    .collect();
+                let events = self
+                    .scsi
+                    .events_since(sdc_id, since, |v| query::serves(&st, sdc, v));
+                return Ok(MdmReply::ScsiView(ScsiView {
+                    generation,
+                    volumes,
+                    events,
+                }));
             }
         }
     }
@@ -281,6 +411,77 @@ mod tests {
         assert!(e
             .unwrap_err()
             .contains("SDC 0000000000000009 (--sdc_id) does not exist"));
+    }
+
+    #[tokio::test]
+    async fn a_scsi_state_change_is_answered_once_the_other_gateway_has_it() {
+        let mut w = World::new();
+        w.sds("10.0.0.1", &[100]);
+        w.sds("10.0.0.2", &[100]);
+        let vol = w.volume("v", 1, true);
+        let gw1 = w.sdc("gw1", "10.0.1.1");
+        let gw2 = w.sdc("gw2", "10.0.1.2");
+        map_volume(&mut w.st, &by("v"), &by("gw1")).unwrap();
+        map_volume(&mut w.st, &by("v"), &by("gw2")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let m = mdm(&w, dir.path(), Duration::from_secs(2));
+        let from: SocketAddr = "10.0.1.2:5000".parse().unwrap();
+        let watch = move |since| MdmRequest::WatchScsi { sdc_id: gw2, since };
+        let scsi_view = |r: MdmResponse| match r {
+            Ok(MdmReply::ScsiView(v)) => v,
+            other => panic!("{other:?}"),
+        };
+        let store = move |version, state: &str| MdmRequest::StoreScsiState {
+            volume_id: vol,
+            sdc_id: gw1,
+            version,
+            state: state.into(),
+            events: vec![SharedEvent::Reset { asc: 0x2903 }],
+        };
+
+        // First poll: at once, no old events.
+        let v = scsi_view(m.handle(watch(u64::MAX), from).await);
+        assert_eq!((v.generation, v.events.len()), (0, 0));
+        assert_eq!(v.volumes[0].version, 0);
+
+        let writer = {
+            let m = m.clone();
+            tokio::spawn(async move { m.handle(store(0, "a"), from).await })
+        };
+        // gw2 gets the state and the event...
+        let v = scsi_view(m.handle(watch(0), from).await);
+        assert_eq!(v.generation, 1);
+        assert_eq!(
+            (v.volumes[0].version, v.volumes[0].state.as_str()),
+            (1, "a")
+        );
+        assert_eq!(v.events, vec![(vol, SharedEvent::Reset { asc: 0x2903 })]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // ...but the writer is answered only once gw2 asks again (its acknowledgement).
+        assert!(!writer.is_finished());
+        let again = {
+            let m = m.clone();
+            tokio::spawn(async move { m.handle(watch(1), from).await })
+        };
+        match writer.await.unwrap() {
+            Ok(MdmReply::ScsiState { stored, state }) => {
+                assert!(stored);
+                assert_eq!(state.version, 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A writer that read version 0 lost the race and gets the winner's state.
+        match m.handle(store(0, "b"), from).await {
+            Ok(MdmReply::ScsiState { stored, state }) => {
+                assert!(!stored);
+                assert_eq!((state.version, state.state.as_str()), (1, "a"));
+            }
+            other => panic!("{other:?}"),
+        }
+        again.abort();
+        // Durable: it is in the state file.
+        let saved: State = serde_json::from_slice(&std::fs::read(m.store.path()).unwrap()).unwrap();
+        assert_eq!(saved.scsi[&vol].version, 1);
     }
 
     #[tokio::test]

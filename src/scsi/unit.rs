@@ -2,12 +2,13 @@
 
 use super::mode::ModePages;
 use super::sense::asc;
-use super::shared::{SharedStore, UnitSink};
+use super::shared::{SharedEvent, SharedStore, UnitSink};
 use super::ua::UaQueues;
 use super::{Identity, ItNexus, ResetKind};
 use crate::backend::BlockBackend;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
+use tracing::warn;
 
 /// Everything mutable about a unit. Guarded by one std mutex that is never held across
 /// an `.await`: handlers copy what they need out and drop the guard before I/O.
@@ -49,6 +50,7 @@ impl LogicalUnit {
         }
     }
 
+    #[allow(dead_code)] // used by reservations, landing next
     pub(crate) fn shared(&self) -> &dyn SharedStore {
         &*self.shared
     }
@@ -76,19 +78,22 @@ impl LogicalUnit {
     }
 
     /// LOGICAL UNIT RESET or target reset: PREVENT state is cleared, mode pages stay,
-    /// and every nexus learns about it through a unit attention.
-    pub fn reset(&self, kind: ResetKind) {
+    /// and every nexus learns about it through a unit attention, on every gateway that
+    /// serves the volume (the logical unit is one, whichever port it is reached by).
+    pub async fn reset(&self, kind: ResetKind) {
         // SAM-5: a LUN reset and a target (warm) reset report BUS DEVICE RESET FUNCTION
         // OCCURRED; RFC 7143 makes a cold reset the equivalent of a power cycle.
-        let code = match kind {
+        let asc = match kind {
             ResetKind::LogicalUnit | ResetKind::TargetWarm => {
                 asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED
             }
             ResetKind::TargetCold => asc::POWER_ON_OCCURRED,
         };
-        let mut st = self.lock();
-        st.prevent.clear();
-        st.ua.reset_all(code);
+        // The store delivers to this gateway's units first, so a failure to reach the
+        // others still resets the unit here.
+        if let Err(e) = self.shared.publish(vec![SharedEvent::Reset { asc }]).await {
+            warn!(serial = %self.identity.serial, error = %e, "reset not propagated to the other gateways");
+        }
     }
 
     /// The LUN inventory this nexus sees has changed (a volume was mapped or

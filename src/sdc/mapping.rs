@@ -2,13 +2,14 @@
 //! this gateway and keep the exported LUN map in step with them.
 
 use super::sds_pool::SdsPool;
+use super::shared::{self, ClusterStore, Stores};
 use super::volume::{fetch_layout, PoolVolume, VolumeError};
 use crate::backend::{BlockBackend, BLOCK_SIZE};
 use crate::cluster::api::{AccessMode, MappedView, MappedVolume, MdmReply, MdmRequest};
 use crate::cluster::mdm_client::{self, MdmCallError};
 use crate::iscsi::login::ChapSecrets;
 use crate::iscsi::target::{Access, InitiatorAccess, Target};
-use crate::scsi::shared::{LocalStore, SharedStore};
+use crate::scsi::shared::{SharedError, SharedStore};
 use crate::scsi::{Identity, LogicalUnit, LunMap};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ pub enum SdcError {
     Unexpected { mdm: String, reply: String },
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Shared(#[from] SharedError),
 }
 
 /// A pool volume this gateway serves, with its logical units: one read-write, and a
@@ -51,6 +54,9 @@ pub struct Sdc {
     mdm: String,
     sds: Arc<SdsPool>,
     volumes: HashMap<u64, Served>,
+    /// Shared SCSI state of the served volumes, also reached by the task that follows
+    /// the MDM's changes to it.
+    stores: Stores,
 }
 
 async fn ask(mdm: &str, req: &MdmRequest, timeout: Duration) -> Result<MdmReply, SdcError> {
@@ -82,6 +88,7 @@ impl Sdc {
                     mdm: mdm.to_string(),
                     sds: Arc::new(SdsPool::default()),
                     volumes: HashMap::new(),
+                    stores: Stores::default(),
                 })
             }
             other => Err(unexpected(mdm, other)),
@@ -119,9 +126,12 @@ impl Sdc {
             };
             next.insert(v.id, served);
         }
-        for (_, s) in self.volumes.drain() {
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, s) in self.volumes.drain() {
+            stores.remove(&id);
             info!(serial = %s.rw.identity().serial, "volume no longer served by this gateway");
         }
+        drop(stores);
         self.volumes = next;
         let shared: LunMap = view
             .volumes
@@ -164,7 +174,12 @@ impl Sdc {
         let vol = PoolVolume::new(layout, self.mdm.clone(), self.sds.clone());
         let id = Identity::from_volume_id(&v.name, v.id);
         let backend: Arc<dyn crate::backend::BlockBackend> = Arc::new(vol.clone());
-        let shared: Arc<dyn SharedStore> = Arc::new(LocalStore::new());
+        let store = Arc::new(ClusterStore::open(&self.mdm, self.id, v.id).await?);
+        self.stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(v.id, store.clone());
+        let shared: Arc<dyn SharedStore> = store;
         let rw = Arc::new(LogicalUnit::new(
             backend.clone(),
             id.clone(),
@@ -179,6 +194,11 @@ impl Sdc {
     /// Follows the MDM's mappings for as long as the gateway runs, installing each new
     /// LUN map on `targets`. MDM outages are retried; the last map stays in force.
     pub async fn follow(mut self, mut since: u64, targets: Vec<Arc<Target>>) {
+        tokio::spawn(shared::follow(
+            self.mdm.clone(),
+            self.id,
+            self.stores.clone(),
+        ));
         loop {
             let step = async {
                 let view = self.watch(since).await?;

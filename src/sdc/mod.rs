@@ -5,6 +5,7 @@
 mod mapping;
 mod route;
 mod sds_pool;
+mod shared;
 mod volume;
 
 pub use mapping::{Sdc, SdcError};

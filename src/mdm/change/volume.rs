@@ -197,6 +197,7 @@ pub fn remove_volume(st: &mut State, volume: &By) -> Result<Volume, ChangeError>
         return Err(e);
     }
     let id = vol.id;
+    st.scsi.remove(&id);
     Ok(st.volumes.remove(&id).expect("just found"))
 }
 
