@@ -143,18 +143,18 @@ async fn resets_raise_the_right_unit_attention_and_clear_prevent() {
         (ILLEGAL, 0x53, 0x02)
     );
 
-    u.reset(ResetKind::LogicalUnit);
+    u.reset(ResetKind::LogicalUnit).await;
     assert_eq!(
         sense_of(&run(&luns, &n, &[0; 6], vec![]).await),
         (0x06, 0x29, 0x03)
     );
     assert_eq!(run(&luns, &n, &eject, vec![]).await.status, status::GOOD);
-    u.reset(ResetKind::TargetCold);
+    u.reset(ResetKind::TargetCold).await;
     assert_eq!(
         sense_of(&run(&luns, &n, &[0; 6], vec![]).await),
         (0x06, 0x29, 0x01)
     );
-    u.reset(ResetKind::TargetWarm);
+    u.reset(ResetKind::TargetWarm).await;
     assert_eq!(
         sense_of(&run(&luns, &n, &[0; 6], vec![]).await),
         (0x06, 0x29, 0x03)
@@ -168,7 +168,7 @@ async fn nexus_loss_forgets_prevent_and_restarts_with_power_on() {
     let n = nexus(1);
     clear_ua(&luns, &n).await;
     run(&luns, &n, &[0x1E, 0, 0, 0, 1, 0], vec![]).await;
-    u.nexus_lost(&n);
+    u.nexus_lost(&n).await;
     assert_eq!(
         sense_of(&run(&luns, &n, &[0; 6], vec![]).await),
         (0x06, 0x29, 0x00)

@@ -1,6 +1,7 @@
 //! A logical unit: the backend plus the SCSI state shared by every nexus that reaches it.
 
 use super::mode::ModePages;
+use super::pr::{self, PrCache};
 use super::sense::asc;
 use super::shared::{SharedStore, UnitSink};
 use super::ua::UaQueues;
@@ -17,6 +18,8 @@ pub(crate) struct UnitState {
     pub mode: ModePages,
     /// Nexuses holding PREVENT MEDIUM REMOVAL.
     pub prevent: HashSet<ItNexus>,
+    /// The volume's reservation state, decoded once per store version.
+    pub pr: PrCache,
 }
 
 #[derive(Debug)]
@@ -76,8 +79,9 @@ impl LogicalUnit {
     }
 
     /// LOGICAL UNIT RESET or target reset: PREVENT state is cleared, mode pages stay,
-    /// and every nexus learns about it through a unit attention.
-    pub fn reset(&self, kind: ResetKind) {
+    /// every nexus learns about it through a unit attention, and an SPC-2 RESERVE
+    /// is released (persistent reservations stay).
+    pub async fn reset(&self, kind: ResetKind) {
         // SAM-5: a LUN reset and a target (warm) reset report BUS DEVICE RESET FUNCTION
         // OCCURRED; RFC 7143 makes a cold reset the equivalent of a power cycle.
         let code = match kind {
@@ -86,9 +90,12 @@ impl LogicalUnit {
             }
             ResetKind::TargetCold => asc::POWER_ON_OCCURRED,
         };
-        let mut st = self.lock();
-        st.prevent.clear();
-        st.ua.reset_all(code);
+        {
+            let mut st = self.lock();
+            st.prevent.clear();
+            st.ua.reset_all(code);
+        }
+        pr::drop_spc2(self, None).await;
     }
 
     /// The LUN inventory this nexus sees has changed (a volume was mapped or
@@ -99,12 +106,16 @@ impl LogicalUnit {
             .raise(nexus, asc::REPORTED_LUNS_DATA_HAS_CHANGED);
     }
 
-    /// The nexus is gone: its PREVENT and pending unit attentions go with it, and a
-    /// reconnect under the same identity starts afresh with a power-on condition.
-    pub fn nexus_lost(&self, nexus: &ItNexus) {
-        let mut st = self.lock();
-        st.prevent.remove(nexus);
-        st.ua.forget(nexus);
+    /// The nexus is gone: its PREVENT, pending unit attentions and SPC-2 RESERVE go
+    /// with it (its persistent reservations stay), and a reconnect under the same
+    /// identity starts afresh with a power-on condition.
+    pub async fn nexus_lost(&self, nexus: &ItNexus) {
+        {
+            let mut st = self.lock();
+            st.prevent.remove(nexus);
+            st.ua.forget(nexus);
+        }
+        pr::drop_spc2(self, Some(nexus)).await;
     }
 }
 
