@@ -111,6 +111,11 @@ where
             .await
         {
             Ok(v) => {
+                let s = &change.state;
+                tracing::info!(volume = %unit.identity().name, version = v,
+                    generation = s.generation, registrations = s.registrations.len(),
+                    reservation = ?s.reservation.as_ref().map(|r| r.kind),
+                    spc2 = s.reserved_by.is_some(), "reservations changed");
                 unit.lock().pr.put(v, Arc::new(change.state));
                 return Ok(true);
             }

@@ -162,6 +162,11 @@ async fn errors_come_back_as_the_standard_says() {
     for sa in 4..0x20 {
         assert_eq!(asc_of(&prin(&luns, &a, sa, 64).await), (0x05, 0x24, 0x00));
     }
+    // Unknown service actions of PERSISTENT RESERVE OUT.
+    for sa in 8..0x20 {
+        let r = run(&luns, &a, &prout_cdb(sa, 0, 24), vec![0; 24]).await;
+        assert_eq!(asc_of(&r), (0x05, 0x24, 0x00));
+    }
     // A parameter list that is not 24 bytes.
     let r = run(&luns, &a, &prout_cdb(0x06, 0, 20), vec![0; 20]).await;
     assert_eq!(asc_of(&r), (0x05, 0x1A, 0x00));
