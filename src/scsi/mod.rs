@@ -226,7 +226,9 @@ use Fence::{Cdb as BY, Is};
 const FF: u8 = 0xFF;
 
 /// The command table, sorted by opcode then service action (REPORT SUPPORTED OPERATION
-/// CODES lists it in this order).
+/// CODES lists it in this order). Columns: opcode, service action, name, Data-Out,
+/// reservation class ([`Fence`]: ANY, STAT, RD, WR or OWN, see [`pr::Access`]),
+/// handler, CDB usage data.
 #[rustfmt::skip]
 pub(crate) static OPS: &[Op] = &[
     op!(0x00, None, "TEST UNIT READY", D::None, Is(STAT), S(misc::test_unit_ready), [0x00, 0, 0, 0, 0, 0]),
