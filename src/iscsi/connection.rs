@@ -18,7 +18,7 @@ use super::target::Target;
 use super::writer::{self, CmdSnState, Outgoing};
 use crate::backend::SgList;
 use crate::scsi::sense::{asc, Sense, SenseKey};
-use crate::scsi::{self, ItNexus, LunMap, ResetKind};
+use crate::scsi::{self, ItNexus, LogicalUnit, LunMap, ResetKind};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -416,8 +416,10 @@ async fn full_feature(
     c.abort_all();
     let _ = c.tx.send(Outgoing::Close);
     drop(c.tx);
+    // Before the session's guard goes: a reinstating login waits for it, so the new
+    // nexus cannot lose state (an SPC-2 RESERVE) to the old one's cleanup.
     for lu in c.luns.values() {
-        lu.nexus_lost(&c.nexus);
+        lu.nexus_lost(&c.nexus).await;
     }
     drop(li.guard);
     let _ = writer.await;
@@ -475,10 +477,19 @@ impl Conn {
     /// Replaces the LUN map; units this nexus no longer reaches forget it.
     fn set_luns(&mut self, new: Arc<LunMap>) {
         let old = std::mem::replace(&mut self.luns, new);
-        for lu in old.values() {
-            if !self.luns.values().any(|n| Arc::ptr_eq(n, lu)) {
-                lu.nexus_lost(&self.nexus);
-            }
+        let lost: Vec<Arc<LogicalUnit>> = old
+            .values()
+            .filter(|lu| !self.luns.values().any(|n| Arc::ptr_eq(n, lu)))
+            .cloned()
+            .collect();
+        if !lost.is_empty() {
+            // Releasing an SPC-2 RESERVE goes through the volume's shared store.
+            let nexus = self.nexus.clone();
+            tokio::spawn(async move {
+                for lu in lost {
+                    lu.nexus_lost(&nexus).await;
+                }
+            });
         }
     }
 
@@ -1078,6 +1089,11 @@ impl Conn {
                 .collect();
             for h in running {
                 let _ = h.await;
+            }
+            // The nexus ends here (one connection per session): release what it held
+            // before the initiator hears the logout is done.
+            for lu in self.luns.values() {
+                lu.nexus_lost(&self.nexus).await;
             }
             self.closing = true;
             0

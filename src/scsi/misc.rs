@@ -1,6 +1,7 @@
 //! TEST UNIT READY, REQUEST SENSE, START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL,
 //! READ DEFECT DATA and REPORT SUPPORTED OPERATION CODES.
 
+use super::pr::Access;
 use super::sense::{asc, Sense, SenseKey};
 use super::{cdb, status, BoxFut, Ctx, Done, HandlerResult, Op, Response, OPS};
 use bytes::Bytes;
@@ -51,6 +52,15 @@ pub(crate) fn request_sense_absent(cdb: &[u8]) -> Response {
     }
 }
 
+/// START=1 with no power condition passes every persistent reservation (SBC-3 table
+/// 13); stopping, ejecting or changing power conditions needs write access.
+pub(crate) fn start_stop_access(cdb: &[u8]) -> Access {
+    match cdb.get(4) {
+        Some(b) if b & 0xF1 == 0x01 => Access::Status,
+        _ => Access::Write,
+    }
+}
+
 /// START STOP UNIT on a fixed disk: nothing spins, so only the eject request matters,
 /// and it is refused while any nexus prevents medium removal. Stopping flushes the
 /// cache unless NO_FLUSH, as a real drive would before spinning down.
@@ -75,6 +85,14 @@ pub(crate) fn start_stop_unit<'a>(c: &'a Ctx<'a>) -> BoxFut<'a> {
         }
         Ok(Done::good())
     })
+}
+
+/// Reservations let PREVENT=0 through always, PREVENT=1 only to nexuses that may write.
+pub(crate) fn prevent_access(cdb: &[u8]) -> Access {
+    match cdb.get(4) {
+        Some(b) if b & 0x03 == 0 => Access::Any,
+        _ => Access::Write,
+    }
 }
 
 pub(crate) fn prevent_allow(c: &Ctx<'_>) -> HandlerResult {

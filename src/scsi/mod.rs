@@ -10,6 +10,7 @@ pub mod cdb;
 mod inquiry;
 mod misc;
 mod mode;
+mod pr;
 mod provisioning;
 mod report_luns;
 mod rw;
@@ -131,6 +132,14 @@ impl Done {
         }
     }
 
+    /// RESERVATION CONFLICT: a reservation forbids this command to this nexus.
+    pub fn conflict() -> Self {
+        Self {
+            status: status::RESERVATION_CONFLICT,
+            data: Bytes::new(),
+        }
+    }
+
     /// Data-In cut to the allocation length: the initiator asked for no more.
     pub fn data(mut v: Vec<u8>, alloc: usize) -> Self {
         v.truncate(alloc);
@@ -173,6 +182,23 @@ pub(crate) enum DataOut {
     WriteSame,
 }
 
+/// How reservations judge a command ([`pr::Access`]): by its opcode alone, or by
+/// fields of its CDB (PREVENT ALLOW MEDIUM REMOVAL, START STOP UNIT).
+#[derive(Clone, Copy)]
+pub(crate) enum Fence {
+    Is(pr::Access),
+    Cdb(fn(&[u8]) -> pr::Access),
+}
+
+impl Fence {
+    fn access(self, cdb: &[u8]) -> pr::Access {
+        match self {
+            Fence::Is(a) => a,
+            Fence::Cdb(f) => f(cdb),
+        }
+    }
+}
+
 /// One row of the command table.
 pub(crate) struct Op {
     pub opcode: u8,
@@ -181,61 +207,83 @@ pub(crate) struct Op {
     /// CDB usage data for REPORT SUPPORTED OPERATION CODES; its length is the CDB length.
     pub usage: &'static [u8],
     pub dout: DataOut,
+    /// What a reservation held through another nexus allows of it.
+    pub fence: Fence,
     pub exec: Exec,
 }
 
 macro_rules! op {
-    ($code:expr, $sa:expr, $name:expr, $dout:expr, $exec:expr, [$($u:expr),* $(,)?]) => {
-        Op { opcode: $code, sa: $sa, name: $name, usage: &[$($u),*], dout: $dout, exec: $exec }
+    ($code:expr, $sa:expr, $name:expr, $dout:expr, $fence:expr, $exec:expr, [$($u:expr),* $(,)?]) => {
+        Op { opcode: $code, sa: $sa, name: $name, usage: &[$($u),*], dout: $dout, fence: $fence, exec: $exec }
     };
 }
 
+use pr::Access::{Any as ANY, Own as OWN, Read as RD, Status as STAT, Write as WR};
 use DataOut as D;
 use Exec::{Async as A, Sync as S};
+use Fence::{Cdb as BY, Is};
 
 const FF: u8 = 0xFF;
 
 /// The command table, sorted by opcode then service action (REPORT SUPPORTED OPERATION
-/// CODES lists it in this order).
+/// CODES lists it in this order). Columns: opcode, service action, name, Data-Out,
+/// reservation class ([`Fence`]: ANY, STAT, RD, WR or OWN, see [`pr::Access`]),
+/// handler, CDB usage data.
 #[rustfmt::skip]
 pub(crate) static OPS: &[Op] = &[
-    op!(0x00, None, "TEST UNIT READY", D::None, S(misc::test_unit_ready), [0x00, 0, 0, 0, 0, 0]),
-    op!(0x03, None, "REQUEST SENSE", D::None, S(misc::request_sense), [0x03, 0x01, 0, 0, FF, 0]),
-    op!(0x08, None, "READ(6)", D::None, A(rw::read), [0x08, 0x1F, FF, FF, FF, 0]),
-    op!(0x0A, None, "WRITE(6)", D::Blocks, A(rw::write), [0x0A, 0x1F, FF, FF, FF, 0]),
-    op!(0x12, None, "INQUIRY", D::None, S(inquiry::inquiry), [0x12, 0x01, FF, FF, FF, 0]),
-    op!(0x15, None, "MODE SELECT(6)", D::Param(4, 1), S(mode::mode_select), [0x15, 0x11, 0, 0, FF, 0]),
-    op!(0x1A, None, "MODE SENSE(6)", D::None, S(mode::mode_sense), [0x1A, 0x08, FF, FF, FF, 0]),
-    op!(0x1B, None, "START STOP UNIT", D::None, A(misc::start_stop_unit), [0x1B, 0x01, 0, 0x0F, 0xF7, 0]),
-    op!(0x1E, None, "PREVENT ALLOW MEDIUM REMOVAL", D::None, S(misc::prevent_allow), [0x1E, 0, 0, 0, 0x03, 0]),
-    op!(0x25, None, "READ CAPACITY(10)", D::None, S(capacity::read_capacity10), [0x25, 0, FF, FF, FF, FF, 0, 0, 0x01, 0]),
-    op!(0x28, None, "READ(10)", D::None, A(rw::read), [0x28, 0x18, FF, FF, FF, FF, 0, FF, FF, 0]),
-    op!(0x2A, None, "WRITE(10)", D::Blocks, A(rw::write), [0x2A, 0x18, FF, FF, FF, FF, 0, FF, FF, 0]),
-    op!(0x2E, None, "WRITE AND VERIFY(10)", D::Blocks, A(rw::write), [0x2E, 0x12, FF, FF, FF, FF, 0, FF, FF, 0]),
-    op!(0x2F, None, "VERIFY(10)", D::Verify, A(rw::verify), [0x2F, 0x16, FF, FF, FF, FF, 0, FF, FF, 0]),
-    op!(0x34, None, "PRE-FETCH(10)", D::None, S(rw::prefetch), [0x34, 0x02, FF, FF, FF, FF, 0, FF, FF, 0]),
-    op!(0x35, None, "SYNCHRONIZE CACHE(10)", D::None, A(rw::sync_cache), [0x35, 0, FF, FF, FF, FF, 0, FF, FF, 0]),
-    op!(0x37, None, "READ DEFECT DATA(10)", D::None, S(misc::read_defect_data), [0x37, 0, 0x1F, 0, 0, 0, 0, FF, FF, 0]),
-    op!(0x41, None, "WRITE SAME(10)", D::WriteSame, A(provisioning::write_same), [0x41, 0x08, FF, FF, FF, FF, 0, FF, FF, 0]),
-    op!(0x42, None, "UNMAP", D::Param(7, 2), A(provisioning::unmap), [0x42, 0, 0, 0, 0, 0, 0, FF, FF, 0]),
-    op!(0x55, None, "MODE SELECT(10)", D::Param(7, 2), S(mode::mode_select), [0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, 0]),
-    op!(0x5A, None, "MODE SENSE(10)", D::None, S(mode::mode_sense), [0x5A, 0x18, FF, FF, 0, 0, 0, FF, FF, 0]),
-    op!(0x88, None, "READ(16)", D::None, A(rw::read), [0x88, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
-    op!(0x8A, None, "WRITE(16)", D::Blocks, A(rw::write), [0x8A, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
-    op!(0x8E, None, "WRITE AND VERIFY(16)", D::Blocks, A(rw::write), [0x8E, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
-    op!(0x8F, None, "VERIFY(16)", D::Verify, A(rw::verify), [0x8F, 0x16, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
-    op!(0x90, None, "PRE-FETCH(16)", D::None, S(rw::prefetch), [0x90, 0x02, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
-    op!(0x91, None, "SYNCHRONIZE CACHE(16)", D::None, A(rw::sync_cache), [0x91, 0, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
-    op!(0x93, None, "WRITE SAME(16)", D::WriteSame, A(provisioning::write_same), [0x93, 0x09, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
-    op!(0x9E, Some(0x10), "READ CAPACITY(16)", D::None, S(capacity::read_capacity16), [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
-    op!(0x9E, Some(0x12), "GET LBA STATUS", D::None, A(provisioning::get_lba_status), [0x9E, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
-    op!(0xA0, None, "REPORT LUNS", D::None, S(report_luns::report_luns), [0xA0, 0, FF, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
-    op!(0xA3, Some(0x0C), "REPORT SUPPORTED OPERATION CODES", D::None, S(misc::report_supported_opcodes), [0xA3, 0x0C, 0x87, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
-    op!(0xA8, None, "READ(12)", D::None, A(rw::read), [0xA8, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
-    op!(0xAA, None, "WRITE(12)", D::Blocks, A(rw::write), [0xAA, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
-    op!(0xAE, None, "WRITE AND VERIFY(12)", D::Blocks, A(rw::write), [0xAE, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
-    op!(0xAF, None, "VERIFY(12)", D::Verify, A(rw::verify), [0xAF, 0x16, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
-    op!(0xB7, None, "READ DEFECT DATA(12)", D::None, S(misc::read_defect_data), [0xB7, 0x1F, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
+    op!(0x00, None, "TEST UNIT READY", D::None, Is(STAT), S(misc::test_unit_ready), [0x00, 0, 0, 0, 0, 0]),
+    op!(0x03, None, "REQUEST SENSE", D::None, Is(ANY), S(misc::request_sense), [0x03, 0x01, 0, 0, FF, 0]),
+    op!(0x08, None, "READ(6)", D::None, Is(RD), A(rw::read), [0x08, 0x1F, FF, FF, FF, 0]),
+    op!(0x0A, None, "WRITE(6)", D::Blocks, Is(WR), A(rw::write), [0x0A, 0x1F, FF, FF, FF, 0]),
+    op!(0x12, None, "INQUIRY", D::None, Is(ANY), S(inquiry::inquiry), [0x12, 0x01, FF, FF, FF, 0]),
+    op!(0x15, None, "MODE SELECT(6)", D::Param(4, 1), Is(WR), S(mode::mode_select), [0x15, 0x11, 0, 0, FF, 0]),
+    op!(0x16, None, "RESERVE(6)", D::None, Is(OWN), A(pr::reserve), [0x16, 0, 0, 0, 0, 0]),
+    op!(0x17, None, "RELEASE(6)", D::None, Is(OWN), A(pr::release), [0x17, 0, 0, 0, 0, 0]),
+    op!(0x1A, None, "MODE SENSE(6)", D::None, Is(RD), S(mode::mode_sense), [0x1A, 0x08, FF, FF, FF, 0]),
+    op!(0x1B, None, "START STOP UNIT", D::None, BY(misc::start_stop_access), A(misc::start_stop_unit), [0x1B, 0x01, 0, 0x0F, 0xF7, 0]),
+    op!(0x1E, None, "PREVENT ALLOW MEDIUM REMOVAL", D::None, BY(misc::prevent_access), S(misc::prevent_allow), [0x1E, 0, 0, 0, 0x03, 0]),
+    op!(0x25, None, "READ CAPACITY(10)", D::None, Is(STAT), S(capacity::read_capacity10), [0x25, 0, FF, FF, FF, FF, 0, 0, 0x01, 0]),
+    op!(0x28, None, "READ(10)", D::None, Is(RD), A(rw::read), [0x28, 0x18, FF, FF, FF, FF, 0, FF, FF, 0]),
+    op!(0x2A, None, "WRITE(10)", D::Blocks, Is(WR), A(rw::write), [0x2A, 0x18, FF, FF, FF, FF, 0, FF, FF, 0]),
+    op!(0x2E, None, "WRITE AND VERIFY(10)", D::Blocks, Is(WR), A(rw::write), [0x2E, 0x12, FF, FF, FF, FF, 0, FF, FF, 0]),
+    op!(0x2F, None, "VERIFY(10)", D::Verify, Is(RD), A(rw::verify), [0x2F, 0x16, FF, FF, FF, FF, 0, FF, FF, 0]),
+    op!(0x34, None, "PRE-FETCH(10)", D::None, Is(RD), S(rw::prefetch), [0x34, 0x02, FF, FF, FF, FF, 0, FF, FF, 0]),
+    op!(0x35, None, "SYNCHRONIZE CACHE(10)", D::None, Is(WR), A(rw::sync_cache), [0x35, 0, FF, FF, FF, FF, 0, FF, FF, 0]),
+    op!(0x37, None, "READ DEFECT DATA(10)", D::None, Is(RD), S(misc::read_defect_data), [0x37, 0, 0x1F, 0, 0, 0, 0, FF, FF, 0]),
+    op!(0x41, None, "WRITE SAME(10)", D::WriteSame, Is(WR), A(provisioning::write_same), [0x41, 0x08, FF, FF, FF, FF, 0, FF, FF, 0]),
+    op!(0x42, None, "UNMAP", D::Param(7, 2), Is(WR), A(provisioning::unmap), [0x42, 0, 0, 0, 0, 0, 0, FF, FF, 0]),
+    op!(0x55, None, "MODE SELECT(10)", D::Param(7, 2), Is(WR), S(mode::mode_select), [0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, 0]),
+    op!(0x56, None, "RESERVE(10)", D::None, Is(OWN), A(pr::reserve), [0x56, 0x10, 0, 0, 0, 0, 0, 0, 0, 0]),
+    op!(0x57, None, "RELEASE(10)", D::None, Is(OWN), A(pr::release), [0x57, 0x10, 0, 0, 0, 0, 0, 0, 0, 0]),
+    op!(0x5A, None, "MODE SENSE(10)", D::None, Is(RD), S(mode::mode_sense), [0x5A, 0x18, FF, FF, 0, 0, 0, FF, FF, 0]),
+    op!(0x5E, Some(0x00), "PERSISTENT RESERVE IN READ KEYS", D::None, Is(OWN), S(pr::persistent_reserve_in), [0x5E, 0x00, 0, 0, 0, 0, 0, FF, FF, 0]),
+    op!(0x5E, Some(0x01), "PERSISTENT RESERVE IN READ RESERVATION", D::None, Is(OWN), S(pr::persistent_reserve_in), [0x5E, 0x01, 0, 0, 0, 0, 0, FF, FF, 0]),
+    op!(0x5E, Some(0x02), "PERSISTENT RESERVE IN REPORT CAPABILITIES", D::None, Is(OWN), S(pr::persistent_reserve_in), [0x5E, 0x02, 0, 0, 0, 0, 0, FF, FF, 0]),
+    op!(0x5E, Some(0x03), "PERSISTENT RESERVE IN READ FULL STATUS", D::None, Is(OWN), S(pr::persistent_reserve_in), [0x5E, 0x03, 0, 0, 0, 0, 0, FF, FF, 0]),
+    op!(0x5F, Some(0x00), "PERSISTENT RESERVE OUT REGISTER", D::Param(5, 4), Is(OWN), A(pr::persistent_reserve_out), [0x5F, 0x00, 0, 0, 0, FF, FF, FF, FF, 0]),
+    op!(0x5F, Some(0x01), "PERSISTENT RESERVE OUT RESERVE", D::Param(5, 4), Is(OWN), A(pr::persistent_reserve_out), [0x5F, 0x01, FF, 0, 0, FF, FF, FF, FF, 0]),
+    op!(0x5F, Some(0x02), "PERSISTENT RESERVE OUT RELEASE", D::Param(5, 4), Is(OWN), A(pr::persistent_reserve_out), [0x5F, 0x02, FF, 0, 0, FF, FF, FF, FF, 0]),
+    op!(0x5F, Some(0x03), "PERSISTENT RESERVE OUT CLEAR", D::Param(5, 4), Is(OWN), A(pr::persistent_reserve_out), [0x5F, 0x03, 0, 0, 0, FF, FF, FF, FF, 0]),
+    op!(0x5F, Some(0x04), "PERSISTENT RESERVE OUT PREEMPT", D::Param(5, 4), Is(OWN), A(pr::persistent_reserve_out), [0x5F, 0x04, FF, 0, 0, FF, FF, FF, FF, 0]),
+    op!(0x5F, Some(0x05), "PERSISTENT RESERVE OUT PREEMPT AND ABORT", D::Param(5, 4), Is(OWN), A(pr::persistent_reserve_out), [0x5F, 0x05, FF, 0, 0, FF, FF, FF, FF, 0]),
+    op!(0x5F, Some(0x06), "PERSISTENT RESERVE OUT REGISTER AND IGNORE EXISTING KEY", D::Param(5, 4), Is(OWN), A(pr::persistent_reserve_out), [0x5F, 0x06, 0, 0, 0, FF, FF, FF, FF, 0]),
+    op!(0x5F, Some(0x07), "PERSISTENT RESERVE OUT REGISTER AND MOVE", D::Param(5, 4), Is(OWN), A(pr::persistent_reserve_out), [0x5F, 0x07, 0, 0, 0, FF, FF, FF, FF, 0]),
+    op!(0x88, None, "READ(16)", D::None, Is(RD), A(rw::read), [0x88, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0x8A, None, "WRITE(16)", D::Blocks, Is(WR), A(rw::write), [0x8A, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0x8E, None, "WRITE AND VERIFY(16)", D::Blocks, Is(WR), A(rw::write), [0x8E, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0x8F, None, "VERIFY(16)", D::Verify, Is(RD), A(rw::verify), [0x8F, 0x16, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0x90, None, "PRE-FETCH(16)", D::None, Is(RD), S(rw::prefetch), [0x90, 0x02, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0x91, None, "SYNCHRONIZE CACHE(16)", D::None, Is(WR), A(rw::sync_cache), [0x91, 0, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0x93, None, "WRITE SAME(16)", D::WriteSame, Is(WR), A(provisioning::write_same), [0x93, 0x09, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0x9E, Some(0x10), "READ CAPACITY(16)", D::None, Is(STAT), S(capacity::read_capacity16), [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
+    op!(0x9E, Some(0x12), "GET LBA STATUS", D::None, Is(RD), A(provisioning::get_lba_status), [0x9E, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0xA0, None, "REPORT LUNS", D::None, Is(ANY), S(report_luns::report_luns), [0xA0, 0, FF, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
+    op!(0xA3, Some(0x0C), "REPORT SUPPORTED OPERATION CODES", D::None, Is(RD), S(misc::report_supported_opcodes), [0xA3, 0x0C, 0x87, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0xA8, None, "READ(12)", D::None, Is(RD), A(rw::read), [0xA8, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0xAA, None, "WRITE(12)", D::Blocks, Is(WR), A(rw::write), [0xAA, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0xAE, None, "WRITE AND VERIFY(12)", D::Blocks, Is(WR), A(rw::write), [0xAE, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0xAF, None, "VERIFY(12)", D::Verify, Is(RD), A(rw::verify), [0xAF, 0x16, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0xB7, None, "READ DEFECT DATA(12)", D::None, Is(RD), S(misc::read_defect_data), [0xB7, 0x1F, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
 ];
 
 /// Whether `opcode` has service actions in the table.
@@ -265,7 +313,7 @@ fn skips_unit_attention(opcode: u8) -> bool {
     matches!(opcode, 0x12 | 0x03 | 0xA0)
 }
 
-/// Executes one command for `nexus` against the LUNs it may reach. Handles REPORT LUNS and commands to LUNs not in `luns` (LOGICAL UNIT NOT SUPPORTED, 05/25/00; INQUIRY to an absent LUN returns peripheral qualifier 3 / device type 0x1f; REQUEST SENSE to it returns the LUN-not-supported sense as data), then dispatches to the unit, delivering pending unit attentions first (except for INQUIRY, REPORT LUNS, REQUEST SENSE per SAM/SPC rules).
+/// Executes one command for `nexus` against the LUNs it may reach. Handles REPORT LUNS and commands to LUNs not in `luns` (LOGICAL UNIT NOT SUPPORTED, 05/25/00; INQUIRY to an absent LUN returns peripheral qualifier 3 / device type 0x1f; REQUEST SENSE to it returns the LUN-not-supported sense as data), then dispatches to the unit, delivering pending unit attentions first (except for INQUIRY, REPORT LUNS, REQUEST SENSE per SAM/SPC rules). A command a reservation forbids this nexus (the table's [`Fence`] decides, see [`pr`]) ends in RESERVATION CONFLICT without running.
 pub async fn execute(luns: &LunMap, nexus: &ItNexus, req: Request) -> Response {
     let cdb = &req.cdb[..];
     let opcode = cdb.first().copied();
@@ -301,9 +349,10 @@ pub async fn execute(luns: &LunMap, nexus: &ItNexus, req: Request) -> Response {
                 data_out: &req.data_out,
                 luns,
             };
-            match precheck(op, cdb) {
+            match precheck(op, cdb).and_then(|()| pr::permits(unit, nexus, op.fence.access(cdb))) {
                 Err(s) => Err(s),
-                Ok(()) => match op.exec {
+                Ok(false) => Ok(Done::conflict()),
+                Ok(true) => match op.exec {
                     Exec::Sync(f) => f(&ctx),
                     Exec::Async(f) => f(&ctx).await,
                 },

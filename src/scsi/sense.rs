@@ -29,6 +29,7 @@ pub mod asc {
     //! ASC/ASCQ pairs the engine reports (SPC-4 annex D).
     use super::AscCode;
     pub const NO_ADDITIONAL_SENSE: AscCode = 0x0000;
+    pub const LOGICAL_UNIT_COMMUNICATION_FAILURE: AscCode = 0x0800;
     pub const WRITE_ERROR: AscCode = 0x0C00;
     pub const UNRECOVERED_READ_ERROR: AscCode = 0x1100;
     pub const PARAMETER_LIST_LENGTH_ERROR: AscCode = 0x1A00;
@@ -38,6 +39,7 @@ pub mod asc {
     pub const INVALID_FIELD_IN_CDB: AscCode = 0x2400;
     pub const LOGICAL_UNIT_NOT_SUPPORTED: AscCode = 0x2500;
     pub const INVALID_FIELD_IN_PARAMETER_LIST: AscCode = 0x2600;
+    pub const INVALID_RELEASE_OF_PERSISTENT_RESERVATION: AscCode = 0x2604;
     pub const WRITE_PROTECTED: AscCode = 0x2700;
     pub const SOFTWARE_WRITE_PROTECTED: AscCode = 0x2702;
     pub const SPACE_ALLOCATION_FAILED_WRITE_PROTECT: AscCode = 0x2707;
@@ -45,9 +47,13 @@ pub mod asc {
     pub const POWER_ON_OCCURRED: AscCode = 0x2901;
     pub const BUS_DEVICE_RESET_FUNCTION_OCCURRED: AscCode = 0x2903;
     pub const MODE_PARAMETERS_CHANGED: AscCode = 0x2A01;
+    pub const RESERVATIONS_PREEMPTED: AscCode = 0x2A03;
+    pub const RESERVATIONS_RELEASED: AscCode = 0x2A04;
+    pub const REGISTRATIONS_PREEMPTED: AscCode = 0x2A05;
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: AscCode = 0x3900;
     pub const MEDIUM_REMOVAL_PREVENTED: AscCode = 0x5302;
     pub const REPORTED_LUNS_DATA_HAS_CHANGED: AscCode = 0x3F0E;
+    pub const INTERNAL_TARGET_FAILURE: AscCode = 0x4400;
     // Transport (iSCSI) conditions that end a task with ABORTED COMMAND.
     pub const PROTOCOL_SERVICE_CRC_ERROR: AscCode = 0x4705;
     pub const DATA_PHASE_ERROR: AscCode = 0x4B00;

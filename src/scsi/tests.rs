@@ -168,7 +168,7 @@ async fn nexus_loss_forgets_prevent_and_restarts_with_power_on() {
     let n = nexus(1);
     clear_ua(&luns, &n).await;
     run(&luns, &n, &[0x1E, 0, 0, 0, 1, 0], vec![]).await;
-    u.nexus_lost(&n);
+    u.nexus_lost(&n).await;
     assert_eq!(
         sense_of(&run(&luns, &n, &[0; 6], vec![]).await),
         (0x06, 0x29, 0x00)

@@ -1,6 +1,7 @@
 //! A logical unit: the backend plus the SCSI state shared by every nexus that reaches it.
 
 use super::mode::ModePages;
+use super::pr::{self, PrCache};
 use super::sense::asc;
 use super::shared::{SharedEvent, SharedStore, UnitSink};
 use super::ua::UaQueues;
@@ -18,6 +19,8 @@ pub(crate) struct UnitState {
     pub mode: ModePages,
     /// Nexuses holding PREVENT MEDIUM REMOVAL.
     pub prevent: HashSet<ItNexus>,
+    /// The volume's reservation state, decoded once per store version.
+    pub pr: PrCache,
 }
 
 #[derive(Debug)]
@@ -50,7 +53,6 @@ impl LogicalUnit {
         }
     }
 
-    #[allow(dead_code)] // used by reservations, landing next
     pub(crate) fn shared(&self) -> &dyn SharedStore {
         &*self.shared
     }
@@ -78,8 +80,9 @@ impl LogicalUnit {
     }
 
     /// LOGICAL UNIT RESET or target reset: PREVENT state is cleared, mode pages stay,
-    /// and every nexus learns about it through a unit attention, on every gateway that
-    /// serves the volume (the logical unit is one, whichever port it is reached by).
+    /// every nexus learns about it through a unit attention, on every gateway that
+    /// serves the volume (the logical unit is one, whichever port it is reached by),
+    /// and an SPC-2 RESERVE is released (persistent reservations stay).
     pub async fn reset(&self, kind: ResetKind) {
         // SAM-5: a LUN reset and a target (warm) reset report BUS DEVICE RESET FUNCTION
         // OCCURRED; RFC 7143 makes a cold reset the equivalent of a power cycle.
@@ -94,6 +97,7 @@ impl LogicalUnit {
         if let Err(e) = self.shared.publish(vec![SharedEvent::Reset { asc }]).await {
             warn!(serial = %self.identity.serial, error = %e, "reset not propagated to the other gateways");
         }
+        pr::drop_spc2(self, None).await;
     }
 
     /// The LUN inventory this nexus sees has changed (a volume was mapped or
@@ -104,12 +108,16 @@ impl LogicalUnit {
             .raise(nexus, asc::REPORTED_LUNS_DATA_HAS_CHANGED);
     }
 
-    /// The nexus is gone: its PREVENT and pending unit attentions go with it, and a
-    /// reconnect under the same identity starts afresh with a power-on condition.
-    pub fn nexus_lost(&self, nexus: &ItNexus) {
-        let mut st = self.lock();
-        st.prevent.remove(nexus);
-        st.ua.forget(nexus);
+    /// The nexus is gone: its PREVENT, pending unit attentions and SPC-2 RESERVE go
+    /// with it (its persistent reservations stay), and a reconnect under the same
+    /// identity starts afresh with a power-on condition.
+    pub async fn nexus_lost(&self, nexus: &ItNexus) {
+        {
+            let mut st = self.lock();
+            st.prevent.remove(nexus);
+            st.ua.forget(nexus);
+        }
+        pr::drop_spc2(self, Some(nexus)).await;
     }
 }
 

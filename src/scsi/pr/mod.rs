@@ -1,0 +1,217 @@
+//! Reservations: PERSISTENT RESERVE IN/OUT, RESERVE/RELEASE (6) and (10), and the
+//! check every command passes before it runs.
+//!
+//! The state is the volume's, not this unit's: it lives in the unit's [`SharedStore`]
+//! as JSON ([`PrState`]). A command that changes it loads it, runs the pure rules in
+//! [`state`], and stores the result against the version it loaded; if another
+//! gateway (or command) got there first, it runs again on the newer state. The unit
+//! attentions a change owes other nexuses travel with the store, which delivers them
+//! everywhere the volume is served. The per-command check decodes nothing: the state
+//! is cached per unit, keyed by the store's version.
+//!
+//! When the store cannot be updated (the MDM is unreachable for a pool volume), the
+//! command fails with ABORTED COMMAND / LOGICAL UNIT COMMUNICATION FAILURE (0B/08/00):
+//! nothing was applied and initiators retry ABORTED COMMAND.
+
+pub(crate) mod state;
+mod wire;
+
+use super::sense::{asc, Sense, SenseKey};
+use super::shared::{NexusId, SharedError};
+use super::{cdb, BoxFut, Ctx, Done, HandlerResult, ItNexus, LogicalUnit};
+use state::{Change, PrError, PrState};
+use std::sync::Arc;
+
+pub(crate) use state::Access;
+
+/// How many times a command re-runs on a newer state before giving up.
+const MAX_ATTEMPTS: usize = 16;
+
+/// The last decoded state and the store version it came from.
+#[derive(Debug, Default)]
+pub(crate) struct PrCache(Option<(u64, Arc<PrState>)>);
+
+impl PrCache {
+    fn get(&self, version: u64) -> Option<Arc<PrState>> {
+        match &self.0 {
+            Some((v, s)) if *v == version => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&mut self, version: u64, state: Arc<PrState>) {
+        self.0 = Some((version, state));
+    }
+}
+
+/// The store's blob could not be decoded: nothing can be said about who may do
+/// what, so commands that depend on it fail.
+fn damaged() -> Sense {
+    Sense::new(SenseKey::HardwareError, asc::INTERNAL_TARGET_FAILURE)
+}
+
+fn unavailable() -> Sense {
+    Sense::new(
+        SenseKey::AbortedCommand,
+        asc::LOGICAL_UNIT_COMMUNICATION_FAILURE,
+    )
+}
+
+/// The volume's reservation state as the store has it, and its version.
+fn current(unit: &LogicalUnit) -> Result<(u64, Arc<PrState>), Sense> {
+    let (version, blob) = unit.shared().load();
+    if let Some(s) = unit.lock().pr.get(version) {
+        return Ok((version, s));
+    }
+    let state = if blob.is_empty() {
+        PrState::default()
+    } else {
+        serde_json::from_slice(&blob).map_err(|e| {
+            tracing::error!(volume = %unit.identity().name, version, error = %e,
+                "reservation state does not decode");
+            damaged()
+        })?
+    };
+    let state = Arc::new(state);
+    unit.lock().pr.put(version, state.clone());
+    Ok((version, state))
+}
+
+/// Whether a command of class `access` from `nexus` may run; `Err` when the state
+/// cannot be read.
+pub(crate) fn permits(unit: &LogicalUnit, nexus: &ItNexus, access: Access) -> Result<bool, Sense> {
+    if matches!(access, Access::Any | Access::Own) {
+        return Ok(true);
+    }
+    let (_, s) = current(unit)?;
+    Ok(s.unreserved() || s.permits(&NexusId::from(nexus), access))
+}
+
+/// Why [`transact`] did not store a change.
+enum Failed {
+    Refused(PrError),
+    Store(Sense),
+}
+
+/// Runs `rule` on the current state and stores what it returns, re-running it on a
+/// newer state after a lost race. `Ok(false)`: the rule changed nothing.
+async fn transact<F>(unit: &LogicalUnit, rule: F) -> Result<bool, Failed>
+where
+    F: Fn(&PrState) -> Result<Option<Change>, PrError>,
+{
+    for _ in 0..MAX_ATTEMPTS {
+        let (version, s) = current(unit).map_err(Failed::Store)?;
+        let Some(change) = rule(&s).map_err(Failed::Refused)? else {
+            return Ok(false);
+        };
+        let blob = serde_json::to_vec(&change.state).expect("reservation state serializes");
+        match unit
+            .shared()
+            .store(version, blob.into(), change.events)
+            .await
+        {
+            Ok(v) => {
+                let s = &change.state;
+                tracing::info!(volume = %unit.identity().name, version = v,
+                    generation = s.generation, registrations = s.registrations.len(),
+                    reservation = ?s.reservation.as_ref().map(|r| r.kind),
+                    spc2 = s.reserved_by.is_some(), "reservations changed");
+                unit.lock().pr.put(v, Arc::new(change.state));
+                return Ok(true);
+            }
+            Err(SharedError::Conflict(_)) => continue,
+            Err(e @ SharedError::Unavailable(_)) => {
+                tracing::warn!(volume = %unit.identity().name, error = %e,
+                    "reservation change not applied");
+                return Err(Failed::Store(unavailable()));
+            }
+        }
+    }
+    tracing::warn!(volume = %unit.identity().name, attempts = MAX_ATTEMPTS,
+        "reservation change kept losing races with other updates; not applied");
+    Err(Failed::Store(unavailable()))
+}
+
+/// A command's answer from [`transact`].
+fn answer(r: Result<bool, Failed>) -> HandlerResult {
+    match r {
+        Ok(_) => Ok(Done::good()),
+        Err(Failed::Refused(PrError::Conflict)) => Ok(Done::conflict()),
+        Err(Failed::Refused(PrError::Sense(s)) | Failed::Store(s)) => Err(s),
+    }
+}
+
+/// PERSISTENT RESERVE IN: READ KEYS, READ RESERVATION, REPORT CAPABILITIES, READ FULL
+/// STATUS (the table routes only these four service actions here).
+pub(crate) fn persistent_reserve_in(c: &Ctx<'_>) -> HandlerResult {
+    let alloc = usize::from(cdb::u16_at(c.cdb, 7).unwrap_or(0));
+    let (_, s) = current(c.unit)?;
+    if s.prin_allowed().is_err() {
+        return Ok(Done::conflict());
+    }
+    let data = match c.cdb[1] & 0x1F {
+        0x00 => wire::read_keys(&s),
+        0x01 => wire::read_reservation(&s),
+        0x02 => wire::report_capabilities(&s),
+        0x03 => wire::read_full_status(&s),
+        _ => return Err(Sense::invalid_cdb(1, Some(4))),
+    };
+    Ok(Done::data(data, alloc))
+}
+
+/// PERSISTENT RESERVE OUT, every service action.
+pub(crate) fn persistent_reserve_out<'a>(c: &'a Ctx<'a>) -> BoxFut<'a> {
+    Box::pin(async move {
+        let pll = cdb::u32_at(c.cdb, 5).unwrap_or(0) as usize;
+        let data = c.data_out.prefix(pll).to_bytes();
+        if data.len() < pll {
+            return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
+        }
+        let (req, keys) = wire::parse_prout(c.cdb, &data)?;
+        let issuer = NexusId::from(c.nexus);
+        if let state::Prout::Preempt { abort: true, .. } = req {
+            // The preempted nexuses' tasks are not aborted: they may run on other
+            // gateways, and the task sets belong to the transport. Their registrations
+            // are gone, so their next commands meet the new reservation.
+            tracing::info!(initiator = %issuer.initiator,
+                "PREEMPT AND ABORT: preempting without aborting the preempted tasks");
+        }
+        answer(transact(c.unit, |s| s.prout(&issuer, &req, &keys)).await)
+    })
+}
+
+/// RESERVE(6) and RESERVE(10) (SPC-2 7.21): third-party reservations are refused.
+pub(crate) fn reserve<'a>(c: &'a Ctx<'a>) -> BoxFut<'a> {
+    Box::pin(async move {
+        if c.cdb[0] == 0x56 && c.cdb[1] & 0x10 != 0 {
+            return Err(Sense::invalid_cdb(1, Some(4)));
+        }
+        let n = NexusId::from(c.nexus);
+        answer(transact(c.unit, |s| s.reserve_spc2(&n)).await)
+    })
+}
+
+/// RELEASE(6) and RELEASE(10).
+pub(crate) fn release<'a>(c: &'a Ctx<'a>) -> BoxFut<'a> {
+    Box::pin(async move {
+        if c.cdb[0] == 0x57 && c.cdb[1] & 0x10 != 0 {
+            return Err(Sense::invalid_cdb(1, Some(4)));
+        }
+        let n = NexusId::from(c.nexus);
+        answer(transact(c.unit, |s| s.release_spc2(&n)).await)
+    })
+}
+
+/// A reset (`who` = None) or the loss of I_T nexus `who` ends an SPC-2 reservation
+/// (SPC-2 5.5.1); persistent reservations stay. A store that cannot be reached
+/// leaves the reservation in place, logged.
+pub(crate) async fn drop_spc2(unit: &LogicalUnit, who: Option<&ItNexus>) {
+    let who = who.map(NexusId::from);
+    if let Err(Failed::Store(_)) = transact(unit, |s| Ok(s.drop_spc2(who.as_ref()))).await {
+        tracing::warn!(volume = %unit.identity().name,
+            "RESERVE(6)/(10) reservation not released after reset or nexus loss");
+    }
+}
+
+#[cfg(test)]
+mod tests;
