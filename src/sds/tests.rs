@@ -719,3 +719,65 @@ async fn concurrent_compare_and_writes_never_both_win() {
         .unwrap();
     assert_eq!(p.client.read(a, 0, 64 << 10).await.unwrap(), mirror);
 }
+
+/// While a chunk's lock is held exclusively (as an Atomic op holds it), the primary's
+/// mirrored writes and its reads of that chunk wait; other chunks and forwarded copies
+/// (writes without a mirror) do not.
+#[tokio::test]
+async fn writes_and_reads_wait_for_an_atomic_op_on_their_chunk() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let path = device_file(&dir, "dev0", 64 * MIB);
+    let sds = Arc::new(Sds::open(&dir.path().join("data")).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(server::run(listener, sds.clone()));
+    let c = Arc::new(ChunkClient::new(addr));
+    c.control(&claim_msg(SYSTEM, 1, 6611, &[(10, &path)]))
+        .await
+        .unwrap();
+    let s = node(2).await;
+    c.control(&SdsControl::Peers {
+        peers: vec![(2, s.handle.addr)],
+    })
+    .await
+    .unwrap();
+    let m = Some(Mirror {
+        sds: 2,
+        device: s.device,
+    });
+    let a = at(8, 3, 10, 1);
+
+    let held = sds.locks.exclusive(8, 3).await;
+    let w = {
+        let c = c.clone();
+        tokio::spawn(async move { c.write(a, 0, vec![1u8; 512].into(), false, m).await })
+    };
+    let r = {
+        let c = c.clone();
+        tokio::spawn(async move { c.read(a, 0, 512).await })
+    };
+    // Unrelated work goes on meanwhile: another chunk, and a copy without a mirror.
+    let other = at(8, 4, 10, 1);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        c.write(other, 0, vec![2u8; 512].into(), false, m)
+            .await
+            .unwrap();
+        c.read(other, 0, 512).await.unwrap();
+        c.write(at(8, 3, 10, 1), 512, vec![3u8; 512].into(), false, None)
+            .await
+            .unwrap();
+    })
+    .await
+    .expect("other chunks and forwarded copies do not wait");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !w.is_finished() && !r.is_finished(),
+        "held back by the lock"
+    );
+    drop(held);
+    w.await.unwrap().unwrap();
+    r.await.unwrap().unwrap();
+    assert_eq!(c.read(a, 0, 512).await.unwrap(), vec![1u8; 512]);
+    server.abort();
+}
