@@ -1,6 +1,9 @@
 //! A volume held in memory, for unit tests of the SCSI engine and the transport.
 
-use super::{copy_into, BackendError, BlockBackend, Provisioning, SgList, BLOCK_SIZE};
+use super::{
+    copy_into, AtomicOp, AtomicOutcome, BackendError, BlockBackend, Provisioning, SgList,
+    BLOCK_SIZE,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Mutex;
@@ -74,6 +77,34 @@ impl BlockBackend for MemoryBackend {
 
     async fn unmap(&self, lba: u64, blocks: u64) -> Result<(), BackendError> {
         self.write_zeroes(lba, blocks, true).await
+    }
+
+    async fn atomic(
+        &self,
+        lba: u64,
+        op: AtomicOp,
+        _fua: bool,
+    ) -> Result<AtomicOutcome, BackendError> {
+        let bs = BLOCK_SIZE as usize;
+        // One mutex guards every block: the read, the compare and the write below are
+        // one step for every other caller.
+        let mut data = self.data.lock().unwrap();
+        let blocks = op.len() / bs;
+        let range = lba as usize..lba as usize + blocks;
+        let mut current = vec![0u8; op.len()];
+        for (i, b) in data[range.clone()].iter().enumerate() {
+            if let Some(b) = b {
+                current[i * bs..(i + 1) * bs].copy_from_slice(b);
+            }
+        }
+        let new = match op.apply(&current) {
+            Ok(new) => new,
+            Err(offset) => return Ok(AtomicOutcome::Miscompare { offset }),
+        };
+        for (slot, chunk) in data[range].iter_mut().zip(new.chunks(bs)) {
+            *slot = Some(chunk.to_vec().into_boxed_slice());
+        }
+        Ok(AtomicOutcome::Done)
     }
 
     async fn allocation_status(&self, lba: u64) -> Result<(Provisioning, u64), BackendError> {

@@ -136,6 +136,78 @@ pub enum BackendError {
     /// so this indicates a bug in a caller.
     #[error("block range {lba}+{blocks} is beyond the end of the volume")]
     OutOfRange { lba: u64, blocks: u64 },
+    /// An atomic operation over a range the backend cannot make atomic (it spans two
+    /// chunks). The SCSI engine keeps requests inside the advertised limits, so this
+    /// too indicates a bug in a caller.
+    #[error("block range {lba}+{blocks} cannot be written atomically: it spans two chunks")]
+    NotAtomic { lba: u64, blocks: u64 },
+}
+
+/// A read-modify-write the backend performs atomically: no other atomic operation and
+/// no ordinary write to the range comes between its read and its write, on any gateway.
+#[derive(Debug, Clone)]
+pub enum AtomicOp {
+    /// COMPARE AND WRITE: write `write` only if the range holds exactly `compare`
+    /// (both `blocks * BLOCK_SIZE` bytes).
+    CompareAndWrite { compare: SgList, write: SgList },
+    /// ORWRITE: the range becomes its current bytes ORed with these.
+    Or(SgList),
+    /// WRITE ATOMIC: all of the data or none of it, never a mix with another write.
+    Write(SgList),
+}
+
+impl AtomicOp {
+    /// Bytes of the range the operation covers.
+    pub fn len(&self) -> usize {
+        match self {
+            AtomicOp::CompareAndWrite { write, .. } => write.len(),
+            AtomicOp::Or(d) | AtomicOp::Write(d) => d.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies the operation to `current`, the range's bytes read under the lock: the
+    /// bytes to write, or the offset of the first byte that differs from the compare
+    /// data. The one definition every backend (and the SDS) uses.
+    pub fn apply(&self, current: &[u8]) -> Result<Vec<u8>, u64> {
+        let mut out = vec![0u8; self.len()];
+        match self {
+            AtomicOp::CompareAndWrite { compare, write } => {
+                let mut off = 0usize;
+                for seg in compare.segments() {
+                    // Bytes missing from `current` differ too.
+                    let here = current.get(off..).unwrap_or_default();
+                    if let Some(i) = (0..seg.len()).position(|i| here.get(i) != Some(&seg[i])) {
+                        return Err((off + i) as u64);
+                    }
+                    off += seg.len();
+                }
+                copy_into(write, &mut out);
+            }
+            AtomicOp::Or(d) => {
+                copy_into(d, &mut out);
+                for (o, c) in out.iter_mut().zip(current) {
+                    *o |= c;
+                }
+            }
+            AtomicOp::Write(d) => copy_into(d, &mut out),
+        }
+        Ok(out)
+    }
+}
+
+/// How an [`AtomicOp`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtomicOutcome {
+    Done,
+    /// COMPARE AND WRITE found different bytes and wrote nothing; `offset` is the byte
+    /// offset of the first difference from the start of the range.
+    Miscompare {
+        offset: u64,
+    },
 }
 
 /// What a volume must provide. Ranges are in logical blocks of [`BLOCK_SIZE`] and are
@@ -162,6 +234,17 @@ pub trait BlockBackend: Send + Sync + std::fmt::Debug {
 
     /// Deallocates a range; later reads return zeros.
     async fn unmap(&self, lba: u64, blocks: u64) -> Result<(), BackendError>;
+
+    /// Performs `op` on the range starting at `lba` atomically (see [`AtomicOp`]); with
+    /// `fua` the result is durable when this returns. A backend may refuse a range it
+    /// cannot make atomic with [`BackendError::NotAtomic`]; ORWRITE ranges of any
+    /// length are accepted (each chunk is ORed atomically).
+    async fn atomic(
+        &self,
+        lba: u64,
+        op: AtomicOp,
+        fua: bool,
+    ) -> Result<AtomicOutcome, BackendError>;
 
     /// Provisioning state at `lba` and how many blocks from there share it.
     async fn allocation_status(&self, lba: u64) -> Result<(Provisioning, u64), BackendError>;

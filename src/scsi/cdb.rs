@@ -19,7 +19,8 @@ pub fn u32_at(cdb: &[u8], off: usize) -> Option<u32> {
 }
 
 /// The block-addressing fields shared by READ/WRITE/VERIFY/WRITE AND VERIFY/PRE-FETCH/
-/// SYNCHRONIZE CACHE in their 6, 10, 12 and 16 byte forms.
+/// SYNCHRONIZE CACHE in their 6, 10, 12 and 16 byte forms, ORWRITE(16), COMPARE AND
+/// WRITE and WRITE ATOMIC(16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockRange {
     pub lba: u64,
@@ -45,6 +46,15 @@ pub fn block_range(cdb: &[u8]) -> Option<BlockRange> {
         }
         1 | 2 => (be(cdb, 2, 4)?, u32::from(u16_at(cdb, 7)?), *cdb.get(1)?, 7),
         5 => (be(cdb, 2, 4)?, u32_at(cdb, 6)?, *cdb.get(1)?, 6),
+        // COMPARE AND WRITE: a one-byte NUMBER OF LOGICAL BLOCKS in byte 13.
+        _ if op == 0x89 => (be(cdb, 2, 8)?, u32::from(*cdb.get(13)?), *cdb.get(1)?, 13),
+        // WRITE ATOMIC(16): a two-byte TRANSFER LENGTH in bytes 12-13.
+        _ if op == 0x9C => (
+            be(cdb, 2, 8)?,
+            u32::from(u16_at(cdb, 12)?),
+            *cdb.get(1)?,
+            12,
+        ),
         4 => (be(cdb, 2, 8)?, u32_at(cdb, 10)?, *cdb.get(1)?, 10),
         _ => return None,
     };
@@ -89,6 +99,13 @@ mod tests {
         let r = block_range(&c).unwrap();
         assert_eq!((r.lba, r.blocks), (u64::MAX, 7));
         assert_eq!(block_range(&c[..12]), None);
+        c[0] = 0x89;
+        c[12] = 9;
+        let r = block_range(&c).unwrap();
+        assert_eq!((r.blocks, r.len_offset), (7, 13));
+        c[0] = 0x9C;
+        let r = block_range(&c).unwrap();
+        assert_eq!((r.lba, r.blocks, r.len_offset), (u64::MAX, 0x0907, 12));
         assert_eq!(block_range(&[0xC0; 16]), None);
     }
 }

@@ -5,6 +5,9 @@
 //! LBPME/LBPRZ in READ CAPACITY(16)); any other stays fully provisioned, so initiators
 //! never send it deallocation hints it cannot honour.
 
+use super::atomic::{
+    ATOMIC_ALIGNMENT, ATOMIC_GRANULARITY, MAX_ATOMIC_BLOCKS, MAX_COMPARE_AND_WRITE_BLOCKS,
+};
 use super::provisioning::{
     MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS, UNMAP_GRANULARITY,
 };
@@ -96,6 +99,12 @@ fn device_identification(u: &LogicalUnit) -> Vec<u8> {
 
 fn block_limits(u: &LogicalUnit) -> Vec<u8> {
     let mut b = vec![0u8; 0x3C];
+    // Limits that keep a COMPARE AND WRITE or WRITE ATOMIC inside one chunk (see
+    // `atomic`); the "with atomic boundary" pair stays 0: no boundary-split writes.
+    b[1] = MAX_COMPARE_AND_WRITE_BLOCKS;
+    b[40..44].copy_from_slice(&MAX_ATOMIC_BLOCKS.to_be_bytes());
+    b[44..48].copy_from_slice(&ATOMIC_ALIGNMENT.to_be_bytes());
+    b[48..52].copy_from_slice(&ATOMIC_GRANULARITY.to_be_bytes());
     // Optimal granularity 8 blocks (4 KiB): what a 4K-sector pool stores without RMW.
     b[2..4].copy_from_slice(&8u16.to_be_bytes());
     b[4..8].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());

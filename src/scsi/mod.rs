@@ -5,6 +5,7 @@
 //! from one table ([`OPS`]) that also feeds REPORT SUPPORTED OPERATION CODES, so what we
 //! execute and what we advertise cannot drift apart.
 
+mod atomic;
 mod capacity;
 pub mod cdb;
 mod inquiry;
@@ -180,6 +181,8 @@ pub(crate) enum DataOut {
     Param(usize, usize),
     /// WRITE SAME: one block of pattern, none with NDOB.
     WriteSame,
+    /// COMPARE AND WRITE: compare and write data, twice the number of blocks.
+    CompareAndWrite,
 }
 
 /// How reservations judge a command ([`pr::Access`]): by its opcode alone, or by
@@ -269,12 +272,15 @@ pub(crate) static OPS: &[Op] = &[
     op!(0x5F, Some(0x06), "PERSISTENT RESERVE OUT REGISTER AND IGNORE EXISTING KEY", D::Param(5, 4), Is(OWN), A(pr::persistent_reserve_out), [0x5F, 0x06, 0, 0, 0, FF, FF, FF, FF, 0]),
     op!(0x5F, Some(0x07), "PERSISTENT RESERVE OUT REGISTER AND MOVE", D::Param(5, 4), Is(OWN), A(pr::persistent_reserve_out), [0x5F, 0x07, 0, 0, 0, FF, FF, FF, FF, 0]),
     op!(0x88, None, "READ(16)", D::None, Is(RD), A(rw::read), [0x88, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0x89, None, "COMPARE AND WRITE", D::CompareAndWrite, Is(WR), A(atomic::compare_and_write), [0x89, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, 0, FF, 0, 0]),
     op!(0x8A, None, "WRITE(16)", D::Blocks, Is(WR), A(rw::write), [0x8A, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0x8B, None, "ORWRITE(16)", D::Blocks, Is(WR), A(atomic::orwrite), [0x8B, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
     op!(0x8E, None, "WRITE AND VERIFY(16)", D::Blocks, Is(WR), A(rw::write), [0x8E, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
     op!(0x8F, None, "VERIFY(16)", D::Verify, Is(RD), A(rw::verify), [0x8F, 0x16, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
     op!(0x90, None, "PRE-FETCH(16)", D::None, Is(RD), S(rw::prefetch), [0x90, 0x02, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
     op!(0x91, None, "SYNCHRONIZE CACHE(16)", D::None, Is(WR), A(rw::sync_cache), [0x91, 0, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
     op!(0x93, None, "WRITE SAME(16)", D::WriteSame, Is(WR), A(provisioning::write_same), [0x93, 0x09, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
+    op!(0x9C, None, "WRITE ATOMIC(16)", D::Blocks, Is(WR), A(atomic::write_atomic), [0x9C, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, FF, FF, 0, 0]),
     op!(0x9E, Some(0x10), "READ CAPACITY(16)", D::None, Is(STAT), S(capacity::read_capacity16), [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
     op!(0x9E, Some(0x12), "GET LBA STATUS", D::None, Is(RD), A(provisioning::get_lba_status), [0x9E, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
     op!(0xA0, None, "REPORT LUNS", D::None, Is(ANY), S(report_luns::report_luns), [0xA0, 0, FF, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
@@ -392,7 +398,8 @@ fn precheck(op: &Op, cdb: &[u8]) -> Result<(), Sense> {
 pub const MAX_TRANSFER_BYTES: u32 = rw::MAX_TRANSFER_BLOCKS * BLOCK_SIZE;
 
 /// Bytes of Data-Out the CDB describes (SPDTL), so the transport can compute write
-/// residuals: the write length of WRITE/WRITE AND VERIFY/VERIFY with BYTCHK, the
+/// residuals: the write length of WRITE/WRITE AND VERIFY/VERIFY with BYTCHK/ORWRITE/
+/// WRITE ATOMIC, twice it for COMPARE AND WRITE, the
 /// parameter list length of MODE SELECT and UNMAP, one block for WRITE SAME unless
 /// NDOB; 0 for commands without Data-Out; None for an unknown opcode or a CDB too
 /// short to tell.
@@ -417,6 +424,7 @@ pub fn data_out_length(cdb: &[u8]) -> Option<u32> {
         // NDOB exists only in WRITE SAME(16); in (10) bit 0 is reserved.
         DataOut::WriteSame if cdb[0] == 0x93 && cdb[1] & 0x01 != 0 => Some(0),
         DataOut::WriteSame => Some(BLOCK_SIZE),
+        DataOut::CompareAndWrite => Some(bytes(cdb::block_range(cdb)?.blocks.saturating_mul(2))),
     }
 }
 

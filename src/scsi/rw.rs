@@ -28,12 +28,16 @@ pub(crate) fn io_sense(e: BackendError, writing: bool) -> Sense {
             asc::SPACE_ALLOCATION_FAILED_WRITE_PROTECT,
         ),
         BackendError::OutOfRange { .. } => Sense::lba_out_of_range(),
+        e @ BackendError::NotAtomic { .. } => {
+            tracing::warn!(error = %e, "atomic request outside the advertised limits");
+            Sense::illegal(asc::INVALID_FIELD_IN_CDB)
+        }
     }
 }
 
 /// Decodes and validates the block range: no protection information (we have none to
 /// check), a transfer we are willing to buffer, and a range inside the volume.
-fn checked(c: &Ctx<'_>, transfers: bool) -> Result<BlockRange, Sense> {
+pub(super) fn checked(c: &Ctx<'_>, transfers: bool) -> Result<BlockRange, Sense> {
     let r = cdb::block_range(c.cdb).ok_or_else(|| Sense::invalid_cdb(0, None))?;
     if r.flags >> 5 != 0 {
         return Err(Sense::invalid_cdb(1, Some(7)));

@@ -1,7 +1,9 @@
 //! Engine tests through the public entry point, against a MemoryBackend.
 
 use super::*;
-use crate::backend::{BackendError, BlockBackend, MemoryBackend, Provisioning};
+use crate::backend::{
+    AtomicOp, AtomicOutcome, BackendError, BlockBackend, MemoryBackend, Provisioning,
+};
 use async_trait::async_trait;
 use rand::{Rng, SeedableRng};
 
@@ -892,6 +894,9 @@ impl BlockBackend for Failing {
     async fn unmap(&self, _: u64, _: u64) -> Result<(), BackendError> {
         Err((self.0)())
     }
+    async fn atomic(&self, _: u64, _: AtomicOp, _: bool) -> Result<AtomicOutcome, BackendError> {
+        Err((self.0)())
+    }
     async fn allocation_status(&self, _: u64) -> Result<(Provisioning, u64), BackendError> {
         Err((self.0)())
     }
@@ -1294,4 +1299,208 @@ async fn random_provisioning_commands_never_panic() {
         assert!(r.status == status::GOOD || !r.sense.is_empty());
         let _ = data_out_length(&c);
     }
+}
+
+fn caw(flags: u8, lba: u64, blocks: u8) -> Vec<u8> {
+    let mut c = vec![0u8; 16];
+    c[0] = 0x89;
+    c[1] = flags;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[13] = blocks;
+    c
+}
+
+fn write_atomic16(flags: u8, lba: u64, blocks: u16) -> Vec<u8> {
+    let mut c = vec![0u8; 16];
+    c[0] = 0x9C;
+    c[1] = flags;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[12..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+const MISCOMPARE: (u8, u8, u8) = (0x0E, 0x1D, 0x00);
+
+#[tokio::test]
+async fn compare_and_write_swaps_or_reports_the_first_difference() {
+    let luns = lun_map(false);
+    cmd(&luns, &rw10(0x2A, 0, 7, 1), vec![b'A'; 512]).await;
+    let mut out = vec![b'A'; 512];
+    out.extend_from_slice(&[b'B'; 512]);
+    assert_eq!(
+        cmd(&luns, &caw(0, 7, 1), out.clone()).await.status,
+        status::GOOD
+    );
+    assert_eq!(read_blocks(&luns, 7, 1).await, vec![b'B'; 512]);
+
+    // Now the compare data is stale: MISCOMPARE, INFORMATION = offset into the
+    // Data-Out of the first differing byte, VALID set; the block is unchanged.
+    let mut stale = vec![b'B'; 1024];
+    stale[300] = b'x';
+    let r = cmd(&luns, &caw(0x08, 7, 1), stale).await;
+    assert_eq!(sense_of(&r), MISCOMPARE);
+    assert_eq!(r.sense[0], 0xF0);
+    assert_eq!(&r.sense[3..7], &300u32.to_be_bytes());
+    let r = cmd(&luns, &caw(0, 7, 1), out).await;
+    assert_eq!(sense_of(&r), MISCOMPARE);
+    assert_eq!(&r.sense[3..7], &0u32.to_be_bytes());
+    assert_eq!(read_blocks(&luns, 7, 1).await, vec![b'B'; 512]);
+
+    // An unwritten block reads as zeros and is compared as such.
+    let r = cmd(&luns, &caw(0, 9, 1), vec![b'%'; 1024]).await;
+    assert_eq!(sense_of(&r), MISCOMPARE);
+    let mut zeros = vec![0u8; 512];
+    zeros.extend_from_slice(&[3; 512]);
+    assert_eq!(cmd(&luns, &caw(0, 9, 1), zeros).await.status, status::GOOD);
+}
+
+#[tokio::test]
+async fn compare_and_write_limits_and_errors() {
+    let luns = lun_map(false);
+    // More than MAXIMUM COMPARE AND WRITE LENGTH (1), WRPROTECT, a wrong Data-Out size.
+    let r = cmd(&luns, &caw(0, 0, 2), vec![0; 2048]).await;
+    assert_eq!(sense_of(&r), (ILLEGAL, 0x24, 0x00));
+    assert_eq!(&r.sense[15..18], &[0xC0, 0, 13]);
+    let r = cmd(&luns, &caw(0x20, 0, 1), vec![0; 1024]).await;
+    assert_eq!(sense_of(&r), (ILLEGAL, 0x24, 0x00));
+    for len in [0, 512, 2048] {
+        let r = cmd(&luns, &caw(0, 0, 1), vec![0; len]).await;
+        assert_eq!(sense_of(&r), (ILLEGAL, 0x24, 0x00), "{len} bytes");
+    }
+    let r = cmd(&luns, &caw(0, 0, 0), vec![0; 1024]).await;
+    assert_eq!(sense_of(&r), (ILLEGAL, 0x24, 0x00), "data for no blocks");
+    let r = cmd(&luns, &caw(0, BLOCKS, 1), vec![0; 1024]).await;
+    assert_eq!(sense_of(&r), (ILLEGAL, 0x21, 0x00));
+    assert_eq!(
+        cmd(&luns, &caw(0, BLOCKS, 0), vec![]).await.status,
+        status::GOOD
+    );
+    assert_eq!(
+        cmd(&luns, &caw(0x18, 0, 0), vec![]).await.status,
+        status::GOOD
+    );
+    let ro = lun_map(true);
+    let r = cmd(&ro, &caw(0, 0, 1), vec![0; 1024]).await;
+    assert_eq!(sense_of(&r), (0x07, 0x27, 0x00));
+    let io = unit_with(
+        Arc::new(Failing(|| BackendError::NotAtomic { lba: 0, blocks: 1 })),
+        false,
+    );
+    let r = cmd(&io, &caw(0, 0, 1), vec![0; 1024]).await;
+    assert_eq!(sense_of(&r), (ILLEGAL, 0x24, 0x00));
+}
+
+#[tokio::test]
+async fn orwrite_ors_into_the_blocks() {
+    let luns = lun_map(false);
+    cmd(&luns, &rw10(0x2A, 0, 1000, 24), vec![0x0F; 24 * 512]).await;
+    let r = cmd(&luns, &rw16(0x8B, 0x08, 1000, 24), vec![0x30; 24 * 512]).await;
+    assert_eq!(r.status, status::GOOD);
+    assert!(read_blocks(&luns, 1000, 24)
+        .await
+        .iter()
+        .all(|&b| b == 0x3F));
+    // A short Data-Out ORs what arrived and leaves the rest.
+    let r = cmd(&luns, &rw16(0x8B, 0, 1000, 2), vec![0xC0; 700]).await;
+    assert_eq!(r.status, status::GOOD);
+    let d = read_blocks(&luns, 1000, 2).await;
+    assert!(d[..700].iter().all(|&b| b == 0xFF) && d[700..].iter().all(|&b| b == 0x3F));
+    assert_eq!(
+        cmd(&luns, &rw16(0x8B, 0, 0, 0), vec![]).await.status,
+        status::GOOD
+    );
+    let r = cmd(&luns, &rw16(0x8B, 0, BLOCKS + 1, 0), vec![]).await;
+    assert_eq!(sense_of(&r), (ILLEGAL, 0x21, 0x00));
+    let r = cmd(&luns, &rw16(0x8B, 0x40, 0, 1), vec![0; 512]).await;
+    assert_eq!(sense_of(&r), (ILLEGAL, 0x24, 0x00));
+    let r = cmd(&lun_map(true), &rw16(0x8B, 0, 0, 1), vec![0; 512]).await;
+    assert_eq!(sense_of(&r), (0x07, 0x27, 0x00));
+}
+
+#[tokio::test]
+async fn write_atomic_within_alignment_and_granularity() {
+    let luns = lun_map(false);
+    let r = cmd(
+        &luns,
+        &write_atomic16(0x18, 256, 256),
+        vec![0x77; 256 * 512],
+    )
+    .await;
+    assert_eq!(r.status, status::GOOD);
+    assert!(read_blocks(&luns, 256, 256)
+        .await
+        .iter()
+        .all(|&b| b == 0x77));
+    assert_eq!(
+        cmd(&luns, &write_atomic16(0, 0, 8), vec![1; 4096])
+            .await
+            .status,
+        status::GOOD
+    );
+    assert_eq!(
+        cmd(&luns, &write_atomic16(0, 0, 0), vec![]).await.status,
+        status::GOOD
+    );
+    // Misaligned, not a multiple of the granularity, longer than the maximum.
+    for (lba, blocks, field) in [(1, 8, 2), (0, 1, 12), (0, 264, 12)] {
+        let r = cmd(
+            &luns,
+            &write_atomic16(0, lba, blocks),
+            vec![0; blocks as usize * 512],
+        )
+        .await;
+        assert_eq!(sense_of(&r), (ILLEGAL, 0x24, 0x00), "{lba}+{blocks}");
+        assert_eq!(r.sense[17], field);
+    }
+    // Past the end is LBA OUT OF RANGE even when also misaligned.
+    for (lba, blocks) in [(BLOCKS - 8, 16), (BLOCKS + 256, 0), (u64::MAX - 255, 8)] {
+        let r = cmd(
+            &luns,
+            &write_atomic16(0, lba, blocks),
+            vec![0; blocks as usize * 512],
+        )
+        .await;
+        assert_eq!(sense_of(&r), (ILLEGAL, 0x21, 0x00), "{lba}+{blocks}");
+    }
+    let r = cmd(&luns, &write_atomic16(0, 0, 8), vec![0; 4000]).await;
+    assert_eq!(sense_of(&r), (ILLEGAL, 0x24, 0x00));
+    let r = cmd(&luns, &write_atomic16(0x60, 0, 8), vec![0; 4096]).await;
+    assert_eq!(sense_of(&r), (ILLEGAL, 0x24, 0x00));
+    let r = cmd(&lun_map(true), &write_atomic16(0, 0, 8), vec![0; 4096]).await;
+    assert_eq!(sense_of(&r), (0x07, 0x27, 0x00));
+}
+
+#[tokio::test]
+async fn atomic_limits_in_block_limits_and_usage_data() {
+    let luns = lun_map(false);
+    let r = cmd(&luns, &[0x12, 1, 0xB0, 0, 255, 0], vec![]).await;
+    let d = &r.data_in;
+    assert_eq!(d[5], 1, "MAXIMUM COMPARE AND WRITE LENGTH");
+    assert_eq!(
+        &d[44..48],
+        &256u32.to_be_bytes(),
+        "MAXIMUM ATOMIC TRANSFER LENGTH"
+    );
+    assert_eq!(&d[48..52], &256u32.to_be_bytes(), "ATOMIC ALIGNMENT");
+    assert_eq!(
+        &d[52..56],
+        &8u32.to_be_bytes(),
+        "ATOMIC TRANSFER LENGTH GRANULARITY"
+    );
+    assert_eq!(&d[56..64], &[0; 8], "no atomic boundary");
+    // An aligned atomic range never crosses a 2048-block chunk.
+    let (align, max) = (256u64, 256u64);
+    assert!((0..1 << 14)
+        .step_by(align as usize)
+        .all(|s: u64| s / 2048 == (s + max - 1) / 2048));
+    for op in [0x89u8, 0x8B, 0x9C] {
+        let c = [0xA3, 0x0C, 1, op, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0];
+        let r = cmd(&luns, &c, vec![]).await;
+        assert_eq!(r.data_in[1] & 0x07, 3, "{op:#x} supported");
+        assert_eq!(&r.data_in[2..4], &[0, 16]);
+        assert_eq!(r.data_in[5] & 0x18, 0x18, "{op:#x} DPO/FUA");
+    }
+    assert_eq!(data_out_length(&caw(0, 0, 3)), Some(3 * 1024));
+    assert_eq!(data_out_length(&rw16(0x8B, 0, 0, 5)), Some(5 * 512));
+    assert_eq!(data_out_length(&write_atomic16(0, 0, 16)), Some(16 * 512));
 }

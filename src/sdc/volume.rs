@@ -7,8 +7,11 @@
 
 use super::route::{pieces, route, Piece, RouteError};
 use super::sds_pool::SdsPool;
-use crate::backend::{BackendError, BlockBackend, Provisioning, SgList, BLOCK_SIZE};
+use crate::backend::{
+    AtomicOp, AtomicOutcome, BackendError, BlockBackend, Provisioning, SgList, BLOCK_SIZE,
+};
 use crate::cluster::api::{Layout, MdmReply, MdmRequest, CHUNK_SIZE};
+use crate::cluster::chunk::wire::AtomicKind;
 use crate::cluster::chunk::ChunkError;
 use crate::cluster::mdm_client;
 use async_trait::async_trait;
@@ -140,12 +143,31 @@ impl Inner {
         F: Fn(Arc<crate::cluster::chunk::ChunkClient>, crate::sdc::route::Route<'_>) -> Fut,
         Fut: Future<Output = Result<T, ChunkError>>,
     {
+        self.on_chunk_retrying(chunk, true, op).await
+    }
+
+    /// [`Inner::on_chunk`] for an operation that is not idempotent when
+    /// `retry_unreachable` is false: an unreachable SDS may have executed it before the
+    /// answer was lost (a repeated compare-and-write would then miscompare against its
+    /// own result), so only a stale epoch, which the SDS refuses before executing
+    /// anything, is retried.
+    async fn on_chunk_retrying<T, F, Fut>(
+        &self,
+        chunk: u64,
+        retry_unreachable: bool,
+        op: F,
+    ) -> Result<T, VolumeError>
+    where
+        F: Fn(Arc<crate::cluster::chunk::ChunkClient>, crate::sdc::route::Route<'_>) -> Fut,
+        Fut: Future<Output = Result<T, ChunkError>>,
+    {
         let layout = self.layout();
         let r = route(&layout, chunk)?;
         let first = op(self.sds.client(r.primary.addr), r).await;
         let err = match first {
             Ok(v) => return Ok(v),
-            Err(e @ (ChunkError::StaleEpoch { .. } | ChunkError::Unreachable { .. })) => e,
+            Err(e @ ChunkError::StaleEpoch { .. }) => e,
+            Err(e @ ChunkError::Unreachable { .. }) if retry_unreachable => e,
             Err(source) => {
                 return Err(VolumeError::Chunk {
                     volume: self.id,
@@ -265,6 +287,69 @@ impl BlockBackend for PoolVolume {
 
     async fn unmap(&self, lba: u64, blocks: u64) -> Result<(), BackendError> {
         self.write_zeroes(lba, blocks, true).await
+    }
+
+    /// ORWRITE is cut at chunk boundaries, each piece ORed atomically by its primary.
+    /// COMPARE AND WRITE and WRITE ATOMIC must lie in one chunk (the Block Limits page
+    /// keeps them there): a chunk's primary is the one place that can order them
+    /// against every gateway's writes.
+    async fn atomic(
+        &self,
+        lba: u64,
+        op: AtomicOp,
+        fua: bool,
+    ) -> Result<AtomicOutcome, BackendError> {
+        let blocks = op.len() as u64 / BLOCK_SIZE as u64;
+        let (start, len) = bytes_of(lba, blocks);
+        if len == 0 {
+            return Ok(AtomicOutcome::Done);
+        }
+        let (kind, payload) = match op {
+            AtomicOp::Or(data) => {
+                let data = Arc::new(data);
+                self.each(start, len, |inner, p| {
+                    let data = data.clone();
+                    async move {
+                        let seg = data.slice(p.buf_offset, p.len as usize);
+                        inner
+                            .on_chunk(p.chunk, |c, r| {
+                                let seg = seg.clone();
+                                async move {
+                                    c.atomic(r.at, p.offset, AtomicKind::Or, seg, fua, r.mirror)
+                                        .await
+                                }
+                            })
+                            .await
+                    }
+                })
+                .await?;
+                return Ok(AtomicOutcome::Done);
+            }
+            AtomicOp::CompareAndWrite { compare, write } => {
+                let mut both = compare;
+                for seg in write.segments() {
+                    both.push(seg.clone());
+                }
+                (AtomicKind::CompareAndWrite, both)
+            }
+            AtomicOp::Write(data) => (AtomicKind::Write, data),
+        };
+        let mut all = pieces(start, len);
+        let (Some(p), None) = (all.next(), all.next()) else {
+            return Err(BackendError::NotAtomic { lba, blocks });
+        };
+        let idempotent = kind != AtomicKind::CompareAndWrite;
+        let miscompare = self
+            .0
+            .on_chunk_retrying(p.chunk, idempotent, |c, r| {
+                let payload = payload.clone();
+                async move { c.atomic(r.at, p.offset, kind, payload, fua, r.mirror).await }
+            })
+            .await?;
+        Ok(match miscompare {
+            Some(offset) => AtomicOutcome::Miscompare { offset },
+            None => AtomicOutcome::Done,
+        })
     }
 
     async fn allocation_status(&self, lba: u64) -> Result<(Provisioning, u64), BackendError> {
@@ -417,6 +502,59 @@ mod tests {
             Provisioning::Deallocated
         );
         assert!(vol.read(2048, 8).await.unwrap().iter().all(|b| *b == 0));
+    }
+
+    #[tokio::test]
+    async fn atomic_ops_go_to_the_primary_or_are_refused_across_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, nodes) = setup(&dir).await;
+        // Block 2047 is the last of chunk 0 (primary SDS 1), 2048 the first of chunk 1.
+        vol.write(2047, SgList::from(vec![0x0F; 1024]), false)
+            .await
+            .unwrap();
+        let caw = |compare: u8, write: u8| AtomicOp::CompareAndWrite {
+            compare: vec![compare; 512].into(),
+            write: vec![write; 512].into(),
+        };
+        let r = vol.atomic(2048, caw(0x0F, 0x10), true).await.unwrap();
+        assert_eq!(r, AtomicOutcome::Done);
+        let r = vol.atomic(2048, caw(0x0F, 0x11), false).await.unwrap();
+        assert_eq!(r, AtomicOutcome::Miscompare { offset: 0 });
+        // ORWRITE across the chunk boundary: each chunk ORed at its own primary.
+        vol.atomic(2047, AtomicOp::Or(vec![0x40; 1024].into()), false)
+            .await
+            .unwrap();
+        let d = vol.read(2047, 2).await.unwrap();
+        assert!(d[..512].iter().all(|&b| b == 0x4F) && d[512..].iter().all(|&b| b == 0x50));
+        // The secondary of chunk 1 (SDS 1) has the result too.
+        let s = ChunkClient::new(nodes[0].addr)
+            .read(
+                ChunkRef {
+                    volume: 42,
+                    chunk: 1,
+                    device: 10,
+                    epoch: 1,
+                },
+                0,
+                512,
+            )
+            .await
+            .unwrap();
+        assert_eq!(s, vec![0x50; 512]);
+        // A compare-and-write or atomic write spanning two chunks cannot be atomic.
+        let span = AtomicOp::Write(vec![1; 1024].into());
+        let e = vol.atomic(2047, span, false).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                BackendError::NotAtomic {
+                    lba: 2047,
+                    blocks: 2
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(vol.read(2047, 1).await.unwrap(), vec![0x4F; 512]);
     }
 
     #[tokio::test]

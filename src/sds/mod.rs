@@ -8,8 +8,9 @@
 //!
 //! Modules: `format` (pure on-disk encoding, documented there), `device` (one
 //! device's chunk table and I/O), `store` (all devices), `claim` and `control` (MDM
-//! messages), `ops` (one chunk request, mirroring), `server` (connections), `epoch`
-//! (fencing), `peers` (mirror targets), `state` (persistence), `hello`.
+//! messages), `ops` (one chunk request, mirroring), `locks` (per-chunk ordering of
+//! atomic ops against writes), `server` (connections), `epoch` (fencing), `peers`
+//! (mirror targets), `state` (persistence), `hello`.
 
 mod claim;
 mod control;
@@ -17,6 +18,7 @@ mod device;
 mod epoch;
 mod format;
 mod hello;
+mod locks;
 mod ops;
 mod peers;
 mod server;
@@ -28,6 +30,7 @@ use crate::cluster::chunk::ChunkError;
 use device::{Device, Probe};
 use epoch::Epochs;
 use format::FormatError;
+use locks::ChunkLocks;
 use peers::Peers;
 use state::SdsState;
 use std::net::SocketAddr;
@@ -166,6 +169,7 @@ struct Sds {
     store: Store,
     epochs: Epochs,
     peers: Peers,
+    locks: ChunkLocks,
 }
 
 impl Sds {
@@ -211,6 +215,7 @@ impl Sds {
             store,
             epochs: Epochs::default(),
             peers,
+            locks: ChunkLocks::default(),
         })
     }
 }

@@ -1,11 +1,15 @@
-//! Executing one chunk request: epoch fencing, the device operation on a blocking
-//! thread, and for a primary write the forward to the mirror SDS, run concurrently.
+//! Executing one chunk request: epoch fencing, the chunk lock (`locks`), the device
+//! operation on a blocking thread, and for a primary write the forward to the mirror
+//! SDS, run concurrently.
 
+use super::device::{ChunkKey, Device};
 use super::{Sds, SdsError};
 use crate::backend::fileops::runs_inline;
-use crate::backend::SgList;
+use crate::backend::{AtomicOp, SgList};
 use crate::cluster::api::SdsControl;
-use crate::cluster::chunk::wire::{Op, RequestHeader, FLAG_MAPPED};
+use crate::cluster::chunk::wire::{
+    AtomicKind, Op, RequestHeader, FLAG_FUA, FLAG_MAPPED, FLAG_MISCOMPARE,
+};
 use crate::cluster::chunk::{ChunkError, ChunkRef, Mirror};
 use bytes::Bytes;
 use std::net::SocketAddr;
@@ -41,12 +45,13 @@ pub async fn execute(
             blocking(move || sds.store.sync_all()).await?;
             Ok(Answer::default())
         }
-        Op::Read | Op::Write | Op::WriteZeroes | Op::Status => {
+        Op::Read | Op::Write | Op::WriteZeroes | Op::Status | Op::Atomic => {
             sds.epochs.admit(h.at.volume, h.at.epoch)?;
             let dev = sds.store.device(h.at.device).map_err(|e| e.to_chunk())?;
             let key = (h.at.volume, h.at.chunk);
             match h.op {
                 Op::Read => {
+                    let _order = sds.locks.shared(h.at.volume, h.at.chunk).await;
                     let small = runs_inline(h.length as usize, false);
                     let data = run(small, move || dev.read(key, h.offset, h.length)).await?;
                     Ok(Answer::data(data))
@@ -59,30 +64,101 @@ pub async fn execute(
                         payload: Bytes::new(),
                     })
                 }
+                Op::Atomic => atomic(sds, h, dev, key, payload).await,
                 _ => {
-                    let data = SgList::from(payload);
-                    let forward = data.clone();
-                    let small = runs_inline(h.length as usize, h.fua());
-                    let local = run(small, move || {
-                        if h.op == Op::Write {
-                            dev.write(key, h.offset, &data, h.fua())
-                        } else {
-                            dev.write_zeroes(key, h.offset, h.length, h.unmap(), h.fua())
-                        }
-                    });
-                    match h.mirror {
-                        None => local.await?,
-                        Some(m) => {
-                            let (l, r) = tokio::join!(local, mirror(sds, h, forward, m));
-                            l?;
-                            r?;
-                        }
-                    }
+                    // The primary's write (it names a mirror) is ordered against Atomic
+                    // ops; a forwarded copy is ordered by its primary (see `locks`).
+                    let _order = match h.mirror {
+                        Some(_) => Some(sds.locks.shared(h.at.volume, h.at.chunk).await),
+                        None => None,
+                    };
+                    write_copies(sds, h, dev, key, SgList::from(payload)).await?;
                     Ok(Answer::default())
                 }
             }
         }
     }
+}
+
+/// Writes (or zeroes) the local copy and, when the request names a mirror, forwards
+/// the same request there concurrently; both must succeed.
+async fn write_copies(
+    sds: &Sds,
+    h: RequestHeader,
+    dev: Arc<Device>,
+    key: ChunkKey,
+    data: SgList,
+) -> Result<(), ChunkError> {
+    let forward = data.clone();
+    let small = runs_inline(h.length as usize, h.fua());
+    let local = run(small, move || {
+        if h.op == Op::Write {
+            dev.write(key, h.offset, &data, h.fua())
+        } else {
+            dev.write_zeroes(key, h.offset, h.length, h.unmap(), h.fua())
+        }
+    });
+    match h.mirror {
+        None => local.await,
+        Some(m) => {
+            let (l, r) = tokio::join!(local, mirror(sds, h, forward, m));
+            l?;
+            r
+        }
+    }
+}
+
+/// An Atomic request: under the chunk's exclusive lock, read the range, compute the
+/// result (or find the miscompare) and write it to both copies as an ordinary mirrored
+/// Write with the request's epoch and FUA. The lock is held until the mirror has
+/// answered, so the two copies see Atomic ops and the writes between them in the same
+/// order.
+async fn atomic(
+    sds: &Sds,
+    h: RequestHeader,
+    dev: Arc<Device>,
+    key: ChunkKey,
+    payload: Bytes,
+) -> Result<Answer, ChunkError> {
+    let kind = h
+        .atomic_kind()
+        .ok_or_else(|| ChunkError::Protocol("Atomic request without a kind".into()))?;
+    let len = h.length as usize;
+    let _exclusive = sds.locks.exclusive(h.at.volume, h.at.chunk).await;
+    let result = match kind {
+        AtomicKind::Write => payload,
+        AtomicKind::CompareAndWrite | AtomicKind::Or => {
+            let op = if kind == AtomicKind::Or {
+                AtomicOp::Or(payload.into())
+            } else {
+                AtomicOp::CompareAndWrite {
+                    compare: payload.slice(..len).into(),
+                    write: payload.slice(len..).into(),
+                }
+            };
+            let reader = dev.clone();
+            let small = runs_inline(len, false);
+            let current = run(small, move || reader.read(key, h.offset, h.length)).await?;
+            match op.apply(&current) {
+                Ok(new) => Bytes::from(new),
+                Err(offset) => {
+                    return Ok(Answer {
+                        flags: FLAG_MISCOMPARE,
+                        aux: offset,
+                        payload: Bytes::new(),
+                    })
+                }
+            }
+        }
+    };
+    let write = RequestHeader {
+        op: Op::Write,
+        flags: h.flags & FLAG_FUA,
+        payload_len: h.length,
+        ..h
+    };
+    write_copies(sds, write, dev, key, SgList::from(result)).await?;
+    Ok(Answer::default())
 }
 
 /// Sends the same write to the mirror SDS for the second copy. A stale epoch there is

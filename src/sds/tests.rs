@@ -7,7 +7,7 @@ use crate::cluster::api::{
     ClaimDevice, MdmReply, MdmRequest, MdmResponse, SdsControl, SdsControlReply, SdsInventory,
     CHUNK_SIZE,
 };
-use crate::cluster::chunk::wire::{Op, RequestHeader, ResponseHeader, Status};
+use crate::cluster::chunk::wire::{AtomicKind, Op, RequestHeader, ResponseHeader, Status};
 use crate::cluster::chunk::{ChunkClient, ChunkRef, Mirror};
 use crate::cluster::frame;
 use bytes::Bytes;
@@ -537,4 +537,247 @@ async fn whole_chunks_travel_in_one_request() {
     assert_eq!(c.read(a, 0, CHUNK_SIZE as u32).await.unwrap(), data);
     let e = c.write(a, 1, data.into(), false, None).await.unwrap_err();
     assert!(matches!(e, ChunkError::Protocol(_)), "{e}");
+}
+
+/// Compare data then write data, as a compare-and-write payload.
+fn caw_payload(compare: &[u8], write: &[u8]) -> SgList {
+    let mut p = SgList::new();
+    p.push(Bytes::copy_from_slice(compare));
+    p.push(Bytes::copy_from_slice(write));
+    p
+}
+
+#[tokio::test]
+async fn atomic_ops_run_on_the_primary_and_reach_the_mirror() {
+    let p = node(1).await;
+    let s = node(2).await;
+    let peers = SdsControl::Peers {
+        peers: vec![(2, s.handle.addr)],
+    };
+    p.client.control(&peers).await.unwrap();
+    let m = Some(Mirror {
+        sds: 2,
+        device: s.device,
+    });
+    let a = at(4, 1, p.device, 2);
+    let on_secondary = at(4, 1, s.device, 2);
+    p.client
+        .write(a, 4096, vec![b'A'; 1024].into(), false, m)
+        .await
+        .unwrap();
+
+    // A match: the write data lands on both copies.
+    let r = p
+        .client
+        .atomic(
+            a,
+            4096,
+            AtomicKind::CompareAndWrite,
+            caw_payload(&[b'A'; 1024], &[b'B'; 1024]),
+            true,
+            m,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, None);
+    for (c, at) in [(&p.client, a), (&s.client, on_secondary)] {
+        assert_eq!(c.read(at, 4096, 1024).await.unwrap(), vec![b'B'; 1024]);
+    }
+
+    // A miscompare: the offset of the first differing byte, nothing written anywhere.
+    let mut compare = vec![b'B'; 1024];
+    compare[777] = b'A';
+    compare[900] = b'A';
+    let r = p
+        .client
+        .atomic(
+            a,
+            4096,
+            AtomicKind::CompareAndWrite,
+            caw_payload(&compare, &[b'C'; 1024]),
+            false,
+            m,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, Some(777));
+    for (c, at) in [(&p.client, a), (&s.client, on_secondary)] {
+        assert_eq!(c.read(at, 4096, 1024).await.unwrap(), vec![b'B'; 1024]);
+    }
+
+    // Or-write and atomic write; an unwritten chunk compares as zeros.
+    let r = p
+        .client
+        .atomic(a, 4096, AtomicKind::Or, vec![0x01; 512].into(), false, m)
+        .await
+        .unwrap();
+    assert_eq!(r, None);
+    p.client
+        .atomic(a, 4608, AtomicKind::Write, vec![7; 512].into(), false, m)
+        .await
+        .unwrap();
+    for (c, at) in [(&p.client, a), (&s.client, on_secondary)] {
+        let d = c.read(at, 4096, 1024).await.unwrap();
+        assert!(d[..512].iter().all(|&b| b == b'B' | 1) && d[512..].iter().all(|&b| b == 7));
+    }
+    let fresh = at(4, 5, p.device, 2);
+    let r = p
+        .client
+        .atomic(
+            fresh,
+            0,
+            AtomicKind::CompareAndWrite,
+            caw_payload(&[0; 512], &[9; 512]),
+            false,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, None);
+    assert_eq!(p.client.read(fresh, 0, 512).await.unwrap(), vec![9; 512]);
+
+    // Fenced like any write: an older epoch is refused before anything runs.
+    let e = p
+        .client
+        .atomic(
+            at(4, 1, p.device, 1),
+            4096,
+            AtomicKind::Write,
+            vec![0; 512].into(),
+            false,
+            m,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ChunkError::StaleEpoch { current: 2, .. }),
+        "{e}"
+    );
+}
+
+/// Many clients swap one counter concurrently, each from the value it last read, mixed
+/// with ordinary writes to the rest of the block's chunk: every successful swap moves
+/// the counter by exactly one, so no compare was separated from its write, and the
+/// mirror ends equal to the primary.
+#[tokio::test]
+async fn concurrent_compare_and_writes_never_both_win() {
+    let p = node(1).await;
+    let s = node(2).await;
+    p.client
+        .control(&SdsControl::Peers {
+            peers: vec![(2, s.handle.addr)],
+        })
+        .await
+        .unwrap();
+    let m = Some(Mirror {
+        sds: 2,
+        device: s.device,
+    });
+    let a = at(6, 0, p.device, 1);
+    let client = Arc::new(ChunkClient::new(p.handle.addr));
+    let mut set = tokio::task::JoinSet::new();
+    for w in 0..6u32 {
+        let c = client.clone();
+        set.spawn(async move {
+            let mut wins = 0;
+            while wins < 20 {
+                let old = c.read(a, 0, 512).await.unwrap();
+                let n = u32::from_be_bytes(old[..4].try_into().unwrap());
+                let mut new = old.to_vec();
+                new[..4].copy_from_slice(&(n + 1).to_be_bytes());
+                let r = c
+                    .atomic(
+                        a,
+                        0,
+                        AtomicKind::CompareAndWrite,
+                        caw_payload(&old, &new),
+                        false,
+                        m,
+                    )
+                    .await
+                    .unwrap();
+                if r.is_none() {
+                    wins += 1;
+                }
+                // An ordinary mirrored write elsewhere in the chunk.
+                let off = 4096 * (1 + w);
+                c.write(a, off, vec![w as u8; 4096].into(), false, m)
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    let end = p.client.read(a, 0, 512).await.unwrap();
+    assert_eq!(u32::from_be_bytes(end[..4].try_into().unwrap()), 120);
+    let mirror = s
+        .client
+        .read(at(6, 0, s.device, 1), 0, 64 << 10)
+        .await
+        .unwrap();
+    assert_eq!(p.client.read(a, 0, 64 << 10).await.unwrap(), mirror);
+}
+
+/// While a chunk's lock is held exclusively (as an Atomic op holds it), the primary's
+/// mirrored writes and its reads of that chunk wait; other chunks and forwarded copies
+/// (writes without a mirror) do not.
+#[tokio::test]
+async fn writes_and_reads_wait_for_an_atomic_op_on_their_chunk() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let path = device_file(&dir, "dev0", 64 * MIB);
+    let sds = Arc::new(Sds::open(&dir.path().join("data")).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(server::run(listener, sds.clone()));
+    let c = Arc::new(ChunkClient::new(addr));
+    c.control(&claim_msg(SYSTEM, 1, 6611, &[(10, &path)]))
+        .await
+        .unwrap();
+    let s = node(2).await;
+    c.control(&SdsControl::Peers {
+        peers: vec![(2, s.handle.addr)],
+    })
+    .await
+    .unwrap();
+    let m = Some(Mirror {
+        sds: 2,
+        device: s.device,
+    });
+    let a = at(8, 3, 10, 1);
+
+    let held = sds.locks.exclusive(8, 3).await;
+    let w = {
+        let c = c.clone();
+        tokio::spawn(async move { c.write(a, 0, vec![1u8; 512].into(), false, m).await })
+    };
+    let r = {
+        let c = c.clone();
+        tokio::spawn(async move { c.read(a, 0, 512).await })
+    };
+    // Unrelated work goes on meanwhile: another chunk, and a copy without a mirror.
+    let other = at(8, 4, 10, 1);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        c.write(other, 0, vec![2u8; 512].into(), false, m)
+            .await
+            .unwrap();
+        c.read(other, 0, 512).await.unwrap();
+        c.write(at(8, 3, 10, 1), 512, vec![3u8; 512].into(), false, None)
+            .await
+            .unwrap();
+    })
+    .await
+    .expect("other chunks and forwarded copies do not wait");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !w.is_finished() && !r.is_finished(),
+        "held back by the lock"
+    );
+    drop(held);
+    w.await.unwrap().unwrap();
+    r.await.unwrap().unwrap();
+    assert_eq!(c.read(a, 0, 512).await.unwrap(), vec![1u8; 512]);
+    server.abort();
 }

@@ -156,12 +156,23 @@ impl Cluster {
     /// A gateway named gw1 whose target exports the mapped volumes, in demo mode or
     /// under the initiator map.
     pub fn gateway(&self, demo: bool) -> (Proc, SocketAddr) {
-        let cfg = self.dir.path().join("gateway.toml");
+        self.gateway_named("gw1", demo)
+    }
+
+    /// Another gateway (SDC `name`, its own config and data directory) exporting the
+    /// same target name: several gateways serving the same volumes.
+    pub fn gateway_named(&self, name: &str, demo: bool) -> (Proc, SocketAddr) {
+        // gw1 keeps the paths it always had.
+        let (cfg, data) = match name {
+            "gw1" => ("gateway.toml".to_string(), "gw".to_string()),
+            _ => (format!("gateway-{name}.toml"), name.to_string()),
+        };
+        let cfg = self.dir.path().join(cfg);
         std::fs::write(
             &cfg,
             format!(
                 "data_dir = \"{}\"\n[iscsi]\nlisten = [\"127.0.0.1:0\"]\n[[target]]\nname = \"{GW_IQN}\"\nmapped = true\ndemo_mode = {demo}\n",
-                self.dir.path().join("gw").display()
+                self.dir.path().join(data).display()
             ),
         )
         .unwrap();
@@ -172,7 +183,7 @@ impl Cluster {
                 "--mdm",
                 &mdm,
                 "--name",
-                "gw1",
+                name,
                 "--sdc-ip",
                 "127.0.0.1",
                 "--config",

@@ -2,7 +2,9 @@
 //! use and replaced when they die, with requests spread round robin over them.
 
 use super::conn::{Conn, Reply};
-use super::wire::{self, Op, RequestHeader, FLAG_FUA, FLAG_MAPPED, FLAG_UNMAP};
+use super::wire::{
+    self, AtomicKind, Op, RequestHeader, FLAG_FUA, FLAG_MAPPED, FLAG_MISCOMPARE, FLAG_UNMAP,
+};
 use super::{ChunkError, ChunkRef, Mirror};
 use crate::backend::SgList;
 use crate::cluster::api::{SdsControl, SdsControlReply};
@@ -93,6 +95,36 @@ impl ChunkClient {
             h.flags |= FLAG_FUA;
         }
         self.call(h, &data).await.map(drop)
+    }
+
+    /// Runs an atomic read-modify-write on a range of the chunk's primary copy (see
+    /// [`wire`]); with `mirror` the SDS writes the result to the second copy as well
+    /// before answering. `payload` is compare data then write data for
+    /// compare-and-write, the data otherwise. `Ok(Some(offset))` is a miscompare at
+    /// that byte of the range: nothing was written.
+    pub async fn atomic(
+        &self,
+        at: ChunkRef,
+        offset: u32,
+        kind: AtomicKind,
+        payload: SgList,
+        fua: bool,
+        mirror: Option<Mirror>,
+    ) -> Result<Option<u64>, ChunkError> {
+        let total = u32::try_from(payload.len())
+            .map_err(|_| ChunkError::Protocol(format!("{}-byte payload", payload.len())))?;
+        let mut h = RequestHeader::new(Op::Atomic, 0);
+        h.at = at;
+        h.offset = offset;
+        h.length = match kind {
+            AtomicKind::CompareAndWrite => total / 2,
+            AtomicKind::Or | AtomicKind::Write => total,
+        };
+        h.payload_len = total;
+        h.mirror = mirror;
+        h.flags = kind.flags() | if fua { FLAG_FUA } else { 0 };
+        let (resp, _) = self.call(h, &payload).await?;
+        Ok((resp.flags & FLAG_MISCOMPARE != 0).then_some(resp.aux))
     }
 
     /// Zeroes a range; with `unmap` the SDS may release it (a whole chunk frees its

@@ -8,9 +8,9 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 2 | magic `0x4451` ("DQ") |
-//! | 2 | 1 | op: 1 Read, 2 Write, 3 WriteZeroes, 4 Flush, 5 Status, 6 Control |
-//! | 3 | 1 | flags: 0x01 FUA (Write, WriteZeroes), 0x02 UNMAP (WriteZeroes) |
-//! | 4 | 4 | payload_len (Write: = length; Control: JSON; others 0) |
+//! | 2 | 1 | op: 1 Read, 2 Write, 3 WriteZeroes, 4 Flush, 5 Status, 6 Control, 7 Atomic |
+//! | 3 | 1 | flags: 0x01 FUA (Write, WriteZeroes, Atomic), 0x02 UNMAP (WriteZeroes), bits 0x30 the Atomic kind: 0x10 compare-and-write, 0x20 or-write, 0x30 atomic write |
+//! | 4 | 4 | payload_len (Write, Atomic or-write and write: = length; Atomic compare-and-write: 2 × length, compare data then write data; Control: JSON; others 0) |
 //! | 8 | 8 | tag, echoed in the response |
 //! | 16 | 8 | layout epoch |
 //! | 24 | 8 | volume id |
@@ -22,10 +22,19 @@
 //! | 64 | 8 | mirror device id |
 //!
 //! Response (24 bytes): magic `0x4452` ("DR") u16, status u8, flags u8 (0x01 MAPPED in
-//! a Status reply), payload_len u32, tag u64, aux u64. The payload is the data of a
-//! Read, the JSON `Result<SdsControlReply, String>` of a Control, or UTF-8 error text.
-//! `aux` is the SDS's current epoch in a StaleEpoch reply, the failed SDS in a Mirror
-//! reply and the run length in bytes in a Status reply.
+//! a Status reply, 0x02 MISCOMPARE in an Atomic reply), payload_len u32, tag u64, aux
+//! u64. The payload is the data of a Read, the JSON `Result<SdsControlReply, String>`
+//! of a Control, or UTF-8 error text. `aux` is the SDS's current epoch in a StaleEpoch
+//! reply, the failed SDS in a Mirror reply, the run length in bytes in a Status reply
+//! and the offset of the first differing byte in a MISCOMPARE reply.
+//!
+//! Atomic (7) is a read-modify-write the receiving primary performs under an exclusive
+//! lock on the chunk (ordinary writes that name a mirror, and reads, hold the same lock
+//! shared): compare-and-write writes the second half of the payload only if the range
+//! holds the first half, else answers Ok with MISCOMPARE and writes nothing; or-write
+//! writes the range ORed with the payload; atomic write writes the payload. The
+//! resulting bytes go to the mirror as an ordinary Write (same epoch, same FUA) before
+//! the lock is released and the reply sent.
 //!
 //! A header is validated once, here, by both ends: the receiver before it reads a
 //! payload, the sender before it puts a nonsensical request on the wire.
@@ -45,8 +54,16 @@ pub const MAX_CONTROL_PAYLOAD: u32 = 64 << 20;
 pub const FLAG_FUA: u8 = 0x01;
 /// Request flag (WriteZeroes): the range may be deallocated.
 pub const FLAG_UNMAP: u8 = 0x02;
+/// Request flags (Atomic): which read-modify-write; exactly one of the three values.
+pub const ATOMIC_KIND_MASK: u8 = 0x30;
+pub const ATOMIC_COMPARE_AND_WRITE: u8 = 0x10;
+pub const ATOMIC_OR: u8 = 0x20;
+pub const ATOMIC_WRITE: u8 = 0x30;
 /// Response flag (Status): the bytes at the offset are allocated.
 pub const FLAG_MAPPED: u8 = 0x01;
+/// Response flag (Atomic): the compare data differed, nothing was written; `aux` is the
+/// offset of the first differing byte within the range.
+pub const FLAG_MISCOMPARE: u8 = 0x02;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -66,6 +83,8 @@ pub enum WireError {
     OutsideChunk { offset: u32, length: u32 },
     #[error("mirror SDS is set but the op is {0:?}; only writes are mirrored")]
     MirrorNotWrite(Op),
+    #[error("Atomic request without a kind in its flags ({0:#04x})")]
+    NoAtomicKind(u8),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +95,25 @@ pub enum Op {
     Flush = 4,
     Status = 5,
     Control = 6,
+    Atomic = 7,
+}
+
+/// What an [`Op::Atomic`] request does, from its flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtomicKind {
+    CompareAndWrite,
+    Or,
+    Write,
+}
+
+impl AtomicKind {
+    pub fn flags(self) -> u8 {
+        match self {
+            AtomicKind::CompareAndWrite => ATOMIC_COMPARE_AND_WRITE,
+            AtomicKind::Or => ATOMIC_OR,
+            AtomicKind::Write => ATOMIC_WRITE,
+        }
+    }
 }
 
 impl Op {
@@ -87,6 +125,7 @@ impl Op {
             4 => Op::Flush,
             5 => Op::Status,
             6 => Op::Control,
+            7 => Op::Atomic,
             _ => return Err(WireError::UnknownOp(v)),
         })
     }
@@ -95,6 +134,7 @@ impl Op {
         match self {
             Op::Write => FLAG_FUA,
             Op::WriteZeroes => FLAG_FUA | FLAG_UNMAP,
+            Op::Atomic => FLAG_FUA | ATOMIC_KIND_MASK,
             _ => 0,
         }
     }
@@ -139,6 +179,20 @@ impl RequestHeader {
 
     pub fn unmap(&self) -> bool {
         self.flags & FLAG_UNMAP != 0
+    }
+
+    /// The kind of an Atomic request; `None` for other ops (and for an Atomic header
+    /// that [`RequestHeader::check`] refuses).
+    pub fn atomic_kind(&self) -> Option<AtomicKind> {
+        if self.op != Op::Atomic {
+            return None;
+        }
+        match self.flags & ATOMIC_KIND_MASK {
+            ATOMIC_COMPARE_AND_WRITE => Some(AtomicKind::CompareAndWrite),
+            ATOMIC_OR => Some(AtomicKind::Or),
+            ATOMIC_WRITE => Some(AtomicKind::Write),
+            _ => None,
+        }
     }
 
     pub fn encode(&self) -> [u8; REQUEST_HEADER_LEN] {
@@ -196,7 +250,10 @@ impl RequestHeader {
                 flags: self.flags,
             });
         }
-        if self.mirror.is_some() && !matches!(op, Op::Write | Op::WriteZeroes) {
+        if op == Op::Atomic && self.atomic_kind().is_none() {
+            return Err(WireError::NoAtomicKind(self.flags));
+        }
+        if self.mirror.is_some() && !matches!(op, Op::Write | Op::WriteZeroes | Op::Atomic) {
             return Err(WireError::MirrorNotWrite(op));
         }
         let outside = || WireError::OutsideChunk {
@@ -204,7 +261,7 @@ impl RequestHeader {
             length: self.length,
         };
         match op {
-            Op::Read | Op::Write | Op::WriteZeroes => {
+            Op::Read | Op::Write | Op::WriteZeroes | Op::Atomic => {
                 if self.offset as u64 + self.length as u64 > CHUNK_SIZE {
                     return Err(outside());
                 }
@@ -218,6 +275,11 @@ impl RequestHeader {
         }
         let expected = match op {
             Op::Write => self.length,
+            // At most 2 MiB: the range lies inside one chunk.
+            Op::Atomic if self.atomic_kind() == Some(AtomicKind::CompareAndWrite) => {
+                self.length * 2
+            }
+            Op::Atomic => self.length,
             Op::Control => {
                 if self.payload_len > MAX_CONTROL_PAYLOAD {
                     return Err(WireError::PayloadTooLarge {
@@ -553,6 +615,54 @@ mod tests {
             request_frame(&b),
             Err(WireError::PayloadTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn atomic_requests_round_trip_and_are_checked() {
+        let mut h = write_req();
+        h.op = Op::Atomic;
+        h.flags = FLAG_FUA | ATOMIC_COMPARE_AND_WRITE;
+        h.length = 512;
+        h.payload_len = 1024;
+        let b = h.encode();
+        assert_eq!((b[2], b[3]), (7, 0x11));
+        let back = RequestHeader::decode(&b).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(back.atomic_kind(), Some(AtomicKind::CompareAndWrite));
+        assert!(back.fua());
+        assert_eq!(back.mirror, h.mirror);
+
+        // Compare-and-write carries compare and write data; the others one copy.
+        h.payload_len = 512;
+        assert!(matches!(
+            h.check(),
+            Err(WireError::PayloadMismatch { expected: 1024, .. })
+        ));
+        for kind in [AtomicKind::Or, AtomicKind::Write] {
+            h.flags = kind.flags();
+            assert!(h.check().is_ok());
+            assert_eq!(
+                RequestHeader::decode(&h.encode()).unwrap().atomic_kind(),
+                Some(kind)
+            );
+        }
+        h.flags = FLAG_FUA;
+        assert_eq!(h.check(), Err(WireError::NoAtomicKind(FLAG_FUA)));
+        h.flags = ATOMIC_OR | FLAG_UNMAP;
+        assert!(matches!(h.check(), Err(WireError::BadFlags { .. })));
+        h.flags = ATOMIC_WRITE;
+        h.offset = CHUNK_SIZE as u32 - 256;
+        assert!(matches!(h.check(), Err(WireError::OutsideChunk { .. })));
+        assert_eq!(RequestHeader::new(Op::Write, 1).atomic_kind(), None);
+
+        let r = ResponseHeader {
+            status: Status::Ok,
+            flags: FLAG_MISCOMPARE,
+            payload_len: 0,
+            tag: 5,
+            aux: 300,
+        };
+        assert_eq!(ResponseHeader::decode(&r.encode()).unwrap(), r);
     }
 
     #[test]
