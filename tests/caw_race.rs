@@ -5,91 +5,15 @@
 
 mod common;
 
-use common::cluster::{Cluster, GW_IQN};
+use common::cluster::{logged_in, Cluster};
 use common::Initiator;
-use std::net::SocketAddr;
 use std::sync::{Arc, Barrier, Mutex};
-use std::time::{Duration, Instant};
 
 const HOST_A: &str = "iqn.1998-01.com.vmware:caw-host-a";
 const HOST_B: &str = "iqn.1998-01.com.vmware:caw-host-b";
 const ROUNDS: u64 = 200;
 /// The contended block: 1 MiB + 7 blocks, inside chunk 1.
 const LBA: u64 = 2048 + 7;
-
-fn cluster() -> Cluster {
-    let c = Cluster::start(2);
-    c.ok(&["--add_protection_domain", "--protection_domain_name", "pd1"]);
-    c.ok(&[
-        "--add_storage_pool",
-        "--protection_domain_name",
-        "pd1",
-        "--storage_pool_name",
-        "pool1",
-    ]);
-    for i in 0..2 {
-        let dev = c.device(&format!("dev{i}"), 1 << 30);
-        let ip = c.sds_addrs[i].to_string();
-        c.ok(&[
-            "--add_sds",
-            "--sds_ip",
-            &ip,
-            "--protection_domain_name",
-            "pd1",
-            "--device_name",
-            dev.to_str().unwrap(),
-            "--storage_pool_name",
-            "pool1",
-        ]);
-    }
-    c.ok(&[
-        "--add_volume",
-        "--protection_domain_name",
-        "pd1",
-        "--storage_pool_name",
-        "pool1",
-        "--size_gb",
-        "0.0625",
-        "--volume_name",
-        "shared",
-        "--thin_provisioned",
-    ]);
-    for (name, iqn) in [("host-a", HOST_A), ("host-b", HOST_B)] {
-        c.ok(&[
-            "--add_scsi_initiator",
-            "--initiator_name",
-            name,
-            "--iqn",
-            iqn,
-        ]);
-        c.ok(&[
-            "--map_volume_to_scsi_initiator",
-            "--volume_name",
-            "shared",
-            "--initiator_name",
-            name,
-        ]);
-    }
-    c
-}
-
-/// A session as `initiator` on `portal` once the gateway admits it (it follows the
-/// MDM's map within about a second), past its power-on unit attention.
-fn logged_in(portal: SocketAddr, initiator: &str) -> Initiator {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let mut i = Initiator::connect(portal);
-        if i.login(initiator, GW_IQN, &[]).status_class == 0 {
-            i.clear_ua();
-            return i;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{initiator} not admitted by {portal}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// The block as host `who` (1 or 2) writes it in `round`; round 0 is the start value.
 fn value(round: u64, who: u8) -> Vec<u8> {
@@ -132,7 +56,7 @@ enum Outcome {
 
 #[test]
 fn two_gateways_never_both_win_a_compare_and_write() {
-    let c = cluster();
+    let c = Cluster::shared_volume(&[("host-a", HOST_A), ("host-b", HOST_B)]);
     let (_gw1, portal1) = c.gateway_named("gw1", false);
     let (_gw2, portal2) = c.gateway_named("gw2", false);
     assert_ne!(portal1, portal2);

@@ -275,33 +275,12 @@ fn abort_of_a_finished_task_and_lun_reset() {
     let mut i = Initiator::connect(up.addr);
     i.login(INITIATOR, IQN, &[]);
     i.clear_ua();
-    let tmf = |i: &mut Initiator, function: u8, rtt: u32| {
-        let itt = i.next_itt();
-        i.send(&Pdu::TaskMgmtRequest(pdu::TaskMgmtRequest {
-            immediate: true,
-            function: 0x80 | function,
-            lun: 0,
-            itt,
-            rtt,
-            cmd_sn: i.cmd_sn,
-            exp_stat_sn: i.exp_stat_sn,
-            ref_cmd_sn: i.cmd_sn,
-            ..Default::default()
-        }));
-        match i.recv() {
-            Some(Pdu::TaskMgmtResponse(r)) => {
-                assert_eq!(r.itt, itt);
-                r.response
-            }
-            other => panic!("expected TMF response, got {other:?}"),
-        }
-    };
     assert_eq!(
-        tmf(&mut i, pdu::tmf::ABORT_TASK, 0x1234),
+        i.tmf(pdu::tmf::ABORT_TASK, 0x1234),
         pdu::tmf_response::TASK_DOES_NOT_EXIST
     );
     assert_eq!(
-        tmf(&mut i, pdu::tmf::LOGICAL_UNIT_RESET, RESERVED_TAG),
+        i.tmf(pdu::tmf::LOGICAL_UNIT_RESET, RESERVED_TAG),
         pdu::tmf_response::COMPLETE
     );
     // The reset shows as a unit attention: sense key 6, ASC 0x29.

@@ -2,12 +2,14 @@
 //! `scli`, for the integration tests.
 
 use super::proc::Proc;
+use super::Initiator;
 use dreadnought::cluster::api::{SdsControl, SdsControlReply};
 use dreadnought::cluster::chunk::ChunkClient;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub const GW_IQN: &str = "iqn.2026-11.io.dreadnought:gw1";
 
@@ -195,6 +197,64 @@ impl Cluster {
         (p, a)
     }
 
+    /// Two SDS in pd1/pool1 and one thin 64 MiB volume, "shared", mapped to every
+    /// host of `hosts` (name, iSCSI name) at LUN 0.
+    pub fn shared_volume(hosts: &[(&str, &str)]) -> Cluster {
+        let c = Cluster::start(2);
+        c.ok(&["--add_protection_domain", "--protection_domain_name", "pd1"]);
+        c.ok(&[
+            "--add_storage_pool",
+            "--protection_domain_name",
+            "pd1",
+            "--storage_pool_name",
+            "pool1",
+        ]);
+        for i in 0..2 {
+            let dev = c.device(&format!("dev{i}"), 1 << 30);
+            let ip = c.sds_addrs[i].to_string();
+            c.ok(&[
+                "--add_sds",
+                "--sds_ip",
+                &ip,
+                "--protection_domain_name",
+                "pd1",
+                "--device_name",
+                dev.to_str().unwrap(),
+                "--storage_pool_name",
+                "pool1",
+            ]);
+        }
+        c.ok(&[
+            "--add_volume",
+            "--protection_domain_name",
+            "pd1",
+            "--storage_pool_name",
+            "pool1",
+            "--size_gb",
+            "0.0625",
+            "--volume_name",
+            "shared",
+            "--thin_provisioned",
+        ]);
+        for (name, iqn) in hosts {
+            c.ok(&[
+                "--add_scsi_initiator",
+                "--initiator_name",
+                name,
+                "--iqn",
+                iqn,
+            ]);
+            c.ok(&[
+                "--map_volume_to_scsi_initiator",
+                "--volume_name",
+                "shared",
+                "--initiator_name",
+                name,
+            ]);
+        }
+        c
+    }
+
     /// Every chunk copy each SDS reports holding, from its own tables.
     pub fn inventories(&self) -> Vec<Vec<(u64, u64)>> {
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -272,4 +332,22 @@ size = "64MiB"
     let p = Proc::dreadnought(&["up", "--config", cfg.to_str().unwrap()], ready);
     let portal = p.addr(ready, "portals");
     (p, portal)
+}
+
+/// A session as `initiator` on `portal` once the gateway admits it (it follows the
+/// MDM's map within about a second), past its power-on unit attention.
+pub fn logged_in(portal: SocketAddr, initiator: &str) -> Initiator {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut i = Initiator::connect(portal);
+        if i.login(initiator, GW_IQN, &[]).status_class == 0 {
+            i.clear_ua();
+            return i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{initiator} not admitted by {portal}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -371,6 +371,30 @@ impl Initiator {
     }
 
     /// Clears the power-on unit attention a new nexus sees first.
+    /// Sends a task management function (immediate, LUN 0 or `self.lun`) and returns
+    /// the target's response code.
+    pub fn tmf(&mut self, function: u8, rtt: u32) -> u8 {
+        let itt = self.next_itt();
+        self.send(&Pdu::TaskMgmtRequest(pdu::TaskMgmtRequest {
+            immediate: true,
+            function: 0x80 | function,
+            lun: dreadnought::scsi::encode_lun(self.lun),
+            itt,
+            rtt,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+            ref_cmd_sn: self.cmd_sn,
+            ..Default::default()
+        }));
+        match self.recv() {
+            Some(Pdu::TaskMgmtResponse(r)) => {
+                assert_eq!(r.itt, itt);
+                r.response
+            }
+            other => panic!("expected a TMF response, got {other:?}"),
+        }
+    }
+
     pub fn clear_ua(&mut self) {
         for _ in 0..4 {
             if self.scsi(&[0u8; 6], 0, None, 0).status == 0 {
