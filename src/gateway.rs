@@ -33,6 +33,8 @@ pub enum GatewayError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot read the reservations of volume {name:?}: {reason}; restore the file from a backup or remove it to start without reservations")]
+    Reservations { name: String, reason: String },
     #[error("{0}")]
     Listen(std::io::Error),
     #[error("target {0:?} exports mapped pool volumes (mapped = true) but no MDM is given; pass --mdm HOST:6611")]
@@ -72,9 +74,7 @@ fn system_id(data_dir: &Path) -> Result<u64, GatewayError> {
         warn!(path = %p.display(), "system-id is unreadable; generating a new one");
     }
     let id: u64 = rand::random();
-    let tmp = data_dir.join("system-id.tmp");
-    std::fs::write(&tmp, format!("{id:016x}\n")).map_err(err)?;
-    std::fs::rename(&tmp, &p).map_err(err)?;
+    crate::durable::replace(&p, format!("{id:016x}\n").as_bytes()).map_err(err)?;
     Ok(id)
 }
 
@@ -149,16 +149,18 @@ pub async fn build(
             source,
         })?;
         let be: Arc<dyn BlockBackend> = Arc::new(be);
+        let mut pr_file = path.clone().into_os_string();
+        pr_file.push(".reservations.json");
+        let shared =
+            LocalStore::persistent(pr_file.into()).map_err(|e| GatewayError::Reservations {
+                name: v.name.clone(),
+                reason: e.to_string(),
+            })?;
         let id = Identity::from_volume_id(&v.name, stable_hash(sys, &v.name));
         info!(volume = %v.name, size = v.size.0, serial = %id.serial, path = %path.display(), read_only = v.read_only, "volume online");
         units.insert(
             v.name.clone(),
-            Arc::new(LogicalUnit::new(
-                be,
-                id,
-                v.read_only,
-                Arc::new(LocalStore::new()),
-            )),
+            Arc::new(LogicalUnit::new(be, id, v.read_only, Arc::new(shared))),
         );
     }
     let mut targets = Vec::new();

@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod cluster;
 pub mod config;
+pub mod durable;
 pub mod gateway;
 pub mod iscsi;
 pub mod mdm;

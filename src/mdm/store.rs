@@ -5,11 +5,11 @@
 
 use super::model::State;
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const STATE_FILE: &str = "mdm-state.json";
+#[cfg(test)]
 const TEMP_FILE: &str = "mdm-state.json.tmp";
 const LOCK_FILE: &str = "mdm.lock";
 
@@ -102,19 +102,8 @@ impl Store {
     }
 
     fn write(&self, bytes: &[u8]) -> Result<(), StoreError> {
-        let tmp = self.dir.join(TEMP_FILE);
-        let err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| StoreError::Write { path, source }
-        };
-        let mut f = File::create(&tmp).map_err(err(&tmp))?;
-        f.write_all(bytes).map_err(err(&tmp))?;
-        f.sync_all().map_err(err(&tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, self.path()).map_err(err(&self.path()))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err(&self.dir))
+        let path = self.path();
+        crate::durable::replace(&path, bytes).map_err(|source| StoreError::Write { path, source })
     }
 }
 

@@ -18,6 +18,7 @@ use super::ItNexus;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::sync::{Mutex, Weak};
 
 /// An I_T nexus as it travels between gateways: initiator port (name, lower-cased
@@ -141,16 +142,48 @@ impl Sinks {
     }
 }
 
-/// The state of a volume no other gateway serves (a local file volume).
+/// The state of a volume no other gateway serves (a local file volume): in memory,
+/// and in a file beside the volume when one is given, so reservations made with APTPL
+/// (and the rest: the unit never lost power as far as the volume knows) survive a
+/// gateway restart.
 #[derive(Debug, Default)]
 pub struct LocalStore {
     state: Mutex<(u64, Bytes)>,
     sinks: Sinks,
+    file: Option<PathBuf>,
+    /// Orders writers, file write included.
+    writer: tokio::sync::Mutex<()>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    version: u64,
+    state: String,
 }
 
 impl LocalStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store kept in `file` too, starting from what it holds (nothing if absent).
+    pub fn persistent(file: PathBuf) -> Result<Self, SharedError> {
+        let bad = |e: &dyn std::fmt::Display| {
+            SharedError::Unavailable(format!("{}: {e}", file.display()))
+        };
+        let (version, state) = match std::fs::read(&file) {
+            Ok(b) => {
+                let s: Saved = serde_json::from_slice(&b).map_err(|e| bad(&e))?;
+                (s.version, Bytes::from(s.state))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, Bytes::new()),
+            Err(e) => return Err(bad(&e)),
+        };
+        Ok(Self {
+            state: Mutex::new((version, state)),
+            file: Some(file),
+            ..Self::default()
+        })
     }
 }
 
@@ -166,16 +199,30 @@ impl SharedStore for LocalStore {
         state: Bytes,
         events: Vec<SharedEvent>,
     ) -> Result<u64, SharedError> {
-        let next = {
-            let mut cur = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if cur.0 != version {
-                return Err(SharedError::Conflict(cur.0));
-            }
-            *cur = (version + 1, state);
-            version + 1
-        };
+        let _writer = self.writer.lock().await;
+        let have = self.load().0;
+        if have != version {
+            return Err(SharedError::Conflict(have));
+        }
+        if let Some(file) = &self.file {
+            let saved = Saved {
+                version: version + 1,
+                state: String::from_utf8(state.to_vec()).map_err(|_| {
+                    SharedError::Unavailable(
+                        "the SCSI engine produced a state that is not UTF-8".into(),
+                    )
+                })?,
+            };
+            let body = serde_json::to_vec(&saved).expect("the state always serializes");
+            let path = file.clone();
+            tokio::task::spawn_blocking(move || crate::durable::replace(&path, &body))
+                .await
+                .expect("the writer does not panic")
+                .map_err(|e| SharedError::Unavailable(format!("{}: {e}", file.display())))?;
+        }
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = (version + 1, state);
         self.sinks.deliver(&events);
-        Ok(next)
+        Ok(version + 1)
     }
 
     async fn publish(&self, events: Vec<SharedEvent>) -> Result<(), SharedError> {
@@ -203,6 +250,21 @@ mod tests {
             Err(SharedError::Conflict(1))
         ));
         assert_eq!(s.load(), (1, Bytes::from_static(b"a")));
+    }
+
+    #[tokio::test]
+    async fn a_persistent_store_comes_back_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("v.pr.json");
+        let s = LocalStore::persistent(f.clone()).unwrap();
+        assert_eq!(s.load().0, 0);
+        s.store(0, Bytes::from_static(b"{}"), vec![]).await.unwrap();
+        drop(s);
+        let s = LocalStore::persistent(f.clone()).unwrap();
+        assert_eq!(s.load(), (1, Bytes::from_static(b"{}")));
+        std::fs::write(&f, b"garbage").unwrap();
+        let e = LocalStore::persistent(f).unwrap_err().to_string();
+        assert!(e.contains("v.pr.json"), "{e}");
     }
 
     #[test]

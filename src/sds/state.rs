@@ -5,8 +5,6 @@
 
 use super::SdsError;
 use serde::{Deserialize, Serialize};
-use std::fs::File;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -53,16 +51,8 @@ pub fn load(dir: &Path) -> Result<Option<SdsState>, SdsError> {
 
 pub fn save(dir: &Path, state: &SdsState) -> Result<(), SdsError> {
     let path = dir.join(FILE_NAME);
-    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
-    let err = |source| SdsError::StateWrite {
-        path: path.clone(),
-        source,
-    };
     let body = serde_json::to_vec_pretty(state).expect("the state always serializes");
-    let mut f = File::create(&tmp).map_err(err)?;
-    f.write_all(&body).and_then(|_| f.sync_all()).map_err(err)?;
-    std::fs::rename(&tmp, &path).map_err(err)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+    crate::durable::replace(&path, &body).map_err(|source| SdsError::StateWrite { path, source })
 }
 
 /// Creates the data directory if needed; fails early if it cannot be used.
