@@ -85,6 +85,10 @@ const fn libc_enospc() -> i32 {
 
 #[async_trait]
 impl BlockBackend for FileBackend {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn num_blocks(&self) -> u64 {
         self.blocks
     }

@@ -26,6 +26,10 @@ impl MemoryBackend {
 
 #[async_trait]
 impl BlockBackend for MemoryBackend {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn num_blocks(&self) -> u64 {
         self.blocks
     }

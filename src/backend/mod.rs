@@ -248,4 +248,117 @@ pub trait BlockBackend: Send + Sync + std::fmt::Debug {
 
     /// Provisioning state at `lba` and how many blocks from there share it.
     async fn allocation_status(&self, lba: u64) -> Result<(Provisioning, u64), BackendError>;
+
+    /// Copies `blocks` blocks at `src_lba` of `src` to `dst_lba` of this volume (EXTENDED
+    /// COPY). The result is that of reading the whole source range and then writing it,
+    /// even when `src` is this volume and the ranges overlap. Not durable until a flush.
+    ///
+    /// The default moves the data through this process in pieces of [`COPY_PIECE`]
+    /// bytes; a volume that can make its storage copy by itself overrides it.
+    async fn copy_from(
+        &self,
+        dst_lba: u64,
+        src: &dyn BlockBackend,
+        src_lba: u64,
+        blocks: u64,
+    ) -> Result<(), BackendError> {
+        let same = std::ptr::addr_eq(self as *const Self, src as *const dyn BlockBackend);
+        copy_through(self, dst_lba, src, src_lba, blocks, same).await
+    }
+
+    /// The concrete volume, so an override of [`BlockBackend::copy_from`] can tell
+    /// whether the source is a volume of its own kind.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// Bytes the default [`BlockBackend::copy_from`] reads and writes at a time.
+pub const COPY_PIECE: u64 = 1 << 20;
+
+/// Pieces of `[0, blocks)` of at most `per` blocks in the order a copy must run them:
+/// when source and destination are one volume and overlap, a piece must be read before
+/// a later piece overwrites it, so a copy towards higher addresses runs backwards (as
+/// memmove does). Each item is (offset in blocks, blocks).
+pub fn copy_order(
+    src_lba: u64,
+    dst_lba: u64,
+    blocks: u64,
+    per: u64,
+    same: bool,
+) -> impl Iterator<Item = (u64, u64)> {
+    let n = blocks.div_ceil(per.max(1));
+    let backwards = same && dst_lba > src_lba && dst_lba < src_lba.saturating_add(blocks);
+    (0..n).map(move |i| {
+        let i = if backwards { n - 1 - i } else { i };
+        let off = i * per;
+        (off, per.min(blocks - off))
+    })
+}
+
+/// Whether the two ranges of one volume overlap, so pieces must run one at a time.
+pub fn overlapping(same: bool, src_lba: u64, dst_lba: u64, blocks: u64) -> bool {
+    same && src_lba < dst_lba.saturating_add(blocks) && dst_lba < src_lba.saturating_add(blocks)
+}
+
+/// The default copy: pieces read from `src` and written to `dst` by this process, a
+/// few at a time (one at a time when the ranges overlap). A piece the source reports
+/// deallocated is zeroed (unmapped on a thin destination) instead of read.
+pub async fn copy_through<D: BlockBackend + ?Sized>(
+    dst: &D,
+    dst_lba: u64,
+    src: &dyn BlockBackend,
+    src_lba: u64,
+    blocks: u64,
+    same: bool,
+) -> Result<(), BackendError> {
+    /// Pieces in flight when the ranges do not overlap.
+    const PARALLEL: usize = 4;
+    let per = COPY_PIECE / BLOCK_SIZE as u64;
+    let serial = overlapping(same, src_lba, dst_lba, blocks);
+    let piece = |(off, n): (u64, u64)| async move {
+        let from = src_lba + off;
+        if src.thin() {
+            let (state, run) = src.allocation_status(from).await?;
+            if state == Provisioning::Deallocated && run >= n {
+                return dst.write_zeroes(dst_lba + off, n, dst.thin()).await;
+            }
+        }
+        let data = src.read(from, n as u32).await?;
+        dst.write(dst_lba + off, SgList::from(data), false).await
+    };
+    let mut order = copy_order(src_lba, dst_lba, blocks, per, same);
+    if serial {
+        for p in order {
+            piece(p).await?;
+        }
+        return Ok(());
+    }
+    // A small window of pieces in flight, without spawning (the backends are borrowed).
+    let mut running = Vec::new();
+    loop {
+        while running.len() < PARALLEL {
+            match order.next() {
+                Some(p) => running.push(Box::pin(piece(p))),
+                None => break,
+            }
+        }
+        if running.is_empty() {
+            return Ok(());
+        }
+        let (done, i) = first_done(&mut running).await;
+        drop(running.swap_remove(i));
+        done?;
+    }
+}
+
+/// Polls every future until one completes; returns its output and index.
+async fn first_done<F: std::future::Future + Unpin>(futs: &mut [F]) -> (F::Output, usize) {
+    std::future::poll_fn(|cx| {
+        for (i, f) in futs.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(v) = std::pin::Pin::new(f).poll(cx) {
+                return std::task::Poll::Ready((v, i));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }

@@ -31,6 +31,7 @@ const VPD_PAGES: &[(u8, VpdBuilder)] = &[
     (0x00, supported_pages),
     (0x80, unit_serial),
     (0x83, device_identification),
+    (0x8F, third_party_copy),
     (0xB0, block_limits),
     (0xB1, block_device_characteristics),
     (0xB2, logical_block_provisioning),
@@ -50,6 +51,7 @@ fn standard(peripheral: u8) -> Vec<u8> {
     d[2] = 0x06; // SPC-4
     d[3] = 0x12; // HISUP, response data format 2
     d[4] = (d.len() - 5) as u8;
+    d[5] = 0x08; // 3PC: EXTENDED COPY
     d[7] = 0x02; // CMDQUE
     d[8..16].copy_from_slice(VENDOR);
     d[16..32].copy_from_slice(PRODUCT);
@@ -95,6 +97,10 @@ fn device_identification(u: &LogicalUnit) -> Vec<u8> {
     body.extend_from_slice(&[0x02, 0x01, 0x00, t10.len() as u8]);
     body.extend_from_slice(&t10);
     vpd(0x83, &body)
+}
+
+fn third_party_copy(_: &LogicalUnit) -> Vec<u8> {
+    vpd(0x8F, &super::copy::third_party_copy_vpd())
 }
 
 fn block_limits(u: &LogicalUnit) -> Vec<u8> {

@@ -8,6 +8,8 @@
 mod atomic;
 mod capacity;
 pub mod cdb;
+mod copy;
+mod copy_params;
 mod inquiry;
 mod misc;
 mod mode;
@@ -271,6 +273,10 @@ pub(crate) static OPS: &[Op] = &[
     op!(0x5F, Some(0x05), "PERSISTENT RESERVE OUT PREEMPT AND ABORT", D::Param(5, 4), Is(OWN), A(pr::persistent_reserve_out), [0x5F, 0x05, FF, 0, 0, FF, FF, FF, FF, 0]),
     op!(0x5F, Some(0x06), "PERSISTENT RESERVE OUT REGISTER AND IGNORE EXISTING KEY", D::Param(5, 4), Is(OWN), A(pr::persistent_reserve_out), [0x5F, 0x06, 0, 0, 0, FF, FF, FF, FF, 0]),
     op!(0x5F, Some(0x07), "PERSISTENT RESERVE OUT REGISTER AND MOVE", D::Param(5, 4), Is(OWN), A(pr::persistent_reserve_out), [0x5F, 0x07, 0, 0, 0, FF, FF, FF, FF, 0]),
+    op!(0x83, Some(0x00), "EXTENDED COPY(LID1)", D::Param(10, 4), Is(WR), A(copy::extended_copy), [0x83, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
+    op!(0x84, Some(0x00), "RECEIVE COPY RESULTS(COPY STATUS)", D::None, Is(RD), S(copy::receive_copy_results), [0x84, 0x00, FF, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
+    op!(0x84, Some(0x03), "RECEIVE COPY RESULTS(OPERATING PARAMETERS)", D::None, Is(RD), S(copy::receive_copy_results), [0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
+    op!(0x84, Some(0x04), "RECEIVE COPY RESULTS(FAILED SEGMENT DETAILS)", D::None, Is(RD), S(copy::receive_copy_results), [0x84, 0x04, FF, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
     op!(0x88, None, "READ(16)", D::None, Is(RD), A(rw::read), [0x88, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
     op!(0x89, None, "COMPARE AND WRITE", D::CompareAndWrite, Is(WR), A(atomic::compare_and_write), [0x89, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, 0, FF, 0, 0]),
     op!(0x8A, None, "WRITE(16)", D::Blocks, Is(WR), A(rw::write), [0x8A, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),

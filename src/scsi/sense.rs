@@ -18,6 +18,7 @@ pub enum SenseKey {
     IllegalRequest = 0x5,
     UnitAttention = 0x6,
     DataProtect = 0x7,
+    CopyAborted = 0xA,
     AbortedCommand = 0xB,
     Miscompare = 0xE,
 }
@@ -29,7 +30,11 @@ pub mod asc {
     //! ASC/ASCQ pairs the engine reports (SPC-4 annex D).
     use super::AscCode;
     pub const NO_ADDITIONAL_SENSE: AscCode = 0x0000;
+    pub const OPERATION_IN_PROGRESS: AscCode = 0x0016;
     pub const LOGICAL_UNIT_COMMUNICATION_FAILURE: AscCode = 0x0800;
+    pub const UNREACHABLE_COPY_TARGET: AscCode = 0x0804;
+    pub const THIRD_PARTY_DEVICE_FAILURE: AscCode = 0x0D01;
+    pub const COPY_TARGET_DEVICE_NOT_REACHABLE: AscCode = 0x0D02;
     pub const WRITE_ERROR: AscCode = 0x0C00;
     pub const UNRECOVERED_READ_ERROR: AscCode = 0x1100;
     pub const PARAMETER_LIST_LENGTH_ERROR: AscCode = 0x1A00;
@@ -40,6 +45,10 @@ pub mod asc {
     pub const LOGICAL_UNIT_NOT_SUPPORTED: AscCode = 0x2500;
     pub const INVALID_FIELD_IN_PARAMETER_LIST: AscCode = 0x2600;
     pub const INVALID_RELEASE_OF_PERSISTENT_RESERVATION: AscCode = 0x2604;
+    pub const TOO_MANY_TARGET_DESCRIPTORS: AscCode = 0x2606;
+    pub const UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE: AscCode = 0x2607;
+    pub const TOO_MANY_SEGMENT_DESCRIPTORS: AscCode = 0x2608;
+    pub const UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE: AscCode = 0x2609;
     pub const WRITE_PROTECTED: AscCode = 0x2700;
     pub const SOFTWARE_WRITE_PROTECTED: AscCode = 0x2702;
     pub const SPACE_ALLOCATION_FAILED_WRITE_PROTECT: AscCode = 0x2707;
@@ -97,6 +106,12 @@ impl Sense {
     /// INVALID FIELD IN PARAMETER LIST pointing into the Data-Out buffer.
     pub fn invalid_param(byte: usize, bit: Option<u8>) -> Self {
         Self::illegal(asc::INVALID_FIELD_IN_PARAMETER_LIST).with_pointer(false, byte, bit)
+    }
+
+    /// A field pointer to byte `byte` of the parameter list. For COPY ABORTED this is
+    /// the segment pointer (SD=0: relative to the start of the parameter list).
+    pub fn with_param_pointer(self, byte: usize) -> Self {
+        self.with_pointer(false, byte, None)
     }
 
     pub fn lba_out_of_range() -> Self {

@@ -119,6 +119,7 @@ impl UnitSink {
             }
             SharedEvent::Reset { asc } => {
                 st.prevent.clear();
+                st.copies.clear();
                 st.ua.reset_all(*asc);
             }
         }

@@ -873,6 +873,10 @@ struct Failing(fn() -> BackendError);
 
 #[async_trait]
 impl BlockBackend for Failing {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn num_blocks(&self) -> u64 {
         BLOCKS
     }

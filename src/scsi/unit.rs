@@ -1,5 +1,6 @@
 //! A logical unit: the backend plus the SCSI state shared by every nexus that reaches it.
 
+use super::copy::CopyResults;
 use super::mode::ModePages;
 use super::pr::{self, PrCache};
 use super::sense::asc;
@@ -21,6 +22,8 @@ pub(crate) struct UnitState {
     pub prevent: HashSet<ItNexus>,
     /// The volume's reservation state, decoded once per store version.
     pub pr: PrCache,
+    /// EXTENDED COPY results held for RECEIVE COPY RESULTS.
+    pub copies: CopyResults,
 }
 
 #[derive(Debug)]
@@ -108,13 +111,14 @@ impl LogicalUnit {
             .raise(nexus, asc::REPORTED_LUNS_DATA_HAS_CHANGED);
     }
 
-    /// The nexus is gone: its PREVENT, pending unit attentions and SPC-2 RESERVE go
-    /// with it (its persistent reservations stay), and a reconnect under the same
-    /// identity starts afresh with a power-on condition.
+    /// The nexus is gone: its PREVENT, pending unit attentions, held copy results and
+    /// SPC-2 RESERVE go with it (its persistent reservations stay), and a reconnect
+    /// under the same identity starts afresh with a power-on condition.
     pub async fn nexus_lost(&self, nexus: &ItNexus) {
         {
             let mut st = self.lock();
             st.prevent.remove(nexus);
+            st.copies.forget(nexus);
             st.ua.forget(nexus);
         }
         pr::drop_spc2(self, Some(nexus)).await;

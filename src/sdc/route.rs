@@ -37,6 +37,40 @@ pub fn pieces(start: u64, len: u64) -> impl Iterator<Item = Piece> {
     })
 }
 
+/// One step of a copy: a range that lies inside one chunk of the source and one chunk
+/// of the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyPiece {
+    pub src_chunk: u64,
+    pub src_offset: u32,
+    pub dst_chunk: u64,
+    pub dst_offset: u32,
+    pub len: u32,
+}
+
+/// Cuts a copy of `len` bytes from `src` to `dst` (byte addresses) at the chunk
+/// boundaries of both sides, in ascending order.
+pub fn copy_pieces(src: u64, dst: u64, len: u64) -> impl Iterator<Item = CopyPiece> {
+    let mut done = 0;
+    std::iter::from_fn(move || {
+        if done >= len {
+            return None;
+        }
+        let (s, d) = (src + done, dst + done);
+        let n = (CHUNK_SIZE - s % CHUNK_SIZE)
+            .min(CHUNK_SIZE - d % CHUNK_SIZE)
+            .min(len - done);
+        done += n;
+        Some(CopyPiece {
+            src_chunk: s / CHUNK_SIZE,
+            src_offset: (s % CHUNK_SIZE) as u32,
+            dst_chunk: d / CHUNK_SIZE,
+            dst_offset: (d % CHUNK_SIZE) as u32,
+            len: n as u32,
+        })
+    })
+}
+
 /// Where one chunk's I/O goes: the primary copy, and the secondary the primary
 /// forwards writes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +156,43 @@ mod tests {
         let inside: Vec<Piece> = pieces(4096, 8192).collect();
         assert_eq!(inside.len(), 1);
         assert_eq!(inside[0].offset, 4096);
+    }
+
+    #[test]
+    fn copy_pieces_cut_at_both_sides_boundaries() {
+        let c = CHUNK_SIZE;
+        // Source starts 4 KiB into chunk 0, destination 12 KiB before the end of chunk 5.
+        let v: Vec<CopyPiece> = copy_pieces(4096, 6 * c - 12288, c + 8192).collect();
+        assert_eq!(
+            v,
+            vec![
+                CopyPiece {
+                    src_chunk: 0,
+                    src_offset: 4096,
+                    dst_chunk: 5,
+                    dst_offset: (c - 12288) as u32,
+                    len: 12288
+                },
+                CopyPiece {
+                    src_chunk: 0,
+                    src_offset: 16384,
+                    dst_chunk: 6,
+                    dst_offset: 0,
+                    len: (c - 16384) as u32
+                },
+                CopyPiece {
+                    src_chunk: 1,
+                    src_offset: 0,
+                    dst_chunk: 6,
+                    dst_offset: (c - 16384) as u32,
+                    len: 12288
+                },
+            ]
+        );
+        assert_eq!(v.iter().map(|p| p.len as u64).sum::<u64>(), c + 8192);
+        // Aligned alike: one piece per chunk.
+        assert_eq!(copy_pieces(c, 3 * c, 2 * c).count(), 2);
+        assert_eq!(copy_pieces(0, 0, 0).count(), 0);
     }
 
     fn layout() -> Layout {

@@ -5,13 +5,14 @@
 //! cannot be reached (it may have restarted at a new address), the layout is fetched
 //! again and the piece retried once on the new route.
 
-use super::route::{pieces, route, Piece, RouteError};
+use super::route::{copy_pieces, pieces, route, CopyPiece, Piece, RouteError};
 use super::sds_pool::SdsPool;
 use crate::backend::{
-    AtomicOp, AtomicOutcome, BackendError, BlockBackend, Provisioning, SgList, BLOCK_SIZE,
+    copy_through, overlapping, AtomicOp, AtomicOutcome, BackendError, BlockBackend,
+    Provisioning, SgList, BLOCK_SIZE,
 };
 use crate::cluster::api::{Layout, MdmReply, MdmRequest, CHUNK_SIZE};
-use crate::cluster::chunk::wire::AtomicKind;
+use crate::cluster::chunk::wire::{AtomicKind, CopySource, SourceCopy};
 use crate::cluster::chunk::ChunkError;
 use crate::cluster::mdm_client;
 use async_trait::async_trait;
@@ -200,12 +201,138 @@ impl Inner {
     }
 }
 
+/// Copy pieces (up to one chunk each) in flight at once for one EXTENDED COPY segment.
+const COPY_PARALLEL: usize = 32;
+
+impl Inner {
+    /// Fetches the volume's layout from the MDM and installs it.
+    async fn refresh(&self) -> Result<(), VolumeError> {
+        let fresh = fetch_layout(&self.mdm, self.id).await?;
+        *self.layout.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        Ok(())
+    }
+
+    /// One Copy request to the primary SDS of the destination chunk (this volume's),
+    /// naming both copies of the source chunk (of `src`). On a stale epoch or an
+    /// unreachable SDS both layouts are refetched and the piece is sent once more.
+    async fn copy_piece(&self, src: &Inner, p: CopyPiece, unmap: bool) -> Result<(), VolumeError> {
+        let mut retried = false;
+        loop {
+            let (dl, sl) = (self.layout(), src.layout());
+            let d = route(&dl, p.dst_chunk)?;
+            let s = route(&sl, p.src_chunk)?;
+            let source = CopySource {
+                volume: sl.volume_id,
+                chunk: p.src_chunk,
+                epoch: sl.epoch,
+                offset: p.src_offset,
+                copies: [
+                    Some(SourceCopy {
+                        sds: s.primary.sds_id,
+                        device: s.primary.device_id,
+                    }),
+                    s.mirror.map(|m| SourceCopy {
+                        sds: m.sds,
+                        device: m.device,
+                    }),
+                ],
+            };
+            let client = self.sds.client(d.primary.addr);
+            let r = client
+                .copy(d.at, p.dst_offset, p.len, &source, false, unmap, d.mirror)
+                .await;
+            match r {
+                Ok(()) => return Ok(()),
+                Err(ChunkError::StaleEpoch { .. } | ChunkError::Unreachable { .. }) if !retried => {
+                    info!(volume = %format!("{:016x}", self.id), chunk = p.dst_chunk, "copy failed on a stale route; refetching both layouts");
+                    self.refresh().await?;
+                    if src.id != self.id {
+                        src.refresh().await?;
+                    }
+                    retried = true;
+                }
+                Err(source) => {
+                    return Err(VolumeError::Chunk {
+                        volume: self.id,
+                        chunk: p.dst_chunk,
+                        source,
+                    })
+                }
+            }
+        }
+    }
+}
+
+impl PoolVolume {
+    /// EXTENDED COPY between pool volumes: every piece is one Copy request to the SDS
+    /// holding the destination chunk's primary, which reads the source from its own
+    /// device or a peer SDS; no data passes through the gateway. Overlapping ranges of
+    /// one volume run one piece at a time in memmove order.
+    async fn copy_between(
+        &self,
+        from: &PoolVolume,
+        dst_lba: u64,
+        src_lba: u64,
+        blocks: u64,
+    ) -> Result<(), VolumeError> {
+        let (src, len) = bytes_of(src_lba, blocks);
+        let (dst, _) = bytes_of(dst_lba, 0);
+        let same = from.0.id == self.0.id;
+        let unmap = self.thin();
+        let mut order: Vec<CopyPiece> = copy_pieces(src, dst, len).collect();
+        if overlapping(same, src_lba, dst_lba, blocks) {
+            if dst > src {
+                order.reverse();
+            }
+            for p in order {
+                self.0.copy_piece(&from.0, p, unmap).await?;
+            }
+            return Ok(());
+        }
+        let mut set = JoinSet::new();
+        let mut next = order.into_iter();
+        loop {
+            while set.len() < COPY_PARALLEL {
+                let Some(p) = next.next() else { break };
+                let (d, s) = (self.0.clone(), from.0.clone());
+                set.spawn(async move { d.copy_piece(&s, p, unmap).await });
+            }
+            let Some(joined) = set.join_next().await else {
+                return Ok(());
+            };
+            joined.map_err(|e| VolumeError::Layout {
+                volume: self.0.id,
+                mdm: self.0.mdm.clone(),
+                reason: format!("copy task failed: {e}"),
+            })??;
+        }
+    }
+}
+
 fn bytes_of(lba: u64, blocks: u64) -> (u64, u64) {
     (lba * BLOCK_SIZE as u64, blocks * BLOCK_SIZE as u64)
 }
 
 #[async_trait]
 impl BlockBackend for PoolVolume {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    /// SDS to SDS when the source is a pool volume too; through the gateway otherwise.
+    async fn copy_from(
+        &self,
+        dst_lba: u64,
+        src: &dyn BlockBackend,
+        src_lba: u64,
+        blocks: u64,
+    ) -> Result<(), BackendError> {
+        match src.as_any().downcast_ref::<PoolVolume>() {
+            Some(from) => Ok(self.copy_between(from, dst_lba, src_lba, blocks).await?),
+            None => copy_through(self, dst_lba, src, src_lba, blocks, false).await,
+        }
+    }
+
     fn num_blocks(&self) -> u64 {
         self.0.layout().size_bytes / BLOCK_SIZE as u64
     }

@@ -4,11 +4,13 @@
 
 use super::device::{ChunkKey, Device};
 use super::{Sds, SdsError};
+use crate::cluster::api::fmt_id;
 use crate::backend::fileops::runs_inline;
 use crate::backend::{AtomicOp, SgList};
 use crate::cluster::api::SdsControl;
 use crate::cluster::chunk::wire::{
-    AtomicKind, Op, RequestHeader, FLAG_FUA, FLAG_MAPPED, FLAG_MISCOMPARE,
+    AtomicKind, CopySource, Op, RequestHeader, SourceCopy, FLAG_FUA, FLAG_MAPPED,
+    FLAG_MISCOMPARE,
 };
 use crate::cluster::chunk::{ChunkError, ChunkRef, Mirror};
 use bytes::Bytes;
@@ -77,6 +79,7 @@ pub async fn execute(
                 }
             }
         }
+        Op::Copy => copy(sds, h, payload).await,
     }
 }
 
@@ -159,6 +162,110 @@ async fn atomic(
     };
     write_copies(sds, write, dev, key, SgList::from(result)).await?;
     Ok(Answer::default())
+}
+
+/// Copy (op 8): this SDS holds the destination's primary copy. Reads the source range
+/// from whichever source copy answers first in the given order (its own device, or a
+/// peer), then stores it like a mirrored Write; a never-written source range becomes
+/// a WriteZeroes, so a thin destination is not allocated for it.
+async fn copy(sds: &Arc<Sds>, h: RequestHeader, payload: Bytes) -> Result<Answer, ChunkError> {
+    let src = CopySource::decode(&payload, h.length)
+        .map_err(|e| ChunkError::Protocol(e.to_string()))?;
+    sds.epochs.admit(h.at.volume, h.at.epoch)?;
+    let dev = sds.store.device(h.at.device).map_err(|e| e.to_chunk())?;
+    // The source is read before the destination's lock is taken: a copy never holds
+    // two chunk locks at once, so two copies in opposite directions cannot deadlock.
+    let data = read_source(sds, &src, h.length).await?;
+    let key = (h.at.volume, h.at.chunk);
+    let mut w = h;
+    let data = match data {
+        Some(data) => {
+            w.op = Op::Write;
+            w.flags = h.flags & FLAG_FUA;
+            w.payload_len = h.length;
+            SgList::from(data)
+        }
+        None => {
+            w.op = Op::WriteZeroes;
+            w.payload_len = 0;
+            SgList::new()
+        }
+    };
+    // Ordered against Atomic ops on the destination chunk like any primary write.
+    let _order = match w.mirror {
+        Some(_) => Some(sds.locks.shared(h.at.volume, h.at.chunk).await),
+        None => None,
+    };
+    write_copies(sds, w, dev, key, data).await?;
+    Ok(Answer::default())
+}
+
+/// The source range's data, or `None` when it was never written (reads as zeros).
+/// Tries each source copy in turn; a stale epoch ends the attempt at once (the sender
+/// must refetch its layouts), any other failure moves on to the next copy.
+async fn read_source(
+    sds: &Arc<Sds>,
+    src: &CopySource,
+    len: u32,
+) -> Result<Option<Bytes>, ChunkError> {
+    let mut failures = Vec::new();
+    for copy in src.copies() {
+        match read_copy(sds, src, copy, len).await {
+            Ok(v) => return Ok(v),
+            Err(e @ ChunkError::StaleEpoch { .. }) => return Err(e),
+            Err(e) => {
+                tracing::warn!(sds = %fmt_id(copy.sds), device = %fmt_id(copy.device), error = %e, "copy source unreadable");
+                failures.push(format!("SDS {}: {e}", fmt_id(copy.sds)));
+            }
+        }
+    }
+    Err(ChunkError::Io(format!(
+        "no copy of source chunk {} of volume {} could be read ({})",
+        src.chunk,
+        fmt_id(src.volume),
+        failures.join("; ")
+    )))
+}
+
+async fn read_copy(
+    sds: &Arc<Sds>,
+    src: &CopySource,
+    copy: SourceCopy,
+    len: u32,
+) -> Result<Option<Bytes>, ChunkError> {
+    let key = (src.volume, src.chunk);
+    let offset = src.offset;
+    if let Some(dev) = sds.store.get(copy.device) {
+        // Two copies of a chunk never share an SDS: a device of ours is that copy.
+        // Read like a Read: not in the middle of an Atomic op on the chunk.
+        sds.epochs.admit(src.volume, src.epoch)?;
+        let _order = sds.locks.shared(src.volume, src.chunk).await;
+        return blocking(move || {
+            let (mapped, run) = dev.status(key, offset)?;
+            if !mapped && run >= len {
+                return Ok(None);
+            }
+            dev.read(key, offset, len).map(Some)
+        })
+        .await;
+    }
+    let client = sds.peers.client(copy.sds).ok_or_else(|| {
+        ChunkError::Refused(format!(
+            "SDS {} is not in this SDS's peer table; the MDM must send the peer list",
+            fmt_id(copy.sds)
+        ))
+    })?;
+    let at = ChunkRef {
+        volume: src.volume,
+        chunk: src.chunk,
+        device: copy.device,
+        epoch: src.epoch,
+    };
+    let (mapped, run) = client.status(at, offset).await?;
+    if !mapped && run >= len {
+        return Ok(None);
+    }
+    client.read(at, offset, len).await.map(Some)
 }
 
 /// Sends the same write to the mirror SDS for the second copy. A stale epoch there is

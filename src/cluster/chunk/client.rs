@@ -3,7 +3,8 @@
 
 use super::conn::{Conn, Reply};
 use super::wire::{
-    self, AtomicKind, Op, RequestHeader, FLAG_FUA, FLAG_MAPPED, FLAG_MISCOMPARE, FLAG_UNMAP,
+    self, AtomicKind, CopySource, Op, RequestHeader, FLAG_FUA, FLAG_MAPPED, FLAG_MISCOMPARE,
+    FLAG_UNMAP,
 };
 use super::{ChunkError, ChunkRef, Mirror};
 use crate::backend::SgList;
@@ -146,6 +147,37 @@ impl ChunkClient {
             h.flags |= FLAG_UNMAP;
         }
         self.call(h, &SgList::new()).await.map(drop)
+    }
+
+    /// Asks the SDS holding `at` (the destination chunk's primary copy) to copy `len`
+    /// bytes from `src` to `offset` of it, and to `mirror`: the data moves between SDS
+    /// and never through this client. With `unmap` a never-written source range may
+    /// leave the destination deallocated (thin) instead of written with zeros.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn copy(
+        &self,
+        at: ChunkRef,
+        offset: u32,
+        len: u32,
+        src: &CopySource,
+        fua: bool,
+        unmap: bool,
+        mirror: Option<Mirror>,
+    ) -> Result<(), ChunkError> {
+        let mut h = RequestHeader::new(Op::Copy, 0);
+        h.at = at;
+        h.offset = offset;
+        h.length = len;
+        h.mirror = mirror;
+        h.payload_len = wire::COPY_SOURCE_LEN as u32;
+        if fua {
+            h.flags |= FLAG_FUA;
+        }
+        if unmap {
+            h.flags |= FLAG_UNMAP;
+        }
+        let body = Bytes::copy_from_slice(&src.encode());
+        self.call(h, &SgList::from(body)).await.map(drop)
     }
 
     /// Makes every write the SDS has acknowledged durable on all its devices.

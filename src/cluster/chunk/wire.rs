@@ -8,9 +8,9 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 2 | magic `0x4451` ("DQ") |
-//! | 2 | 1 | op: 1 Read, 2 Write, 3 WriteZeroes, 4 Flush, 5 Status, 6 Control, 7 Atomic |
-//! | 3 | 1 | flags: 0x01 FUA (Write, WriteZeroes, Atomic), 0x02 UNMAP (WriteZeroes), bits 0x30 the Atomic kind: 0x10 compare-and-write, 0x20 or-write, 0x30 atomic write |
-//! | 4 | 4 | payload_len (Write, Atomic or-write and write: = length; Atomic compare-and-write: 2 × length, compare data then write data; Control: JSON; others 0) |
+//! | 2 | 1 | op: 1 Read, 2 Write, 3 WriteZeroes, 4 Flush, 5 Status, 6 Control, 7 Atomic, 8 Copy |
+//! | 3 | 1 | flags: 0x01 FUA (Write, WriteZeroes, Atomic, Copy), 0x02 UNMAP (WriteZeroes, Copy), bits 0x30 the Atomic kind: 0x10 compare-and-write, 0x20 or-write, 0x30 atomic write |
+//! | 4 | 4 | payload_len (Write, Atomic or-write and write: = length; Atomic compare-and-write: 2 × length, compare data then write data; Control: JSON; Copy: 64; others 0) |
 //! | 8 | 8 | tag, echoed in the response |
 //! | 16 | 8 | layout epoch |
 //! | 24 | 8 | volume id |
@@ -20,6 +20,28 @@
 //! | 48 | 8 | device id on the receiving SDS |
 //! | 56 | 8 | mirror SDS id (0: no mirror) |
 //! | 64 | 8 | mirror device id |
+//!
+//! Copy (op 8) is sent to the primary SDS of the *destination* chunk, whose copy the
+//! header names like a Write's (with the secondary as mirror); its 64-byte payload
+//! names the source range ([`CopySource`]):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | source volume id |
+//! | 8 | 8 | source chunk index |
+//! | 16 | 4 | offset inside the source chunk (the length is the header's) |
+//! | 20 | 4 | reserved, 0 |
+//! | 24 | 8 | source layout epoch |
+//! | 32 | 8 | SDS id of the source copy to read first (the primary) |
+//! | 40 | 8 | its device id |
+//! | 48 | 8 | SDS id of the other source copy, read if the first fails (0: none) |
+//! | 56 | 8 | its device id |
+//!
+//! The destination SDS reads the source range (from its own device when it holds
+//! that copy, else from the peer SDS over this protocol), then stores it exactly like
+//! a mirrored Write: locally and on the mirror, answering once both are written. A
+//! source range that was never written is not read: it becomes a WriteZeroes (with
+//! the request's UNMAP flag, so a thin destination stays unallocated).
 //!
 //! Response (24 bytes): magic `0x4452` ("DR") u16, status u8, flags u8 (0x01 MAPPED in
 //! a Status reply, 0x02 MISCOMPARE in an Atomic reply), payload_len u32, tag u64, aux
@@ -85,6 +107,8 @@ pub enum WireError {
     MirrorNotWrite(Op),
     #[error("Atomic request without a kind in its flags ({0:#04x})")]
     NoAtomicKind(u8),
+    #[error("copy source {0}")]
+    BadCopySource(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +120,7 @@ pub enum Op {
     Status = 5,
     Control = 6,
     Atomic = 7,
+    Copy = 8,
 }
 
 /// What an [`Op::Atomic`] request does, from its flags.
@@ -126,6 +151,7 @@ impl Op {
             5 => Op::Status,
             6 => Op::Control,
             7 => Op::Atomic,
+            8 => Op::Copy,
             _ => return Err(WireError::UnknownOp(v)),
         })
     }
@@ -133,7 +159,7 @@ impl Op {
     fn allowed_flags(self) -> u8 {
         match self {
             Op::Write => FLAG_FUA,
-            Op::WriteZeroes => FLAG_FUA | FLAG_UNMAP,
+            Op::WriteZeroes | Op::Copy => FLAG_FUA | FLAG_UNMAP,
             Op::Atomic => FLAG_FUA | ATOMIC_KIND_MASK,
             _ => 0,
         }
@@ -253,7 +279,9 @@ impl RequestHeader {
         if op == Op::Atomic && self.atomic_kind().is_none() {
             return Err(WireError::NoAtomicKind(self.flags));
         }
-        if self.mirror.is_some() && !matches!(op, Op::Write | Op::WriteZeroes | Op::Atomic) {
+        if self.mirror.is_some()
+            && !matches!(op, Op::Write | Op::WriteZeroes | Op::Atomic | Op::Copy)
+        {
             return Err(WireError::MirrorNotWrite(op));
         }
         let outside = || WireError::OutsideChunk {
@@ -261,7 +289,7 @@ impl RequestHeader {
             length: self.length,
         };
         match op {
-            Op::Read | Op::Write | Op::WriteZeroes | Op::Atomic => {
+            Op::Read | Op::Write | Op::WriteZeroes | Op::Atomic | Op::Copy => {
                 if self.offset as u64 + self.length as u64 > CHUNK_SIZE {
                     return Err(outside());
                 }
@@ -280,6 +308,7 @@ impl RequestHeader {
                 self.length * 2
             }
             Op::Atomic => self.length,
+            Op::Copy => COPY_SOURCE_LEN as u32,
             Op::Control => {
                 if self.payload_len > MAX_CONTROL_PAYLOAD {
                     return Err(WireError::PayloadTooLarge {
@@ -315,6 +344,80 @@ pub fn request_frame(b: &[u8; REQUEST_HEADER_LEN]) -> Result<(u64, u32), WireErr
         });
     }
     Ok((be64(b, 8), len))
+}
+
+/// Length of a Copy request's payload.
+pub const COPY_SOURCE_LEN: usize = 64;
+
+/// One copy of a Copy request's source chunk: the SDS holding it and its device there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceCopy {
+    pub sds: u64,
+    pub device: u64,
+}
+
+/// The payload of a Copy request: where the data comes from. The length is the
+/// request header's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopySource {
+    pub volume: u64,
+    pub chunk: u64,
+    pub epoch: u64,
+    pub offset: u32,
+    /// The copy to read first, then the other one (if any) should that fail.
+    pub copies: [Option<SourceCopy>; 2],
+}
+
+impl CopySource {
+    pub fn encode(&self) -> [u8; COPY_SOURCE_LEN] {
+        let mut b = [0u8; COPY_SOURCE_LEN];
+        let copy = |i: usize| self.copies[i].unwrap_or(SourceCopy { sds: 0, device: 0 });
+        b[0..8].copy_from_slice(&self.volume.to_be_bytes());
+        b[8..16].copy_from_slice(&self.chunk.to_be_bytes());
+        b[16..20].copy_from_slice(&self.offset.to_be_bytes());
+        b[24..32].copy_from_slice(&self.epoch.to_be_bytes());
+        b[32..40].copy_from_slice(&copy(0).sds.to_be_bytes());
+        b[40..48].copy_from_slice(&copy(0).device.to_be_bytes());
+        b[48..56].copy_from_slice(&copy(1).sds.to_be_bytes());
+        b[56..64].copy_from_slice(&copy(1).device.to_be_bytes());
+        b
+    }
+
+    /// Decodes and checks a Copy payload against the `length` its header carries.
+    pub fn decode(b: &[u8], length: u32) -> Result<Self, WireError> {
+        if b.len() != COPY_SOURCE_LEN {
+            return Err(WireError::BadCopySource("payload has the wrong length"));
+        }
+        let copy = |at: usize| {
+            let sds = be64(b, at);
+            (sds != 0).then(|| SourceCopy {
+                sds,
+                device: be64(b, at + 8),
+            })
+        };
+        let s = Self {
+            volume: be64(b, 0),
+            chunk: be64(b, 8),
+            offset: be32(b, 16),
+            epoch: be64(b, 24),
+            copies: [copy(32), copy(48)],
+        };
+        if be32(b, 20) != 0 {
+            return Err(WireError::BadCopySource("reserved bytes are not zero"));
+        }
+        if s.copies[0].is_none() {
+            return Err(WireError::BadCopySource("names no SDS to read from"));
+        }
+        if s.offset as u64 + length as u64 > CHUNK_SIZE {
+            return Err(WireError::BadCopySource("range lies outside its chunk"));
+        }
+        Ok(s)
+    }
+
+    /// The source copies in the order to try them.
+    pub fn copies(&self) -> impl Iterator<Item = SourceCopy> + '_ {
+        self.copies.iter().flatten().copied()
+    }
 }
 
 /// How a request ended; the error statuses mirror [`ChunkError`]'s variants.
@@ -615,6 +718,77 @@ mod tests {
             request_frame(&b),
             Err(WireError::PayloadTooLarge { .. })
         ));
+    }
+
+    fn copy_req() -> (RequestHeader, CopySource) {
+        let mut h = write_req();
+        h.op = Op::Copy;
+        h.flags = FLAG_FUA | FLAG_UNMAP;
+        h.payload_len = COPY_SOURCE_LEN as u32;
+        let src = CopySource {
+            volume: 31,
+            chunk: 32,
+            epoch: 33,
+            offset: 4096,
+            copies: [
+                Some(SourceCopy {
+                    sds: 41,
+                    device: 42,
+                }),
+                Some(SourceCopy {
+                    sds: 43,
+                    device: 44,
+                }),
+            ],
+        };
+        (h, src)
+    }
+
+    #[test]
+    fn copy_round_trip_and_layout() {
+        let (h, src) = copy_req();
+        let b = h.encode();
+        assert_eq!(b[2], 8);
+        assert_eq!(RequestHeader::decode(&b).unwrap(), h);
+        let p = src.encode();
+        assert_eq!(p.len(), COPY_SOURCE_LEN);
+        assert_eq!(p[7], 31);
+        assert_eq!(p[15], 32);
+        assert_eq!(&p[16..20], &[0, 0, 0x10, 0]);
+        assert_eq!(p[31], 33);
+        assert_eq!((p[39], p[47], p[55], p[63]), (41, 42, 43, 44));
+        let back = CopySource::decode(&p, h.length).unwrap();
+        assert_eq!(back, src);
+        let order: Vec<u64> = back.copies().map(|c| c.sds).collect();
+        assert_eq!(order, vec![41, 43]);
+        let mut one = src;
+        one.copies[1] = None;
+        let back = CopySource::decode(&one.encode(), 512).unwrap();
+        assert_eq!(back.copies().count(), 1);
+        assert_eq!(&one.encode()[48..64], &[0u8; 16]);
+    }
+
+    #[test]
+    fn copy_requests_are_checked() {
+        let (mut h, src) = copy_req();
+        h.payload_len = 0;
+        assert!(matches!(
+            h.check(),
+            Err(WireError::PayloadMismatch { op: Op::Copy, .. })
+        ));
+        let (mut h, _) = copy_req();
+        h.offset = CHUNK_SIZE as u32 - 512;
+        assert!(matches!(h.check(), Err(WireError::OutsideChunk { .. })));
+        let p = src.encode();
+        assert!(CopySource::decode(&p[..63], 512).is_err());
+        let mut bad = p;
+        bad[23] = 1;
+        assert!(CopySource::decode(&bad, 512).is_err());
+        let mut none = src;
+        none.copies = [None, None];
+        assert!(CopySource::decode(&none.encode(), 512).is_err());
+        assert!(CopySource::decode(&p, CHUNK_SIZE as u32 - 4095).is_err());
+        assert!(CopySource::decode(&p, CHUNK_SIZE as u32 - 4096).is_ok());
     }
 
     #[test]
