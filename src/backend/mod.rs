@@ -362,3 +362,29 @@ async fn first_done<F: std::future::Future + Unpin>(futs: &mut [F]) -> (F::Outpu
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_order_runs_backwards_only_for_an_overlapping_copy_upwards() {
+        let fwd: Vec<_> = copy_order(0, 10, 25, 10, false).collect();
+        assert_eq!(fwd, vec![(0, 10), (10, 10), (20, 5)]);
+        let back: Vec<_> = copy_order(0, 10, 25, 10, true).collect();
+        assert_eq!(back, vec![(20, 5), (10, 10), (0, 10)]);
+        // Downwards, or upwards past the end of the source: forwards.
+        assert_eq!(copy_order(10, 0, 25, 10, true).next(), Some((0, 10)));
+        assert_eq!(copy_order(0, 25, 25, 10, true).next(), Some((0, 10)));
+        assert_eq!(copy_order(0, 0, 0, 10, true).count(), 0);
+    }
+
+    #[test]
+    fn overlap_needs_the_same_volume() {
+        assert!(overlapping(true, 0, 24, 25));
+        assert!(overlapping(true, 24, 0, 25));
+        assert!(!overlapping(true, 0, 25, 25));
+        assert!(!overlapping(false, 0, 1, 25));
+        assert!(!overlapping(true, u64::MAX - 1, 0, 2));
+    }
+}

@@ -59,7 +59,7 @@ pub(crate) struct CopyResults(HashMap<(ItNexus, u8), Record>);
 impl CopyResults {
     /// Registers a starting command; OPERATION IN PROGRESS if the nexus already runs
     /// one with this list identifier.
-    fn begin(&mut self, nexus: &ItNexus, id: u8, hold: bool) -> Result<(), Sense> {
+    pub(crate) fn begin(&mut self, nexus: &ItNexus, id: u8, hold: bool) -> Result<(), Sense> {
         let key = (nexus.clone(), id);
         if self.0.get(&key).is_some_and(|r| r.running) {
             return Err(Sense::illegal(asc::OPERATION_IN_PROGRESS).with_param_pointer(0));

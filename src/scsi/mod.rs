@@ -23,6 +23,8 @@ mod ua;
 mod unit;
 
 #[cfg(test)]
+mod copy_tests;
+#[cfg(test)]
 mod tests;
 
 pub use sense::{Sense, SenseKey};

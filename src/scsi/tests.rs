@@ -696,7 +696,7 @@ async fn inquiry_pages() {
     assert_eq!(sense_of(&r), (ILLEGAL, 0x24, 0x00));
     let r = cmd(&luns, &[0x12, 1, 0x00, 0, 255, 0], vec![]).await;
     let pages = r.data_in[4..].to_vec();
-    assert_eq!(pages, vec![0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2]);
+    assert_eq!(pages, vec![0x00, 0x80, 0x83, 0x8F, 0xB0, 0xB1, 0xB2]);
     for p in pages {
         let r = cmd(&luns, &[0x12, 1, p, 0, 255, 0], vec![]).await;
         assert_eq!(r.status, status::GOOD);
@@ -869,7 +869,7 @@ fn identity_is_stable() {
 
 /// A backend whose every operation fails the same way.
 #[derive(Debug)]
-struct Failing(fn() -> BackendError);
+pub(super) struct Failing(pub fn() -> BackendError);
 
 #[async_trait]
 impl BlockBackend for Failing {

@@ -502,6 +502,7 @@ impl BlockBackend for PoolVolume {
 mod tests {
     use super::*;
     use crate::cluster::api::{ClaimDevice, DeviceLoc, SdsControl};
+    use crate::cluster::chunk::wire::{CopySource, SourceCopy};
     use crate::cluster::chunk::{ChunkClient, ChunkRef};
     use crate::sds::{self, SdsHandle, SdsOptions};
 
@@ -629,6 +630,146 @@ mod tests {
             Provisioning::Deallocated
         );
         assert!(vol.read(2048, 8).await.unwrap().iter().all(|b| *b == 0));
+    }
+
+    /// A second 4-chunk thin volume on the same two SDS, primaries the other way round.
+    fn second_volume(vol: &PoolVolume) -> PoolVolume {
+        let mut l = (*vol.0.layout()).clone();
+        l.volume_id = 43;
+        l.chunks = vec![[1, 0], [0, 1], [1, 0], [0, 1]];
+        PoolVolume::new(l, "127.0.0.1:1".into(), vol.0.sds.clone())
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+    }
+
+    #[tokio::test]
+    async fn copy_between_pool_volumes_runs_on_the_sds_and_keeps_thin_chunks_unallocated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, nodes) = setup(&dir).await;
+        let dst = second_volume(&src);
+        // 1.5 MiB written from 0.25 MiB: chunks 0 and 1 of the source; 2 and 3 stay
+        // unwritten.
+        let data = pattern(3 * MIB as usize / 2, 5);
+        src.write(512, SgList::from(data.clone()), false).await.unwrap();
+        // Copy 3 MiB from 0.25 MiB to 0.75 MiB - 4 KiB: pieces cut at both sides'
+        // chunk boundaries.
+        let blocks = 3 * MIB / 512;
+        let dst_lba = (3 * MIB / 4 - 4096) / 512;
+        dst.copy_from(dst_lba, &src, 512, blocks).await.unwrap();
+        let back = dst.read(dst_lba, data.len() as u32 / 512).await.unwrap();
+        assert_eq!(&back[..], &data[..]);
+        // The part copied from never-written source chunks reads as zeros and did not
+        // allocate destination chunk 3 (it lies wholly in that part).
+        let (state, _) = dst.allocation_status(3 * MIB / 512).await.unwrap();
+        assert_eq!(state, Provisioning::Deallocated);
+        let tail = dst
+            .read(dst_lba + data.len() as u64 / 512, 2048)
+            .await
+            .unwrap();
+        assert!(tail.iter().all(|b| *b == 0));
+        // Both copies of destination chunk 1 hold the same bytes.
+        let at = |device| ChunkRef {
+            volume: 43,
+            chunk: 1,
+            device,
+            epoch: 1,
+        };
+        let p = ChunkClient::new(nodes[0].addr)
+            .read(at(10), 0, MIB as u32)
+            .await
+            .unwrap();
+        let s = ChunkClient::new(nodes[1].addr)
+            .read(at(20), 0, MIB as u32)
+            .await
+            .unwrap();
+        assert_eq!(p, s);
+        let from = (MIB / 4 + 4096) as usize;
+        assert_eq!(&p[..], &data[from..from + MIB as usize]);
+    }
+
+    #[tokio::test]
+    async fn overlapping_copy_within_a_pool_volume_is_a_memmove() {
+        for (from, to) in [(0u64, 1u64), (1, 0), (0, 2048 + 7), (2048 + 7, 0)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (vol, _nodes) = setup(&dir).await;
+            let blocks = 2 * MIB / 512;
+            let data = pattern(2 * MIB as usize, from as u8);
+            vol.write(from, SgList::from(data.clone()), false).await.unwrap();
+            vol.copy_from(to, &vol, from, blocks).await.unwrap();
+            let back = vol.read(to, blocks as u32).await.unwrap();
+            assert!(back[..] == data[..], "{from} -> {to}");
+        }
+    }
+
+    #[tokio::test]
+    async fn copy_falls_back_to_the_other_source_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, nodes) = setup(&dir).await;
+        let dst = second_volume(&src);
+        let data = pattern(MIB as usize, 9);
+        src.write(0, SgList::from(data.clone()), false).await.unwrap();
+        // Source chunk 0: primary device 10 on SDS 1, secondary device 20 on SDS 2.
+        // Named first: an SDS nobody knows; the destination primary (SDS 2 for
+        // chunk 0 of volume 43) falls back to the second copy, its own device.
+        let source = CopySource {
+            volume: 42,
+            chunk: 0,
+            epoch: 1,
+            offset: 0,
+            copies: [
+                Some(SourceCopy { sds: 99, device: 990 }),
+                Some(SourceCopy { sds: 2, device: 20 }),
+            ],
+        };
+        let at = ChunkRef {
+            volume: 43,
+            chunk: 0,
+            device: 20,
+            epoch: 1,
+        };
+        let mirror = Some(crate::cluster::chunk::Mirror { sds: 1, device: 10 });
+        ChunkClient::new(nodes[1].addr)
+            .copy(at, 0, MIB as u32, &source, true, true, mirror)
+            .await
+            .unwrap();
+        assert_eq!(&dst.read(0, 2048).await.unwrap()[..], &data[..]);
+        // With no readable copy at all the copy fails and says why.
+        let mut none = source;
+        none.copies[1] = None;
+        let e = ChunkClient::new(nodes[1].addr)
+            .copy(at, 0, 4096, &none, false, false, mirror)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no copy of source chunk"), "{e}");
+        // A stale source epoch is reported as such, for the gateway to refetch.
+        let mut future = src.0.layout().as_ref().clone();
+        future.epoch = 5;
+        src.set_layout(future);
+        src.write(0, SgList::from(vec![1u8; 512]), false).await.unwrap();
+        let mut stale = source;
+        stale.copies[0] = None;
+        stale.copies.swap(0, 1);
+        let e = ChunkClient::new(nodes[1].addr)
+            .copy(at, 0, 4096, &stale, false, false, mirror)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ChunkError::StaleEpoch { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn copy_from_another_kind_of_volume_goes_through_the_gateway() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dst, _nodes) = setup(&dir).await;
+        let mem = crate::backend::MemoryBackend::new(8192);
+        let data = pattern(MIB as usize + 4096, 3);
+        mem.write(8, SgList::from(data.clone()), false).await.unwrap();
+        dst.copy_from(100, &mem, 8, data.len() as u64 / 512)
+            .await
+            .unwrap();
+        let back = dst.read(100, data.len() as u32 / 512).await.unwrap();
+        assert_eq!(&back[..], &data[..]);
     }
 
     #[tokio::test]
