@@ -12,8 +12,8 @@
 //! pool volumes it goes SDS to SDS without passing through the gateway.
 
 use super::copy_params::{
-    self, CopyList, ListIdUsage, BLOCK_TO_BLOCK, IDENTIFICATION_TARGET,
-    MAX_DESCRIPTOR_LIST_LENGTH, MAX_SEGMENT_DESCRIPTORS, MAX_TARGET_DESCRIPTORS,
+    self, CopyList, ListIdUsage, BLOCK_TO_BLOCK, IDENTIFICATION_TARGET, MAX_DESCRIPTOR_LIST_LENGTH,
+    MAX_SEGMENT_DESCRIPTORS, MAX_TARGET_DESCRIPTORS,
 };
 use super::sense::{asc, Sense, SenseKey};
 use super::unit::LogicalUnit;
@@ -147,7 +147,12 @@ fn aborted(code: u16, byte: usize) -> Sense {
 }
 
 /// The logical unit a target descriptor names, among those the nexus can reach.
-fn resolve<'a>(c: &Ctx<'a>, list: &CopyList, index: u16, ptr: usize) -> Result<&'a LogicalUnit, Sense> {
+fn resolve<'a>(
+    c: &Ctx<'a>,
+    list: &CopyList,
+    index: u16,
+    ptr: usize,
+) -> Result<&'a LogicalUnit, Sense> {
     let Some(t) = list.targets.get(usize::from(index)) else {
         return Err(aborted(asc::UNREACHABLE_COPY_TARGET, ptr));
     };

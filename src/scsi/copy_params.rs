@@ -148,8 +148,9 @@ pub fn parse(list: &[u8], param_len: usize) -> Result<Option<CopyList>, Sense> {
 fn target(list: &[u8], at: usize) -> Result<Target, Sense> {
     let d = &list[at..at + TARGET_LEN];
     if d[0] != IDENTIFICATION_TARGET {
-        return Err(Sense::illegal(asc::UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE)
-            .with_param_pointer(at));
+        return Err(
+            Sense::illegal(asc::UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE).with_param_pointer(at)
+        );
     }
     // Byte 1: LU ID TYPE (bits 7:6) is ignored for this descriptor (SPC-4); NUL (bit 5,
     // a null copy target) is not something we copy to or from; the peripheral device
@@ -183,8 +184,10 @@ fn segments(list: &[u8], start: usize, end: usize) -> Result<Vec<Segment>, Sense
             return Err(Sense::illegal(asc::TOO_MANY_SEGMENT_DESCRIPTORS));
         }
         if list[at] != BLOCK_TO_BLOCK {
-            return Err(Sense::illegal(asc::UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE)
-                .with_param_pointer(at));
+            return Err(
+                Sense::illegal(asc::UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE)
+                    .with_param_pointer(at),
+            );
         }
         if at + 4 + BLOCK_TO_BLOCK_LEN > end {
             return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
@@ -213,7 +216,9 @@ pub(crate) mod tests {
     use super::*;
     use crate::scsi::SenseKey;
 
-    pub(crate) const NAA: [u8; 16] = [0x6A, 0xD7, 0xEA, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x12, 0x34];
+    pub(crate) const NAA: [u8; 16] = [
+        0x6A, 0xD7, 0xEA, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x12, 0x34,
+    ];
 
     /// An identification target descriptor naming an NAA designator, 512-byte blocks.
     pub(crate) fn target_desc(naa: &[u8]) -> Vec<u8> {
@@ -227,7 +232,13 @@ pub(crate) mod tests {
         d
     }
 
-    pub(crate) fn segment_desc(src: u16, dst: u16, blocks: u16, src_lba: u64, dst_lba: u64) -> Vec<u8> {
+    pub(crate) fn segment_desc(
+        src: u16,
+        dst: u16,
+        blocks: u16,
+        src_lba: u64,
+        dst_lba: u64,
+    ) -> Vec<u8> {
         let mut d = vec![0u8; 28];
         d[0] = BLOCK_TO_BLOCK;
         d[3] = 0x18;
@@ -326,7 +337,7 @@ pub(crate) mod tests {
     fn limits() {
         let seg = segment_desc(0, 0, 1, 0, 1);
         let too_many_targets = vec![target_desc(&NAA); MAX_TARGET_DESCRIPTORS as usize + 1];
-        let l = list(1, 0, &too_many_targets, &[seg.clone()]);
+        let l = list(1, 0, &too_many_targets, std::slice::from_ref(&seg));
         assert_eq!(err(&l), (ILLEGAL, asc::TOO_MANY_TARGET_DESCRIPTORS));
         let too_many_segments = vec![seg.clone(); MAX_SEGMENT_DESCRIPTORS as usize + 1];
         let l = list(1, 0, &[target_desc(&NAA)], &too_many_segments);
@@ -344,7 +355,12 @@ pub(crate) mod tests {
     fn unsupported_descriptor_types() {
         let mut fc = target_desc(&NAA);
         fc[0] = 0xE0;
-        let l = list(1, 0, &[target_desc(&NAA), fc], &[segment_desc(0, 0, 1, 0, 1)]);
+        let l = list(
+            1,
+            0,
+            &[target_desc(&NAA), fc],
+            &[segment_desc(0, 0, 1, 0, 1)],
+        );
         let e = parse(&l, l.len()).unwrap_err();
         assert_eq!(
             asc_of(&e),

@@ -198,13 +198,29 @@ async fn copy_aborted_cases_change_nothing() {
     // A target whose designator is not an NAA one.
     let mut t10 = target_desc(&naa(2));
     t10[5] = 0x01;
-    let p = list(1, 0, &[target_desc(&naa(1)), t10], &[segment_desc(0, 1, 1, 0, 0)]);
-    assert_eq!(sense_of(&xcopy(&luns, &nexus(1), p).await), (0x0A, 0x0D, 0x02));
+    let p = list(
+        1,
+        0,
+        &[target_desc(&naa(1)), t10],
+        &[segment_desc(0, 1, 1, 0, 0)],
+    );
+    assert_eq!(
+        sense_of(&xcopy(&luns, &nexus(1), p).await),
+        (0x0A, 0x0D, 0x02)
+    );
     // A block length other than ours.
     let mut big = target_desc(&naa(2));
     big[29..32].copy_from_slice(&[0, 0x10, 0]);
-    let p = list(1, 0, &[target_desc(&naa(1)), big], &[segment_desc(0, 1, 1, 0, 0)]);
-    assert_eq!(sense_of(&xcopy(&luns, &nexus(1), p).await), (0x05, 0x26, 0x00));
+    let p = list(
+        1,
+        0,
+        &[target_desc(&naa(1)), big],
+        &[segment_desc(0, 1, 1, 0, 0)],
+    );
+    assert_eq!(
+        sense_of(&xcopy(&luns, &nexus(1), p).await),
+        (0x05, 0x26, 0x00)
+    );
     assert!(b.read(0, 16).await.unwrap().iter().all(|&x| x == 0));
 }
 
@@ -217,9 +233,19 @@ async fn read_only_destination_is_data_protect_and_may_be_a_source() {
     luns.insert(1, ro);
     fill(&b, 0, &pattern(3, 8)).await;
     let t = [target_desc(&naa(1)), target_desc(&naa(2))];
-    let r = xcopy(&luns, &nexus(1), list(1, 0, &t, &[segment_desc(0, 1, 8, 0, 0)])).await;
+    let r = xcopy(
+        &luns,
+        &nexus(1),
+        list(1, 0, &t, &[segment_desc(0, 1, 8, 0, 0)]),
+    )
+    .await;
     assert_eq!(sense_of(&r), (0x07, 0x27, 0x00));
-    let r = xcopy(&luns, &nexus(1), list(1, 0, &t, &[segment_desc(1, 0, 8, 0, 0)])).await;
+    let r = xcopy(
+        &luns,
+        &nexus(1),
+        list(1, 0, &t, &[segment_desc(1, 0, 8, 0, 0)]),
+    )
+    .await;
     assert_eq!(r.status, status::GOOD);
     assert_eq!(a.read(0, 8).await.unwrap()[..], pattern(3, 8)[..]);
 }
@@ -246,7 +272,10 @@ async fn parameter_list_errors_are_illegal_request() {
     // LID4 (service action 1) is not offered.
     let mut c = xcopy_cdb(0);
     c[1] = 0x01;
-    assert_eq!(sense_of(&run_on(&luns, 0, &n, &c, vec![]).await), (0x05, 0x24, 0x00));
+    assert_eq!(
+        sense_of(&run_on(&luns, 0, &n, &c, vec![]).await),
+        (0x05, 0x24, 0x00)
+    );
 }
 
 #[tokio::test]
@@ -259,33 +288,51 @@ async fn copy_status_is_held_per_nexus_and_list_id() {
         async move { run_on(&luns, 0, &n, &rcr_cdb(0, id, 1024), vec![]).await }
     };
     // Nothing held yet.
-    assert_eq!(sense_of(&status_of(n1.clone(), 9).await), (0x05, 0x24, 0x00));
+    assert_eq!(
+        sense_of(&status_of(n1.clone(), 9).await),
+        (0x05, 0x24, 0x00)
+    );
     let t = [target_desc(&naa(1)), target_desc(&naa(2))];
     let p = list(9, 0, &t, &[segment_desc(0, 1, 4, 0, 0)]);
     assert_eq!(xcopy(&luns, &n1, p).await.status, status::GOOD);
     // Another nexus does not see it.
-    assert_eq!(sense_of(&status_of(n2.clone(), 9).await), (0x05, 0x24, 0x00));
+    assert_eq!(
+        sense_of(&status_of(n2.clone(), 9).await),
+        (0x05, 0x24, 0x00)
+    );
     let r = status_of(n1.clone(), 9).await;
     assert_eq!(r.status, status::GOOD);
     // 8 bytes available; completed without errors; 1 segment; 2048 bytes.
     assert_eq!(&r.data_in[..], &[0, 0, 0, 8, 1, 0, 1, 0, 0, 0, 8, 0]);
     // Reported once, then discarded.
-    assert_eq!(sense_of(&status_of(n1.clone(), 9).await), (0x05, 0x24, 0x00));
+    assert_eq!(
+        sense_of(&status_of(n1.clone(), 9).await),
+        (0x05, 0x24, 0x00)
+    );
     // LIST ID USAGE 10b holds nothing.
     let p = list(10, 0b10, &t, &[segment_desc(0, 1, 4, 0, 0)]);
     assert_eq!(xcopy(&luns, &n1, p).await.status, status::GOOD);
-    assert_eq!(sense_of(&status_of(n1.clone(), 10).await), (0x05, 0x24, 0x00));
+    assert_eq!(
+        sense_of(&status_of(n1.clone(), 10).await),
+        (0x05, 0x24, 0x00)
+    );
     // A failed copy: completed with errors, and its sense as failed segment details.
     let p = list(11, 0, &t, &[segment_desc(0, 1, 2, 0, BLOCKS - 1)]);
     let r = xcopy(&luns, &n1, p).await;
     // Checked before processing: nothing held for a list the copy never started.
     assert_eq!(sense_of(&r), (0x0A, 0x00, 0x00));
-    assert_eq!(sense_of(&status_of(n1.clone(), 11).await), (0x05, 0x24, 0x00));
+    assert_eq!(
+        sense_of(&status_of(n1.clone(), 11).await),
+        (0x05, 0x24, 0x00)
+    );
     // A lost nexus takes its results along.
     let p = list(12, 0, &t, &[segment_desc(0, 1, 4, 0, 0)]);
     assert_eq!(xcopy(&luns, &n1, p).await.status, status::GOOD);
     luns[&0].nexus_lost(&n1);
-    assert_eq!(sense_of(&status_of(n1.clone(), 12).await), (0x05, 0x24, 0x00));
+    assert_eq!(
+        sense_of(&status_of(n1.clone(), 12).await),
+        (0x05, 0x24, 0x00)
+    );
 }
 
 #[tokio::test]
@@ -317,7 +364,10 @@ async fn failed_segment_details_return_the_sense_once() {
     assert_eq!(d[56], status::CHECK_CONDITION);
     assert_eq!(u16::from_be_bytes([d[58], d[59]]), 18);
     assert_eq!((d[60] & 0x7F, d[62], d[72]), (0x70, 0x0A, 0x0D));
-    assert_eq!(u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize, d.len() - 4);
+    assert_eq!(
+        u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize,
+        d.len() - 4
+    );
     // Delivered whole: gone.
     let again = run_on(&luns, 0, &n, &rcr_cdb(4, 3, 1024), vec![]).await;
     assert_eq!(sense_of(&again), (0x05, 0x24, 0x00));
@@ -330,7 +380,10 @@ async fn operating_parameters_and_vpd_8f_agree() {
     let r = run_on(&luns, 0, &n, &rcr_cdb(3, 0, 1024), vec![]).await;
     let d = &r.data_in;
     assert_eq!(r.status, status::GOOD);
-    assert_eq!(u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize, d.len() - 4);
+    assert_eq!(
+        u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize,
+        d.len() - 4
+    );
     assert_eq!(u16::from_be_bytes([d[8], d[9]]), 8);
     assert_eq!(u16::from_be_bytes([d[10], d[11]]), 64);
     let max_list = u32::from_be_bytes([d[12], d[13], d[14], d[15]]);
@@ -378,7 +431,12 @@ async fn a_second_copy_with_a_running_list_id_is_refused() {
     let r = xcopy(&luns, &n, list(4, 0, &t, &[segment_desc(0, 0, 1, 0, 1)])).await;
     assert_eq!(sense_of(&r), (0x05, 0x00, 0x16));
     // Another nexus may use the same list identifier.
-    let r = xcopy(&luns, &nexus(2), list(4, 0, &t, &[segment_desc(0, 0, 1, 0, 1)])).await;
+    let r = xcopy(
+        &luns,
+        &nexus(2),
+        list(4, 0, &t, &[segment_desc(0, 0, 1, 0, 1)]),
+    )
+    .await;
     assert_eq!(r.status, status::GOOD);
     let st = run_on(&luns, 0, &n, &rcr_cdb(0, 4, 64), vec![]).await;
     assert_eq!(st.data_in[4], 0, "still running");

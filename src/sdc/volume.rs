@@ -8,8 +8,8 @@
 use super::route::{copy_pieces, pieces, route, CopyPiece, Piece, RouteError};
 use super::sds_pool::SdsPool;
 use crate::backend::{
-    copy_through, overlapping, AtomicOp, AtomicOutcome, BackendError, BlockBackend,
-    Provisioning, SgList, BLOCK_SIZE,
+    copy_through, overlapping, AtomicOp, AtomicOutcome, BackendError, BlockBackend, Provisioning,
+    SgList, BLOCK_SIZE,
 };
 use crate::cluster::api::{Layout, MdmReply, MdmRequest, CHUNK_SIZE};
 use crate::cluster::chunk::wire::{AtomicKind, CopySource, SourceCopy};
@@ -652,7 +652,9 @@ mod tests {
         // 1.5 MiB written from 0.25 MiB: chunks 0 and 1 of the source; 2 and 3 stay
         // unwritten.
         let data = pattern(3 * MIB as usize / 2, 5);
-        src.write(512, SgList::from(data.clone()), false).await.unwrap();
+        src.write(512, SgList::from(data.clone()), false)
+            .await
+            .unwrap();
         // Copy 3 MiB from 0.25 MiB to 0.75 MiB - 4 KiB: pieces cut at both sides'
         // chunk boundaries.
         let blocks = 3 * MIB / 512;
@@ -696,7 +698,9 @@ mod tests {
             let (vol, _nodes) = setup(&dir).await;
             let blocks = 2 * MIB / 512;
             let data = pattern(2 * MIB as usize, from as u8);
-            vol.write(from, SgList::from(data.clone()), false).await.unwrap();
+            vol.write(from, SgList::from(data.clone()), false)
+                .await
+                .unwrap();
             vol.copy_from(to, &vol, from, blocks).await.unwrap();
             let back = vol.read(to, blocks as u32).await.unwrap();
             assert!(back[..] == data[..], "{from} -> {to}");
@@ -709,7 +713,9 @@ mod tests {
         let (src, nodes) = setup(&dir).await;
         let dst = second_volume(&src);
         let data = pattern(MIB as usize, 9);
-        src.write(0, SgList::from(data.clone()), false).await.unwrap();
+        src.write(0, SgList::from(data.clone()), false)
+            .await
+            .unwrap();
         // Source chunk 0: primary device 10 on SDS 1, secondary device 20 on SDS 2.
         // Named first: an SDS nobody knows; the destination primary (SDS 2 for
         // chunk 0 of volume 43) falls back to the second copy, its own device.
@@ -719,7 +725,10 @@ mod tests {
             epoch: 1,
             offset: 0,
             copies: [
-                Some(SourceCopy { sds: 99, device: 990 }),
+                Some(SourceCopy {
+                    sds: 99,
+                    device: 990,
+                }),
                 Some(SourceCopy { sds: 2, device: 20 }),
             ],
         };
@@ -747,7 +756,9 @@ mod tests {
         let mut future = src.0.layout().as_ref().clone();
         future.epoch = 5;
         src.set_layout(future);
-        src.write(0, SgList::from(vec![1u8; 512]), false).await.unwrap();
+        src.write(0, SgList::from(vec![1u8; 512]), false)
+            .await
+            .unwrap();
         let mut stale = source;
         stale.copies[0] = None;
         stale.copies.swap(0, 1);
@@ -764,7 +775,9 @@ mod tests {
         let (dst, _nodes) = setup(&dir).await;
         let mem = crate::backend::MemoryBackend::new(8192);
         let data = pattern(MIB as usize + 4096, 3);
-        mem.write(8, SgList::from(data.clone()), false).await.unwrap();
+        mem.write(8, SgList::from(data.clone()), false)
+            .await
+            .unwrap();
         dst.copy_from(100, &mem, 8, data.len() as u64 / 512)
             .await
             .unwrap();

@@ -4,13 +4,11 @@
 
 use super::device::{ChunkKey, Device};
 use super::{Sds, SdsError};
-use crate::cluster::api::fmt_id;
 use crate::backend::fileops::runs_inline;
 use crate::backend::{AtomicOp, SgList};
-use crate::cluster::api::SdsControl;
+use crate::cluster::api::{fmt_id, SdsControl};
 use crate::cluster::chunk::wire::{
-    AtomicKind, CopySource, Op, RequestHeader, SourceCopy, FLAG_FUA, FLAG_MAPPED,
-    FLAG_MISCOMPARE,
+    AtomicKind, CopySource, Op, RequestHeader, SourceCopy, FLAG_FUA, FLAG_MAPPED, FLAG_MISCOMPARE,
 };
 use crate::cluster::chunk::{ChunkError, ChunkRef, Mirror};
 use bytes::Bytes;
@@ -169,8 +167,8 @@ async fn atomic(
 /// peer), then stores it like a mirrored Write; a never-written source range becomes
 /// a WriteZeroes, so a thin destination is not allocated for it.
 async fn copy(sds: &Arc<Sds>, h: RequestHeader, payload: Bytes) -> Result<Answer, ChunkError> {
-    let src = CopySource::decode(&payload, h.length)
-        .map_err(|e| ChunkError::Protocol(e.to_string()))?;
+    let src =
+        CopySource::decode(&payload, h.length).map_err(|e| ChunkError::Protocol(e.to_string()))?;
     sds.epochs.admit(h.at.volume, h.at.epoch)?;
     let dev = sds.store.device(h.at.device).map_err(|e| e.to_chunk())?;
     // The source is read before the destination's lock is taken: a copy never holds

@@ -49,6 +49,11 @@ impl Proc {
         p
     }
 
+    /// The process id (for /proc/<pid>/ counters).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
