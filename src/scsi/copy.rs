@@ -147,21 +147,29 @@ fn aborted(code: u16, byte: usize) -> Sense {
 }
 
 /// The logical unit a target descriptor names, among those the nexus can reach.
+/// A destination prefers a writable unit where the nexus reaches the volume twice.
 fn resolve<'a>(
     c: &Ctx<'a>,
     list: &CopyList,
     index: u16,
     ptr: usize,
+    writing: bool,
 ) -> Result<&'a LogicalUnit, Sense> {
     let Some(t) = list.targets.get(usize::from(index)) else {
         return Err(aborted(asc::UNREACHABLE_COPY_TARGET, ptr));
     };
     let naa = t.designator_type == DESIGNATOR_NAA && t.association == 0 && t.code_set == 1;
-    let unit = c
+    let mut named = c
         .luns
         .values()
-        .find(|u| naa && u.identity().naa[..] == t.designator[..])
+        .filter(|u| naa && u.identity().naa[..] == t.designator[..]);
+    let first = named
+        .next()
         .ok_or_else(|| aborted(asc::COPY_TARGET_DEVICE_NOT_REACHABLE, t.at))?;
+    let unit = match first.read_only() && writing {
+        true => named.find(|u| !u.read_only()).unwrap_or(first),
+        false => first,
+    };
     if t.block_len != BLOCK_SIZE {
         return Err(Sense::invalid_param(t.at + 29, None));
     }
@@ -172,8 +180,8 @@ fn resolve<'a>(
 fn plan<'a>(c: &Ctx<'a>, list: &CopyList) -> Result<Vec<Step<'a>>, Sense> {
     let mut steps = Vec::with_capacity(list.segments.len());
     for s in &list.segments {
-        let src = resolve(c, list, s.src, s.at + 4)?;
-        let dst = resolve(c, list, s.dst, s.at + 6)?;
+        let src = resolve(c, list, s.src, s.at + 4, false)?;
+        let dst = resolve(c, list, s.dst, s.at + 6, true)?;
         let blocks = u64::from(s.blocks);
         let fits = |u: &LogicalUnit, lba: u64| {
             lba.checked_add(blocks)
@@ -245,6 +253,22 @@ async fn run(steps: &[Step<'_>], mut progress: impl FnMut(u16, u64)) -> Result<(
     Ok(())
 }
 
+/// Ends a tracked copy's record however the command ends: with its result, or as
+/// aborted when the task is dropped (ABORT TASK), so the list identifier is free again.
+struct Tracking<'a> {
+    unit: &'a LogicalUnit,
+    nexus: &'a ItNexus,
+    id: u8,
+    failure: Option<Sense>,
+}
+
+impl Drop for Tracking<'_> {
+    fn drop(&mut self) {
+        let failure = self.failure.as_ref().map(Sense::fixed);
+        self.unit.lock().copies.finish(self.nexus, self.id, failure);
+    }
+}
+
 /// EXTENDED COPY (LID1), 0x83 / 0x00.
 pub(crate) fn extended_copy<'a>(c: &'a Ctx<'a>) -> BoxFut<'a> {
     Box::pin(async move {
@@ -255,23 +279,30 @@ pub(crate) fn extended_copy<'a>(c: &'a Ctx<'a>) -> BoxFut<'a> {
         };
         let steps = plan(c, &list)?;
         let id = list.list_id;
-        let tracked = list.usage != ListIdUsage::None;
-        if tracked {
-            c.unit
-                .lock()
-                .copies
-                .begin(c.nexus, id, list.usage == ListIdUsage::Hold)?;
+        let mut tracking = None;
+        if list.usage != ListIdUsage::None {
+            let hold = list.usage == ListIdUsage::Hold;
+            c.unit.lock().copies.begin(c.nexus, id, hold)?;
+            tracking = Some(Tracking {
+                unit: c.unit,
+                nexus: c.nexus,
+                id,
+                failure: Some(Sense::new(
+                    SenseKey::AbortedCommand,
+                    asc::NO_ADDITIONAL_SENSE,
+                )),
+            });
         }
         let result = run(&steps, |segments, bytes| {
-            if tracked {
+            if tracking.is_some() {
                 c.unit.lock().copies.progress(c.nexus, id, segments, bytes);
             }
         })
         .await;
-        if tracked {
-            let failure = result.as_ref().err().map(|s| s.fixed());
-            c.unit.lock().copies.finish(c.nexus, id, failure);
+        if let Some(t) = tracking.as_mut() {
+            t.failure = result.as_ref().err().cloned();
         }
+        drop(tracking);
         result.map(|()| Done::good())
     })
 }

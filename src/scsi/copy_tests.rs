@@ -441,3 +441,27 @@ async fn a_second_copy_with_a_running_list_id_is_refused() {
     let st = run_on(&luns, 0, &n, &rcr_cdb(0, 4, 64), vec![]).await;
     assert_eq!(st.data_in[4], 0, "still running");
 }
+
+#[tokio::test]
+async fn a_volume_reached_read_only_and_read_write_is_written_through_the_writable_lun() {
+    let (src, a) = unit(1, false);
+    let be = Arc::new(MemoryBackend::new(BLOCKS));
+    let store: Arc<dyn super::shared::SharedStore> = Arc::new(super::shared::LocalStore::new());
+    let id = Identity::from_volume_id("vol2", 2);
+    let ro = LogicalUnit::new(be.clone(), id.clone(), true, store.clone());
+    let rw = LogicalUnit::new(be.clone(), id, false, store);
+    let mut luns = LunMap::new();
+    luns.insert(0, Arc::new(ro));
+    luns.insert(1, Arc::new(rw));
+    luns.insert(2, src);
+    fill(&a, 0, &pattern(6, 8)).await;
+    let t = [target_desc(&naa(1)), target_desc(&naa(2))];
+    let r = xcopy(
+        &luns,
+        &nexus(1),
+        list(1, 0, &t, &[segment_desc(0, 1, 8, 0, 0)]),
+    )
+    .await;
+    assert_eq!(r.status, status::GOOD, "{r:?}");
+    assert_eq!(be.read(0, 8).await.unwrap()[..], pattern(6, 8)[..]);
+}
