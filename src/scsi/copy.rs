@@ -15,10 +15,12 @@ use super::copy_params::{
     self, CopyList, ListIdUsage, BLOCK_TO_BLOCK, IDENTIFICATION_TARGET, MAX_DESCRIPTOR_LIST_LENGTH,
     MAX_SEGMENT_DESCRIPTORS, MAX_TARGET_DESCRIPTORS,
 };
+use super::pr::{self, Access};
 use super::sense::{asc, Sense, SenseKey};
 use super::unit::LogicalUnit;
 use super::{cdb, BoxFut, Ctx, Done, HandlerResult, ItNexus};
 use crate::backend::{BackendError, BlockBackend, BLOCK_SIZE};
+use bytes::Bytes;
 use std::collections::HashMap;
 
 /// MAXIMUM SEGMENT LENGTH in bytes: the most one block → block descriptor can name.
@@ -278,6 +280,18 @@ pub(crate) fn extended_copy<'a>(c: &'a Ctx<'a>) -> BoxFut<'a> {
             return Ok(Done::good());
         };
         let steps = plan(c, &list)?;
+        // The copy reads and writes on the nexus's behalf: what a reservation forbids
+        // it to do itself, the copy manager does not do for it.
+        for st in &steps {
+            if !pr::permits(st.src, c.nexus, Access::Read)?
+                || !pr::permits(st.dst, c.nexus, Access::Write)?
+            {
+                return Ok(Done {
+                    status: super::status::RESERVATION_CONFLICT,
+                    data: Bytes::new(),
+                });
+            }
+        }
         let id = list.list_id;
         let mut tracking = None;
         if list.usage != ListIdUsage::None {

@@ -328,7 +328,7 @@ async fn copy_status_is_held_per_nexus_and_list_id() {
     // A lost nexus takes its results along.
     let p = list(12, 0, &t, &[segment_desc(0, 1, 4, 0, 0)]);
     assert_eq!(xcopy(&luns, &n1, p).await.status, status::GOOD);
-    luns[&0].nexus_lost(&n1);
+    luns[&0].nexus_lost(&n1).await;
     assert_eq!(
         sense_of(&status_of(n1.clone(), 12).await),
         (0x05, 0x24, 0x00)
@@ -464,4 +464,57 @@ async fn a_volume_reached_read_only_and_read_write_is_written_through_the_writab
     .await;
     assert_eq!(r.status, status::GOOD, "{r:?}");
     assert_eq!(be.read(0, 8).await.unwrap()[..], pattern(6, 8)[..]);
+}
+
+/// PERSISTENT RESERVE OUT with a 24-byte parameter list.
+fn prout(sa: u8, kind: u8, key: u64, sark: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut c = vec![0u8; 10];
+    c[0] = 0x5F;
+    c[1] = sa;
+    c[2] = kind;
+    c[8] = 24;
+    let mut p = vec![0u8; 24];
+    p[0..8].copy_from_slice(&key.to_be_bytes());
+    p[8..16].copy_from_slice(&sark.to_be_bytes());
+    (c, p)
+}
+
+#[tokio::test]
+async fn reservations_on_the_source_and_destination_bind_the_copy() {
+    let (luns, a, b) = two_luns();
+    fill(&a, 0, &pattern(8, 8)).await;
+    fill(&b, 0, &pattern(9, 8)).await;
+    // Another nexus holds a Write Exclusive reservation on LUN 1 (volume 2).
+    let holder = nexus(2);
+    let (c, p) = prout(0x00, 0, 0, 0xABC);
+    assert_eq!(run_on(&luns, 1, &holder, &c, p).await.status, status::GOOD);
+    let (c, p) = prout(0x01, 0x01, 0xABC, 0);
+    assert_eq!(run_on(&luns, 1, &holder, &c, p).await.status, status::GOOD);
+    let t = [target_desc(&naa(1)), target_desc(&naa(2))];
+    // Writing into it through the copy manager on LUN 0 conflicts, and changes nothing.
+    let r = xcopy(
+        &luns,
+        &nexus(1),
+        list(1, 0, &t, &[segment_desc(0, 1, 8, 0, 0)]),
+    )
+    .await;
+    assert_eq!(r.status, status::RESERVATION_CONFLICT);
+    assert_eq!(b.read(0, 8).await.unwrap()[..], pattern(9, 8)[..]);
+    // Reading from it is what Write Exclusive allows.
+    let r = xcopy(
+        &luns,
+        &nexus(1),
+        list(1, 0, &t, &[segment_desc(1, 0, 8, 0, 0)]),
+    )
+    .await;
+    assert_eq!(r.status, status::GOOD);
+    assert_eq!(a.read(0, 8).await.unwrap()[..], pattern(9, 8)[..]);
+    // The holder itself may copy into it.
+    let r = xcopy(
+        &luns,
+        &holder,
+        list(1, 0, &t, &[segment_desc(0, 1, 8, 0, 0)]),
+    )
+    .await;
+    assert_eq!(r.status, status::GOOD);
 }
