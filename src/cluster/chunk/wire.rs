@@ -41,7 +41,9 @@
 //! that copy, else from the peer SDS over this protocol), then stores it exactly like
 //! a mirrored Write: locally and on the mirror, answering once both are written. A
 //! source range that was never written is not read: it becomes a WriteZeroes (with
-//! the request's UNMAP flag, so a thin destination stays unallocated).
+//! the request's UNMAP flag, so a thin destination stays unallocated). A local
+//! source read holds the source chunk's lock shared, like a Read; the destination
+//! write then holds the destination chunk's, like a Write; never both at once.
 //!
 //! Response (24 bytes): magic `0x4452` ("DR") u16, status u8, flags u8 (0x01 MAPPED in
 //! a Status reply, 0x02 MISCOMPARE in an Atomic reply), payload_len u32, tag u64, aux
