@@ -447,3 +447,48 @@ pub(crate) fn third_party_copy_vpd() -> Vec<u8> {
     descriptor(&mut page, 0x8001, body);
     page
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MemoryBackend;
+    use crate::scsi::{shared::LocalStore, Identity};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_dropped_copy_frees_its_list_id_and_reads_as_aborted() {
+        let unit = LogicalUnit::new(
+            Arc::new(MemoryBackend::new(8)),
+            Identity::from_volume_id("v", 1),
+            false,
+            Arc::new(LocalStore::new()),
+        );
+        let nexus = ItNexus {
+            initiator: Arc::from("iqn.2024-01.test:i"),
+            isid: [0; 6],
+            tpgt: 1,
+        };
+        unit.lock().copies.begin(&nexus, 7, true).unwrap();
+        assert!(unit.lock().copies.begin(&nexus, 7, true).is_err());
+        // What extended_copy leaves when its task is dropped mid-copy.
+        drop(Tracking {
+            unit: &unit,
+            nexus: &nexus,
+            id: 7,
+            failure: Some(Sense::new(
+                SenseKey::AbortedCommand,
+                asc::NO_ADDITIONAL_SENSE,
+            )),
+        });
+        let st = unit.lock();
+        let r = st.copies.get(&nexus, 7).unwrap();
+        assert!(!r.running);
+        assert_eq!(copy_status(r)[4], 2, "completed with errors");
+        assert_eq!(
+            r.failure.as_ref().unwrap()[2],
+            SenseKey::AbortedCommand as u8
+        );
+        drop(st);
+        unit.lock().copies.begin(&nexus, 7, true).unwrap();
+    }
+}
