@@ -5,6 +5,9 @@ use super::sense::Sense;
 use super::{Ctx, Done, HandlerResult};
 use crate::backend::BLOCK_SIZE;
 
+/// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT: 2^3 × 512 bytes = 4 KiB.
+pub(crate) const PHYSICAL_BLOCK_EXPONENT: u8 = 3;
+
 pub(crate) fn read_capacity10(c: &Ctx<'_>) -> HandlerResult {
     // SBC-3: an LBA with PMI clear is an error (PMI itself is obsolete in SBC-4 and
     // ignored here).
@@ -25,8 +28,11 @@ pub(crate) fn read_capacity16(c: &Ctx<'_>) -> HandlerResult {
     let mut d = vec![0u8; 32];
     d[0..8].copy_from_slice(&c.unit.num_blocks().saturating_sub(1).to_be_bytes());
     d[8..12].copy_from_slice(&BLOCK_SIZE.to_be_bytes());
-    // No protection, one logical block per physical block. A thin backend releases
-    // deallocated blocks and reads them back as zeros: LBPME and LBPRZ.
+    // No protection. Eight logical blocks per physical block (4 KiB, exponent 3), the
+    // first of them at LBA 0: what the pool stores without read-modify-write, and the
+    // granularity VPD 0xB0 reports for transfers and unmapping. A thin backend
+    // releases deallocated blocks and reads them back as zeros: LBPME and LBPRZ.
+    d[13] = PHYSICAL_BLOCK_EXPONENT;
     if c.unit.backend().thin() {
         d[14] = 0x80 | 0x40;
     }

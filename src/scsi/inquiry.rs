@@ -8,12 +8,12 @@
 use super::atomic::{
     ATOMIC_ALIGNMENT, ATOMIC_GRANULARITY, MAX_ATOMIC_BLOCKS, MAX_COMPARE_AND_WRITE_BLOCKS,
 };
+use super::capacity::PHYSICAL_BLOCK_EXPONENT;
 use super::provisioning::{
     MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS, UNMAP_GRANULARITY,
 };
 use super::rw::MAX_TRANSFER_BLOCKS;
 use super::sense::{asc, Sense};
-use super::unit::LogicalUnit;
 use super::{cdb, status, Ctx, Done, HandlerResult, Identity, Response};
 use bytes::Bytes;
 
@@ -25,7 +25,7 @@ const VERSION_DESCRIPTORS: [u16; 4] = [0x00A0, 0x0960, 0x0460, 0x04C0];
 
 /// VPD pages in ascending order (Supported VPD Pages must list them sorted).
 /// Builds one VPD page.
-type VpdBuilder = fn(&LogicalUnit) -> Vec<u8>;
+type VpdBuilder = fn(&Ctx<'_>) -> Vec<u8>;
 
 const VPD_PAGES: &[(u8, VpdBuilder)] = &[
     (0x00, supported_pages),
@@ -70,18 +70,25 @@ fn vpd(code: u8, body: &[u8]) -> Vec<u8> {
     d
 }
 
-fn supported_pages(_: &LogicalUnit) -> Vec<u8> {
+fn supported_pages(_: &Ctx<'_>) -> Vec<u8> {
     let codes: Vec<u8> = VPD_PAGES.iter().map(|(c, _)| *c).collect();
     vpd(0x00, &codes)
 }
 
-fn unit_serial(u: &LogicalUnit) -> Vec<u8> {
-    let id = u.identity();
+fn unit_serial(c: &Ctx<'_>) -> Vec<u8> {
+    let id = c.unit.identity();
     vpd(0x80, id.serial.as_bytes())
 }
 
-fn device_identification(u: &LogicalUnit) -> Vec<u8> {
-    let id: &Identity = u.identity();
+/// Protocol identifier for iSCSI in designators with PIV set (SPC-4 7.6.1).
+const PROTOCOL_ISCSI: u8 = 0x5;
+
+/// Device Identification. The logical unit's designators (NAA, T10 vendor ID) are the
+/// volume's and the same through every gateway; the relative target port and target
+/// port group designators name the gateway the command came through (its portal group
+/// tag numbers both), which is how a multipath initiator tells the paths apart.
+fn device_identification(c: &Ctx<'_>) -> Vec<u8> {
+    let id: &Identity = c.unit.identity();
     let mut body = Vec::new();
     // NAA IEEE Registered Extended, binary, associated with the logical unit.
     body.extend_from_slice(&[0x01, 0x03, 0x00, id.naa.len() as u8]);
@@ -96,14 +103,22 @@ fn device_identification(u: &LogicalUnit) -> Vec<u8> {
     );
     body.extend_from_slice(&[0x02, 0x01, 0x00, t10.len() as u8]);
     body.extend_from_slice(&t10);
+    let port = c.nexus.tpgt.to_be_bytes();
+    // Binary, PIV, association 01b (target port): type 4 relative target port, then
+    // type 5 target port group.
+    for kind in [0x94, 0x95] {
+        body.extend_from_slice(&[PROTOCOL_ISCSI << 4 | 0x01, kind, 0x00, 4]);
+        body.extend_from_slice(&[0, 0, port[0], port[1]]);
+    }
     vpd(0x83, &body)
 }
 
-fn third_party_copy(_: &LogicalUnit) -> Vec<u8> {
+fn third_party_copy(_: &Ctx<'_>) -> Vec<u8> {
     vpd(0x8F, &super::copy::third_party_copy_vpd())
 }
 
-fn block_limits(u: &LogicalUnit) -> Vec<u8> {
+fn block_limits(c: &Ctx<'_>) -> Vec<u8> {
+    let u = c.unit;
     let mut b = vec![0u8; 0x3C];
     // Limits that keep a COMPARE AND WRITE or WRITE ATOMIC inside one chunk (see
     // `atomic`); the "with atomic boundary" pair stays 0: no boundary-split writes.
@@ -111,8 +126,8 @@ fn block_limits(u: &LogicalUnit) -> Vec<u8> {
     b[40..44].copy_from_slice(&MAX_ATOMIC_BLOCKS.to_be_bytes());
     b[44..48].copy_from_slice(&ATOMIC_ALIGNMENT.to_be_bytes());
     b[48..52].copy_from_slice(&ATOMIC_GRANULARITY.to_be_bytes());
-    // Optimal granularity 8 blocks (4 KiB): what a 4K-sector pool stores without RMW.
-    b[2..4].copy_from_slice(&8u16.to_be_bytes());
+    // Optimal granularity: one physical block (READ CAPACITY(16)'s exponent, 4 KiB).
+    b[2..4].copy_from_slice(&(1u16 << PHYSICAL_BLOCK_EXPONENT).to_be_bytes());
     b[4..8].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
     b[8..12].copy_from_slice(&(1024u32 * 1024 / 512).to_be_bytes());
     b[12..16].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
@@ -129,13 +144,17 @@ fn block_limits(u: &LogicalUnit) -> Vec<u8> {
     vpd(0xB0, &b)
 }
 
-fn block_device_characteristics(_: &LogicalUnit) -> Vec<u8> {
+fn block_device_characteristics(_: &Ctx<'_>) -> Vec<u8> {
     let mut b = vec![0u8; 0x3C];
     b[0..2].copy_from_slice(&1u16.to_be_bytes()); // non-rotating medium
+                                                  // WABEREQ 01b and WACEREQ 01b: after a SANITIZE BLOCK ERASE or CRYPTOGRAPHIC ERASE
+                                                  // reads succeed (and return zeros) without a write first.
+    b[3] = 0x50;
     vpd(0xB1, &b)
 }
 
-fn logical_block_provisioning(u: &LogicalUnit) -> Vec<u8> {
+fn logical_block_provisioning(c: &Ctx<'_>) -> Vec<u8> {
+    let u = c.unit;
     if !u.backend().thin() {
         // No LBPU/LBPWS/LBPWS10, provisioning type 0 (full): matches LBPME=0.
         return vpd(0xB2, &[0, 0, 0, 0]);
@@ -156,10 +175,12 @@ pub(crate) fn inquiry(c: &Ctx<'_>) -> HandlerResult {
         if page != 0 {
             return Err(Sense::invalid_cdb(2, None));
         }
-        return Ok(Done::data(standard(0x00), alloc));
+        let mut d = standard(0x00);
+        d[5] |= 0x10; // TPGS 01b: implicit ALUA (REPORT TARGET PORT GROUPS)
+        return Ok(Done::data(d, alloc));
     }
     match VPD_PAGES.iter().find(|(code, _)| *code == page) {
-        Some((_, build)) => Ok(Done::data(build(c.unit), alloc)),
+        Some((_, build)) => Ok(Done::data(build(c), alloc)),
         None => Err(Sense::invalid_cdb(2, None)),
     }
 }

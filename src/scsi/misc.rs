@@ -10,15 +10,18 @@ pub(crate) fn test_unit_ready(_: &Ctx<'_>) -> HandlerResult {
     Ok(Done::good())
 }
 
-/// REQUEST SENSE reports (and clears) a pending unit attention, else NO SENSE; the
-/// format follows the CDB's DESC bit, not D_SENSE.
+/// REQUEST SENSE reports a running or failed sanitize (with its progress), else
+/// reports (and clears) a pending unit attention, else NO SENSE; the format follows
+/// the CDB's DESC bit, not D_SENSE.
 pub(crate) fn request_sense(c: &Ctx<'_>) -> HandlerResult {
     let desc = c.cdb[1] & 0x01 != 0;
     let alloc = usize::from(c.cdb[4]);
-    let pending = c.unit.lock().ua.pop(c.nexus);
-    let sense = match pending {
-        Some(code) => Sense::new(SenseKey::UnitAttention, code),
-        None => Sense::new(SenseKey::NoSense, asc::NO_ADDITIONAL_SENSE),
+    let sense = match c.unit.sanitize_condition() {
+        Some(s) => s,
+        None => match c.unit.lock().ua.pop(c.nexus) {
+            Some(code) => Sense::new(SenseKey::UnitAttention, code),
+            None => Sense::new(SenseKey::NoSense, asc::NO_ADDITIONAL_SENSE),
+        },
     };
     let data = if desc {
         sense.descriptor()

@@ -5,6 +5,7 @@
 //! from one table ([`OPS`]) that also feeds REPORT SUPPORTED OPERATION CODES, so what we
 //! execute and what we advertise cannot drift apart.
 
+pub mod alua;
 mod atomic;
 mod capacity;
 pub mod cdb;
@@ -17,6 +18,7 @@ mod pr;
 mod provisioning;
 mod report_luns;
 mod rw;
+mod sanitize;
 pub mod sense;
 pub mod shared;
 mod ua;
@@ -259,6 +261,10 @@ pub(crate) static OPS: &[Op] = &[
     op!(0x37, None, "READ DEFECT DATA(10)", D::None, Is(RD), S(misc::read_defect_data), [0x37, 0, 0x1F, 0, 0, 0, 0, FF, FF, 0]),
     op!(0x41, None, "WRITE SAME(10)", D::WriteSame, Is(WR), A(provisioning::write_same), [0x41, 0x08, FF, FF, FF, FF, 0, FF, FF, 0]),
     op!(0x42, None, "UNMAP", D::Param(7, 2), Is(WR), A(provisioning::unmap), [0x42, 0, 0, 0, 0, 0, 0, FF, FF, 0]),
+    op!(0x48, Some(0x01), "SANITIZE", D::Param(7, 2), Is(WR), A(sanitize::sanitize), [0x48, 0xA1, 0, 0, 0, 0, 0, FF, FF, 0]),
+    op!(0x48, Some(0x02), "SANITIZE", D::Param(7, 2), Is(WR), A(sanitize::sanitize), [0x48, 0xA2, 0, 0, 0, 0, 0, FF, FF, 0]),
+    op!(0x48, Some(0x03), "SANITIZE", D::Param(7, 2), Is(WR), A(sanitize::sanitize), [0x48, 0xA3, 0, 0, 0, 0, 0, FF, FF, 0]),
+    op!(0x48, Some(0x1F), "SANITIZE", D::Param(7, 2), Is(WR), A(sanitize::sanitize), [0x48, 0xBF, 0, 0, 0, 0, 0, FF, FF, 0]),
     op!(0x55, None, "MODE SELECT(10)", D::Param(7, 2), Is(WR), S(mode::mode_select), [0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, 0]),
     op!(0x56, None, "RESERVE(10)", D::None, Is(OWN), A(pr::reserve), [0x56, 0x10, 0, 0, 0, 0, 0, 0, 0, 0]),
     op!(0x57, None, "RELEASE(10)", D::None, Is(OWN), A(pr::release), [0x57, 0x10, 0, 0, 0, 0, 0, 0, 0, 0]),
@@ -292,6 +298,7 @@ pub(crate) static OPS: &[Op] = &[
     op!(0x9E, Some(0x10), "READ CAPACITY(16)", D::None, Is(STAT), S(capacity::read_capacity16), [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
     op!(0x9E, Some(0x12), "GET LBA STATUS", D::None, Is(RD), A(provisioning::get_lba_status), [0x9E, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
     op!(0xA0, None, "REPORT LUNS", D::None, Is(ANY), S(report_luns::report_luns), [0xA0, 0, FF, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
+    op!(0xA3, Some(0x0A), "REPORT TARGET PORT GROUPS", D::None, Is(ANY), S(alua::report_target_port_groups), [0xA3, 0xEA, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0]),
     op!(0xA3, Some(0x0C), "REPORT SUPPORTED OPERATION CODES", D::None, Is(RD), S(misc::report_supported_opcodes), [0xA3, 0x0C, 0x87, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
     op!(0xA8, None, "READ(12)", D::None, Is(RD), A(rw::read), [0xA8, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
     op!(0xAA, None, "WRITE(12)", D::Blocks, Is(WR), A(rw::write), [0xAA, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]),
@@ -339,6 +346,13 @@ pub async fn execute(luns: &LunMap, nexus: &ItNexus, req: Request) -> Response {
             _ => Response::check(&Sense::illegal(asc::LOGICAL_UNIT_NOT_SUPPORTED), false),
         };
     };
+
+    // A running (or failed) sanitize answers before any unit attention: the initiator
+    // must learn that the medium is busy, and the attentions wait their turn.
+    if let Some(sense) = unit.sanitize_hold(opcode) {
+        let d_sense = unit.lock().mode.d_sense();
+        return Response::check(&sense, d_sense);
+    }
 
     let (d_sense, ua) = {
         let mut st = unit.lock();

@@ -28,17 +28,22 @@ pub(crate) const MAX_UNMAP_BLOCKS: u32 = 1024 * 1024;
 /// descriptor) small enough to gather into one buffer.
 pub(crate) const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 
-/// OPTIMAL UNMAP GRANULARITY (4 KiB): file systems release whole pages, so smaller
-/// discards only zero the data and leave it allocated.
-pub(crate) const UNMAP_GRANULARITY: u32 = 8;
+/// OPTIMAL UNMAP GRANULARITY: one physical block (4 KiB, READ CAPACITY(16)'s
+/// exponent); file systems release whole pages, so smaller discards only zero the
+/// data and leave it allocated.
+pub(crate) const UNMAP_GRANULARITY: u32 = 1 << super::capacity::PHYSICAL_BLOCK_EXPONENT;
 
 /// Pattern fills are written in pieces of this size so a large WRITE SAME never needs a
 /// buffer the size of its range.
 const FILL_CHUNK: usize = 1024 * 1024;
 
 /// GET LBA STATUS answers at most this many descriptors: enough for a useful map of
-/// the neighbourhood, few enough to bound the backend queries one command makes.
+/// the neighbourhood.
 const MAX_LBA_STATUS_DESCRIPTORS: usize = 64;
+
+/// Backend queries one GET LBA STATUS may make (a pool volume answers per 1 MiB
+/// chunk, so this maps up to 8 GiB of a pool volume in one command).
+const MAX_LBA_STATUS_QUERIES: usize = 8192;
 
 /// WRITE SAME(10) 0x41 and WRITE SAME(16) 0x93.
 pub(crate) fn write_same<'a>(c: &'a Ctx<'a>) -> BoxFut<'a> {
@@ -194,9 +199,14 @@ pub(crate) fn get_lba_status<'a>(c: &'a Ctx<'a>) -> BoxFut<'a> {
         // with a short buffer how much there is.
         let room = (alloc.saturating_sub(8) / 16).clamp(1, MAX_LBA_STATUS_DESCRIPTORS);
         let backend = c.unit.backend();
-        let mut descs: Vec<u8> = Vec::with_capacity(room * 16);
+        // Runs the backend reports one after another (a pool volume answers per chunk)
+        // are merged while their state is the same, so a descriptor covers a whole
+        // extent: an initiator checking that a sanitized or unmapped volume is
+        // deallocated end to end gets one descriptor, not one per chunk.
+        let mut runs: Vec<(u64, u64, Provisioning)> = Vec::with_capacity(room);
         let mut lba = start;
-        while lba < capacity && descs.len() < room * 16 {
+        let mut queries = 0;
+        while lba < capacity && queries < MAX_LBA_STATUS_QUERIES {
             let (state, run) = if backend.thin() {
                 backend
                     .allocation_status(lba)
@@ -205,8 +215,21 @@ pub(crate) fn get_lba_status<'a>(c: &'a Ctx<'a>) -> BoxFut<'a> {
             } else {
                 (Provisioning::Mapped, capacity - lba)
             };
-            // A run always advances, fits the medium and the 32-bit count field.
-            let run = run.clamp(1, capacity - lba).min(u64::from(u32::MAX));
+            queries += 1;
+            // A run always advances and fits the medium.
+            let run = run.clamp(1, capacity - lba);
+            let full = runs.len() == room;
+            match runs.last_mut() {
+                Some(last) if last.2 == state && last.1 + run <= u64::from(u32::MAX) => {
+                    last.1 += run
+                }
+                _ if full => break,
+                _ => runs.push((lba, run, state)),
+            }
+            lba += run;
+        }
+        let mut descs: Vec<u8> = Vec::with_capacity(runs.len() * 16);
+        for (lba, run, state) in runs {
             descs.extend_from_slice(&lba.to_be_bytes());
             descs.extend_from_slice(&(run as u32).to_be_bytes());
             descs.push(match state {
@@ -214,7 +237,6 @@ pub(crate) fn get_lba_status<'a>(c: &'a Ctx<'a>) -> BoxFut<'a> {
                 Provisioning::Deallocated => 1,
             });
             descs.extend_from_slice(&[0, 0, 0]);
-            lba += run;
         }
         let mut d = Vec::with_capacity(8 + descs.len());
         d.extend_from_slice(&((descs.len() + 4) as u32).to_be_bytes());

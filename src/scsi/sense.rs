@@ -35,6 +35,7 @@ pub mod asc {
     pub const UNREACHABLE_COPY_TARGET: AscCode = 0x0804;
     pub const THIRD_PARTY_DEVICE_FAILURE: AscCode = 0x0D01;
     pub const COPY_TARGET_DEVICE_NOT_REACHABLE: AscCode = 0x0D02;
+    pub const NOT_READY_SANITIZE_IN_PROGRESS: AscCode = 0x041B;
     pub const WRITE_ERROR: AscCode = 0x0C00;
     pub const UNRECOVERED_READ_ERROR: AscCode = 0x1100;
     pub const PARAMETER_LIST_LENGTH_ERROR: AscCode = 0x1A00;
@@ -59,6 +60,8 @@ pub mod asc {
     pub const RESERVATIONS_PREEMPTED: AscCode = 0x2A03;
     pub const RESERVATIONS_RELEASED: AscCode = 0x2A04;
     pub const REGISTRATIONS_PREEMPTED: AscCode = 0x2A05;
+    pub const CAPACITY_DATA_HAS_CHANGED: AscCode = 0x2A09;
+    pub const SANITIZE_COMMAND_FAILED: AscCode = 0x3103;
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: AscCode = 0x3900;
     pub const MEDIUM_REMOVAL_PREVENTED: AscCode = 0x5302;
     pub const REPORTED_LUNS_DATA_HAS_CHANGED: AscCode = 0x3F0E;
@@ -123,6 +126,13 @@ impl Sense {
         self
     }
 
+    /// NOT READY with a PROGRESS INDICATION (SPC-4 4.5.2.4.4): `done` of 65536.
+    pub fn with_progress(mut self, done: u16) -> Self {
+        let [hi, lo] = done.to_be_bytes();
+        self.sks = Some([0x80, hi, lo]);
+        self
+    }
+
     fn with_pointer(mut self, in_cdb: bool, byte: usize, bit: Option<u8>) -> Self {
         let byte = u16::try_from(byte).unwrap_or(u16::MAX);
         let mut b0 = 0x80 | if in_cdb { 0x40 } else { 0 };
@@ -168,7 +178,9 @@ impl Sense {
             s.extend_from_slice(&info.to_be_bytes());
         }
         if let Some(sks) = self.sks {
-            s.extend_from_slice(&[0x02, 0x06, 0x00, sks[0], sks[1], sks[2], 0x00, 0x00]);
+            // Sense key specific descriptor (SPC-4 4.5.2.4): two reserved bytes after
+            // the length, then SKSV and the three bytes.
+            s.extend_from_slice(&[0x02, 0x06, 0x00, 0x00, sks[0], sks[1], sks[2], 0x00]);
         }
         s[7] = (s.len() - 8) as u8;
         s
@@ -206,6 +218,16 @@ mod tests {
         assert_eq!(s[7] as usize, s.len() - 8);
         assert_eq!(&s[8..12], &[0x00, 0x0A, 0x80, 0x00]);
         assert_eq!(u64::from_be_bytes(s[12..20].try_into().unwrap()), 0x1234);
+    }
+
+    #[test]
+    fn descriptor_sense_key_specific_sits_at_byte_4() {
+        let s = Sense::invalid_cdb(7, None).descriptor();
+        assert_eq!(&s[8..16], &[0x02, 0x06, 0, 0, 0xC0, 0, 7, 0]);
+        let s = Sense::new(SenseKey::NotReady, asc::NOT_READY_SANITIZE_IN_PROGRESS)
+            .with_progress(0x8000)
+            .fixed();
+        assert_eq!(&s[15..18], &[0x80, 0x80, 0x00]);
     }
 
     #[test]

@@ -1508,3 +1508,314 @@ async fn atomic_limits_in_block_limits_and_usage_data() {
     assert_eq!(data_out_length(&rw16(0x8B, 0, 0, 5)), Some(5 * 512));
     assert_eq!(data_out_length(&write_atomic16(0, 0, 16)), Some(16 * 512));
 }
+
+#[tokio::test]
+async fn alua_identity_follows_the_port_and_groups_follow_the_gateways() {
+    let luns = lun_map(false);
+    let r = cmd(&luns, &[0x12, 0, 0, 0, 96, 0], vec![]).await;
+    assert_eq!(r.data_in[5] & 0x30, 0x10, "TPGS 01b: implicit ALUA");
+    // Through port 2, VPD 0x83 names port and group 2 after the LU designators.
+    let n2 = ItNexus {
+        tpgt: 2,
+        ..nexus(2)
+    };
+    clear_ua(&luns, &n2).await;
+    let r = run(&luns, &n2, &[0x12, 1, 0x83, 0, 255, 0], vec![]).await;
+    let d = &r.data_in;
+    let mut descs = Vec::new();
+    let mut at = 4;
+    while at < d.len() {
+        let len = d[at + 3] as usize;
+        descs.push((d[at], d[at + 1], d[at + 4..at + 4 + len].to_vec()));
+        at += 4 + len;
+    }
+    assert_eq!(descs[0].1, 0x03, "NAA, LU association first");
+    assert_eq!(descs[2], (0x51, 0x94, vec![0, 0, 0, 2]), "relative port");
+    assert_eq!(descs[3], (0x51, 0x95, vec![0, 0, 0, 2]), "port group");
+    // The LU designators do not depend on the port.
+    let r1 = cmd(&luns, &[0x12, 1, 0x83, 0, 255, 0], vec![]).await;
+    let lu_len = 4 + descs[0].2.len() + 4 + descs[1].2.len();
+    assert_eq!(&r1.data_in[4..4 + lu_len], &d[4..4 + lu_len]);
+
+    let rtpg = |format: u8| {
+        let mut c = vec![0xA3, 0x0A | format << 5, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+        c[6..10].copy_from_slice(&256u32.to_be_bytes());
+        c
+    };
+    // A local volume: one group, the port asked through.
+    let r = cmd(&luns, &rtpg(0), vec![]).await;
+    assert_eq!(
+        &r.data_in[..],
+        &[0, 0, 0, 12, 0x00, 0x01, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]
+    );
+    // Gateways 1 and 3 serve it: two groups, all active/optimized, one port each.
+    luns[&0].ports().set(vec![3, 1]);
+    let r = cmd(&luns, &rtpg(1), vec![]).await;
+    let d = &r.data_in;
+    assert_eq!(&d[..8], &[0, 0, 0, 28, 0x10, 0, 0, 0]);
+    assert_eq!(&d[8..20], &[0x00, 0x01, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]);
+    assert_eq!(&d[20..32], &[0x00, 0x01, 0, 3, 0, 0, 0, 1, 0, 0, 0, 3]);
+    let r = cmd(&luns, &rtpg(2), vec![]).await;
+    assert_eq!(sense_of(&r), (ILLEGAL, 0x24, 0x00));
+    // Listed by REPORT SUPPORTED OPERATION CODES (one command, service action).
+    let c = [0xA3, 0x0C, 0x02, 0xA3, 0, 0x0A, 0, 0, 1, 0, 0, 0];
+    let r = cmd(&luns, &c, vec![]).await;
+    assert_eq!(r.data_in[1] & 0x07, 0x03, "supported");
+}
+
+#[tokio::test]
+async fn physical_blocks_are_4k_and_vpd_b0_agrees() {
+    let luns = lun_map(false);
+    let rc16 = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
+    let r = cmd(&luns, &rc16, vec![]).await;
+    assert_eq!(r.data_in[13] & 0x0F, 3, "8 logical blocks per physical");
+    assert_eq!(
+        (r.data_in[14] & 0x3F, r.data_in[15]),
+        (0, 0),
+        "aligned at 0"
+    );
+    let r = cmd(&luns, &[0x12, 1, 0xB0, 0, 255, 0], vec![]).await;
+    assert_eq!(
+        &r.data_in[6..8],
+        &8u16.to_be_bytes(),
+        "transfer granularity"
+    );
+    assert_eq!(&r.data_in[28..32], &8u32.to_be_bytes(), "unmap granularity");
+    assert_eq!(r.data_in[32], 0x80, "UGAVALID, alignment 0");
+}
+
+#[tokio::test]
+async fn capacity_change_reaches_every_nexus_of_every_twin() {
+    let luns = lun_map(false);
+    let ro = Arc::new(luns[&0].twin(true));
+    let mut ro_map = LunMap::new();
+    ro_map.insert(0, ro.clone());
+    let (a, b) = (nexus(1), nexus(2));
+    clear_ua(&luns, &a).await;
+    clear_ua(&ro_map, &b).await;
+    luns[&0].capacity_changed();
+    ro.capacity_changed();
+    for (m, n) in [(&luns, &a), (&ro_map, &b)] {
+        let r = run(m, n, &[0; 6], vec![]).await;
+        assert_eq!(sense_of(&r), (0x06, 0x2A, 0x09));
+        assert_eq!(run(m, n, &[0; 6], vec![]).await.status, status::GOOD);
+    }
+}
+
+fn sanitize_cdb(b1: u8, param_len: u16) -> Vec<u8> {
+    let mut c = vec![0x48, b1, 0, 0, 0, 0, 0, 0, 0, 0];
+    c[7..9].copy_from_slice(&param_len.to_be_bytes());
+    c
+}
+
+fn overwrite_list(b0: u8, pattern: &[u8]) -> Vec<u8> {
+    let mut v = vec![b0, 0];
+    v.extend_from_slice(&(pattern.len() as u16).to_be_bytes());
+    v.extend_from_slice(pattern);
+    v
+}
+
+#[tokio::test]
+async fn sanitize_overwrite_fills_every_block_and_inverts_between_passes() {
+    let luns = lun_map(false);
+    let list = overwrite_list(0x01, &[0xAA, 0x55]);
+    let r = cmd(&luns, &sanitize_cdb(0x01, list.len() as u16), list).await;
+    assert_eq!(r.status, status::GOOD, "{r:?}");
+    let last = read_blocks(&luns, (BLOCKS - 1) as u32, 1).await;
+    assert!(last.chunks(2).all(|p| p == [0xAA, 0x55]));
+    // Two passes with INVERT: the second pass writes the inverse.
+    let list = overwrite_list(0x82, &[0x0F]);
+    let r = cmd(&luns, &sanitize_cdb(0x01, 5), list).await;
+    assert_eq!(r.status, status::GOOD);
+    assert!(read_blocks(&luns, 0, 4).await.iter().all(|&b| b == 0xF0));
+}
+
+#[tokio::test]
+async fn sanitize_checks_its_cdb_and_parameters() {
+    let luns = lun_map(false);
+    let list = overwrite_list(0x01, &[0xAA; 512]);
+    for len in [0u16, 4, 517] {
+        let r = cmd(&luns, &sanitize_cdb(0x01, len), list.clone()).await;
+        assert_eq!(sense_of(&r), (ILLEGAL, 0x24, 0x00), "param len {len}");
+    }
+    let r = cmd(&luns, &sanitize_cdb(0x01 | 0x40, 516), list.clone()).await;
+    assert_eq!(sense_of(&r), (ILLEGAL, 0x24, 0x00), "reserved bit");
+    for byte in 2..7 {
+        let mut c = sanitize_cdb(0x02, 0);
+        c[byte] = 1;
+        let r = cmd(&luns, &c, vec![]).await;
+        assert_eq!(sense_of(&r), (ILLEGAL, 0x24, 0x00), "reserved byte {byte}");
+    }
+    for sa in [0u8, 4, 0x10, 0x1E] {
+        let r = cmd(&luns, &sanitize_cdb(sa, 0), vec![]).await;
+        assert_eq!(sense_of(&r), (ILLEGAL, 0x24, 0x00), "service action {sa}");
+    }
+    for sa in [0x02, 0x03, 0x1F] {
+        let r = cmd(&luns, &sanitize_cdb(sa, 8), vec![0; 8]).await;
+        assert_eq!(sense_of(&r), (ILLEGAL, 0x24, 0x00), "erase with a list");
+    }
+    let r = cmd(
+        &luns,
+        &sanitize_cdb(0x01, 516),
+        overwrite_list(0x00, &[1; 512]),
+    )
+    .await;
+    assert_eq!(sense_of(&r), (ILLEGAL, 0x26, 0x00), "OVERWRITE COUNT 0");
+    assert_eq!(cmd(&luns, &sanitize_cdb(0x1F, 0), vec![]).await.status, 0);
+    // Refused on a read-only unit.
+    let ro = lun_map(true);
+    let r = cmd(&ro, &sanitize_cdb(0x02, 0), vec![]).await;
+    assert_eq!(sense_of(&r).0, 0x07);
+}
+
+#[tokio::test]
+async fn sanitize_erase_deallocates_a_thin_unit() {
+    let luns = lun_map(false);
+    let w = rw10(0x2A, 0, 0, 8);
+    assert_eq!(cmd(&luns, &w, vec![0x61; 8 * 512]).await.status, 0);
+    for sa in [0x02, 0x03] {
+        let r = cmd(&luns, &sanitize_cdb(sa, 0), vec![]).await;
+        assert_eq!(r.status, status::GOOD);
+        assert!(read_blocks(&luns, 0, 8).await.iter().all(|&b| b == 0));
+        let r = cmd(&luns, &lba_status_cdb(0, 64), vec![]).await;
+        assert!(lba_status(&r).iter().all(|d| d.2 == 1), "deallocated");
+    }
+}
+
+/// A backend whose writes wait for a permit, so a sanitize can be watched running.
+#[derive(Debug)]
+struct Gated {
+    inner: MemoryBackend,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait]
+impl BlockBackend for Gated {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    async fn atomic(
+        &self,
+        lba: u64,
+        op: AtomicOp,
+        fua: bool,
+    ) -> Result<AtomicOutcome, BackendError> {
+        self.inner.atomic(lba, op, fua).await
+    }
+    fn num_blocks(&self) -> u64 {
+        self.inner.num_blocks()
+    }
+    fn thin(&self) -> bool {
+        true
+    }
+    async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes, BackendError> {
+        self.inner.read(lba, blocks).await
+    }
+    async fn write(&self, lba: u64, data: SgList, fua: bool) -> Result<(), BackendError> {
+        self.gate.acquire().await.expect("open").forget();
+        self.inner.write(lba, data, fua).await
+    }
+    async fn flush(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> Result<(), BackendError> {
+        self.inner.write_zeroes(lba, blocks, unmap).await
+    }
+    async fn unmap(&self, lba: u64, blocks: u64) -> Result<(), BackendError> {
+        self.inner.unmap(lba, blocks).await
+    }
+    async fn allocation_status(&self, lba: u64) -> Result<(Provisioning, u64), BackendError> {
+        self.inner.allocation_status(lba).await
+    }
+}
+
+#[tokio::test]
+async fn a_running_sanitize_holds_commands_off_and_reports_progress() {
+    let gated = Arc::new(Gated {
+        inner: MemoryBackend::new(BLOCKS),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let luns = unit_with(gated.clone(), false);
+    // IMMED: GOOD at once, the overwrite (four passes of 1024 blocks, one write each)
+    // runs on.
+    let list = overwrite_list(0x04, &[0x11]);
+    let r = cmd(&luns, &sanitize_cdb(0x81, 5), list).await;
+    assert_eq!(r.status, status::GOOD);
+    gated.gate.add_permits(1);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // A new nexus: the sanitize answers before its power-on unit attention.
+    let n = nexus(7);
+    let r = run(&luns, &n, &[0; 6], vec![]).await;
+    assert_eq!(sense_of(&r), (0x02, 0x04, 0x1B));
+    assert_eq!(&r.sense[15..18], &[0x80, 0x40, 0x00], "a quarter done");
+    assert_eq!(
+        run(&luns, &n, &[0x12, 0, 0, 0, 36, 0], vec![]).await.status,
+        0
+    );
+    let r = run(&luns, &n, &[0x03, 0, 0, 0, 18, 0], vec![]).await;
+    assert_eq!((r.status, r.data_in[2], r.data_in[12]), (0, 0x02, 0x04));
+    gated.gate.add_permits(3);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let r = run(&luns, &n, &[0; 6], vec![]).await;
+    assert_eq!(sense_of(&r), (0x06, 0x29, 0x00), "now the unit attention");
+    assert_eq!(run(&luns, &n, &[0; 6], vec![]).await.status, 0);
+}
+
+/// A thin backend that, like a pool volume, reports allocation one 16-block piece at a
+/// time.
+#[derive(Debug)]
+struct Pieces(MemoryBackend);
+
+#[async_trait]
+impl BlockBackend for Pieces {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    async fn atomic(
+        &self,
+        lba: u64,
+        op: AtomicOp,
+        fua: bool,
+    ) -> Result<AtomicOutcome, BackendError> {
+        self.0.atomic(lba, op, fua).await
+    }
+    fn num_blocks(&self) -> u64 {
+        self.0.num_blocks()
+    }
+    fn thin(&self) -> bool {
+        true
+    }
+    async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes, BackendError> {
+        self.0.read(lba, blocks).await
+    }
+    async fn write(&self, lba: u64, data: SgList, fua: bool) -> Result<(), BackendError> {
+        self.0.write(lba, data, fua).await
+    }
+    async fn flush(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> Result<(), BackendError> {
+        self.0.write_zeroes(lba, blocks, unmap).await
+    }
+    async fn unmap(&self, lba: u64, blocks: u64) -> Result<(), BackendError> {
+        self.0.unmap(lba, blocks).await
+    }
+    async fn allocation_status(&self, lba: u64) -> Result<(Provisioning, u64), BackendError> {
+        let (state, run) = self.0.allocation_status(lba).await?;
+        Ok((state, run.min(16 - lba % 16)))
+    }
+}
+
+#[tokio::test]
+async fn get_lba_status_merges_runs_of_one_state() {
+    let luns = unit_with(Arc::new(Pieces(MemoryBackend::new(BLOCKS))), false);
+    cmd(&luns, &rw10(0x2A, 0, 40, 30), vec![1; 30 * 512]).await;
+    let st = lba_status(&cmd(&luns, &lba_status_cdb(0, 1000), vec![]).await);
+    assert_eq!(
+        st,
+        vec![(0, 40, 1), (40, 30, 0), (70, BLOCKS as u32 - 70, 1)]
+    );
+    // Room for two descriptors: the second still covers its whole extent.
+    let st = lba_status(&cmd(&luns, &lba_status_cdb(0, 8 + 32), vec![]).await);
+    assert_eq!(st, vec![(0, 40, 1), (40, 30, 0)]);
+}

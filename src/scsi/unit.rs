@@ -1,8 +1,10 @@
 //! A logical unit: the backend plus the SCSI state shared by every nexus that reaches it.
 
+use super::alua::PortGroups;
 use super::copy::CopyResults;
 use super::mode::ModePages;
 use super::pr::{self, PrCache};
+use super::sanitize::{self, Progress};
 use super::sense::asc;
 use super::shared::{SharedEvent, SharedStore, UnitSink};
 use super::ua::UaQueues;
@@ -26,6 +28,15 @@ pub(crate) struct UnitState {
     pub copies: CopyResults,
 }
 
+/// What the units of one volume in this process (its read-write and read-only ones)
+/// share besides the [`SharedStore`]: the medium's sanitize state and the port groups
+/// that reach the volume.
+#[derive(Debug, Default)]
+struct Medium {
+    sanitize: Arc<Mutex<sanitize::Status>>,
+    ports: PortGroups,
+}
+
 #[derive(Debug)]
 pub struct LogicalUnit {
     backend: Arc<dyn BlockBackend>,
@@ -34,6 +45,7 @@ pub struct LogicalUnit {
     state: Arc<Mutex<UnitState>>,
     /// Reservations and cross-gateway events, shared by every unit of the volume.
     shared: Arc<dyn SharedStore>,
+    medium: Arc<Medium>,
 }
 
 impl LogicalUnit {
@@ -53,7 +65,30 @@ impl LogicalUnit {
             read_only,
             state,
             shared,
+            medium: Arc::default(),
         }
+    }
+
+    /// Another unit over the same volume (a read-only one beside a read-write one):
+    /// same backend, identity, shared store, sanitize state and port groups; its own
+    /// unit attentions, mode pages and PREVENT state.
+    pub fn twin(&self, read_only: bool) -> Self {
+        let state = Arc::new(Mutex::new(UnitState::default()));
+        self.shared.attach(UnitSink(Arc::downgrade(&state)));
+        Self {
+            backend: self.backend.clone(),
+            identity: self.identity.clone(),
+            read_only,
+            state,
+            shared: self.shared.clone(),
+            medium: self.medium.clone(),
+        }
+    }
+
+    /// The target port groups (gateways) serving this volume; the gateway replaces
+    /// them when the cluster's view changes.
+    pub fn ports(&self) -> &PortGroups {
+        &self.medium.ports
     }
 
     pub(crate) fn shared(&self) -> &dyn SharedStore {
@@ -74,6 +109,51 @@ impl LogicalUnit {
 
     pub(crate) fn backend(&self) -> &dyn BlockBackend {
         &*self.backend
+    }
+
+    pub(crate) fn backend_arc(&self) -> Arc<dyn BlockBackend> {
+        self.backend.clone()
+    }
+
+    /// The sense a command gets because a sanitize runs or failed, unless `opcode` is
+    /// one that may run anyway.
+    pub(crate) fn sanitize_hold(&self, opcode: Option<u8>) -> Option<super::Sense> {
+        let st = self
+            .medium
+            .sanitize
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        st.condition().filter(|_| !st.admits(opcode))
+    }
+
+    /// The sanitize condition REQUEST SENSE reports, if any.
+    pub(crate) fn sanitize_condition(&self) -> Option<super::Sense> {
+        let st = self
+            .medium
+            .sanitize
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        st.condition()
+    }
+
+    pub(crate) fn begin_sanitize(
+        &self,
+        progress: Arc<Progress>,
+    ) -> Result<Arc<Mutex<sanitize::Status>>, super::Sense> {
+        sanitize::begin(&self.medium.sanitize, progress)?;
+        Ok(self.medium.sanitize.clone())
+    }
+
+    pub(crate) fn exit_sanitize_failure(&self) -> Result<(), super::Sense> {
+        sanitize::exit_failure(&self.medium.sanitize)
+    }
+
+    /// The volume's size changed: every nexus that has reached this unit learns it
+    /// through CAPACITY DATA HAS CHANGED.
+    pub fn capacity_changed(&self) {
+        self.lock()
+            .ua
+            .raise_unless(None, asc::CAPACITY_DATA_HAS_CHANGED);
     }
 
     /// The state lock; a poisoned lock still holds consistent state (every update is a
