@@ -129,8 +129,15 @@ pub async fn build(
     }
     let mut sdc = None;
     let mut mapped = Access::default();
+    // A standalone gateway is portal group (and ALUA target port group) `portal_group_tag`
+    // of the config, 1 by default; a gateway of a cluster is the number the MDM gave
+    // its SDC, so no two gateways serving a volume share one.
+    let mut portal_group_tag = cfg.iscsi.portal_group_tag;
     if let Some(link) = cluster {
         let mut s = register(link).await?;
+        if s.number != 0 {
+            portal_group_tag = s.number;
+        }
         let view = s.watch(0).await?;
         mapped = s.apply(&view).await?;
         sdc = Some((s, view.generation));
@@ -236,7 +243,7 @@ pub async fn build(
         targets: Arc::new(TargetSet {
             targets,
             portals,
-            portal_group_tag: i.portal_group_tag,
+            portal_group_tag,
             discovery_chap: chap(&i.discovery_chap),
         }),
         limits,

@@ -379,6 +379,9 @@ pub struct SdcInfo {
     pub id: u64,
     pub name: String,
     pub ip: String,
+    /// Its number: the gateway's portal group tag and ALUA target port group.
+    #[serde(default)]
+    pub number: u16,
     /// Volumes mapped to it: (volume id, volume name, LUN).
     pub volumes: Vec<(u64, String, u64)>,
 }
@@ -444,6 +447,9 @@ pub enum MdmReply {
     Registered {
         sdc_id: u64,
         system_id: u64,
+        /// The SDC's number: the gateway's portal group tag and ALUA target port group.
+        #[serde(default)]
+        number: u16,
     },
     Mappings(MappedView),
     Layout(Layout),
@@ -488,6 +494,17 @@ pub struct MappedView {
     pub system_id: u64,
     pub volumes: Vec<MappedVolume>,
     pub initiators: Vec<InitiatorAccess>,
+    /// Every gateway serving any of `volumes` (this one included), by number.
+    #[serde(default)]
+    pub gateways: Vec<GatewayPort>,
+}
+
+/// A gateway as ALUA shows it: its SDC number (portal group tag, target port group and
+/// relative target port) and SDC name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayPort {
+    pub number: u16,
+    pub name: String,
 }
 
 /// One registered initiator as a gateway needs it to admit and serve it.
@@ -512,6 +529,10 @@ pub struct MappedVolume {
     pub thin: bool,
     /// Layout epoch; a gateway refetches the layout when it moves.
     pub epoch: u64,
+    /// Numbers of the gateways serving it: those it is mapped to, or all when an
+    /// initiator is mapped to it.
+    #[serde(default)]
+    pub gateways: Vec<u16>,
 }
 
 /// Where every chunk of a volume lives. `chunks[i]` = indices into `devices` of the

@@ -246,8 +246,15 @@ pub struct Sdc {
     pub id: u64,
     pub name: String,
     pub ip: String,
+    /// The gateway's small number (1, 2, ...), unique among SDC and never reused while
+    /// this SDC exists: its iSCSI portal group tag, ALUA target port group and relative
+    /// target port. 0 only in state files written before numbers existed (`upgrade`
+    /// numbers those).
+    #[serde(default)]
+    pub number: u16,
     /// Moves (and is persisted) on every change a gateway must see: a volume mapped or
-    /// unmapped, or a mapped volume resized, renamed or re-laid out.
+    /// unmapped, a mapped volume resized, renamed or re-laid out, or another gateway
+    /// registered.
     pub generation: u64,
     pub mappings: Vec<Mapping>,
 }
@@ -334,6 +341,26 @@ impl State {
         if self.format == 1 {
             self.format = FORMAT;
         }
+        // SDC registered before gateways had numbers get them in id order.
+        let ids: Vec<u64> = self
+            .sdc
+            .values()
+            .filter(|s| s.number == 0)
+            .map(|s| s.id)
+            .collect();
+        for id in ids {
+            let n = self.next_sdc_number();
+            if let Some(s) = self.sdc.get_mut(&id) {
+                s.number = n;
+            }
+        }
+    }
+
+    /// The number a new SDC gets: one past the highest in use, so no number is handed
+    /// out twice while its SDC exists. 0 when all 65535 are taken.
+    pub fn next_sdc_number(&self) -> u16 {
+        let top = self.sdc.values().map(|s| s.number).max().unwrap_or(0);
+        top.checked_add(1).unwrap_or(0)
     }
 
     pub fn pd(&self, by: &By) -> Result<&ProtectionDomain, ModelError> {
@@ -515,7 +542,11 @@ impl State {
         for v in self.volumes.values() {
             self.check_volume(v)?;
         }
+        let mut numbers = HashSet::new();
         for c in self.sdc.values() {
+            if c.number == 0 || !numbers.insert(c.number) {
+                return bad(format!("SDC {} has number 0 or another SDC's", c.name));
+            }
             for m in &c.mappings {
                 if !self.volumes.contains_key(&m.volume) {
                     return bad(format!("SDC {} maps a missing volume", c.name));
@@ -670,6 +701,24 @@ pub(crate) mod tests {
         assert!(e.contains("(--sdc_ip)"), "{e}");
         let e = st.pd(&By::Ip("1.2.3.4".into())).unwrap_err().to_string();
         assert!(e.contains("have no IP"), "{e}");
+    }
+
+    #[test]
+    fn sdc_from_before_numbers_are_numbered_on_load_and_numbers_stay_unique() {
+        let mut st = sample();
+        for (id, name) in [(41, "gw-b"), (40, "gw-a")] {
+            let json = format!(
+                r#"{{"id":{id},"name":"{name}","ip":"10.0.0.{id}","generation":1,"mappings":[]}}"#
+            );
+            st.sdc.insert(id, serde_json::from_str(&json).unwrap());
+        }
+        assert!(st.check().is_err(), "number 0 is not a number");
+        st.upgrade();
+        st.check().unwrap();
+        assert_eq!((st.sdc[&40].number, st.sdc[&41].number), (1, 2));
+        assert_eq!(st.next_sdc_number(), 3);
+        st.sdc.get_mut(&41).unwrap().number = 1;
+        assert!(st.check().is_err(), "two SDC, one number");
     }
 
     /// `sample` plus a one-chunk volume (id 5) and an initiator (id 31) mapping it.

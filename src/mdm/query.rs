@@ -3,9 +3,10 @@
 
 use super::model::{Pool, ProtectionDomain, ScsiInitiator, Sdc, Sds, State, Volume};
 use crate::cluster::api::{
-    Chap, ChapMode, ClusterInfo, DeviceInfo, DeviceLoc, InitiatorAccess, InitiatorInfo,
-    InitiatorLun, InitiatorMap, Layout, MapChap, MapEntry, MapInitiator, MappedView, MappedVolume,
-    PdInfo, PoolInfo, SdcInfo, SdsInfo, SdsInventory, SdsState, VolumeInfo, VolumeScsi, CHUNK_SIZE,
+    Chap, ChapMode, ClusterInfo, DeviceInfo, DeviceLoc, GatewayPort, InitiatorAccess,
+    InitiatorInfo, InitiatorLun, InitiatorMap, Layout, MapChap, MapEntry, MapInitiator, MappedView,
+    MappedVolume, PdInfo, PoolInfo, SdcInfo, SdsInfo, SdsInventory, SdsState, VolumeInfo,
+    VolumeScsi, CHUNK_SIZE,
 };
 use std::collections::{HashMap, HashSet};
 
@@ -175,6 +176,7 @@ pub fn sdc(st: &State, sdc: &Sdc) -> SdcInfo {
         id: sdc.id,
         name: sdc.name.clone(),
         ip: sdc.ip.clone(),
+        number: sdc.number,
         volumes,
     }
 }
@@ -202,13 +204,20 @@ pub fn volume_scsi(st: &State, volume: u64) -> VolumeScsi {
 }
 
 pub fn mapped_view(st: &State, sdc: &Sdc) -> MappedView {
-    let volume = |v: &Volume, lun| MappedVolume {
-        id: v.id,
-        name: v.name.clone(),
-        lun,
-        size_bytes: v.size_bytes,
-        thin: v.thin,
-        epoch: v.epoch,
+    let serving =
+        |v: &Volume| -> Vec<&Sdc> { st.sdc.values().filter(|s| serves(st, s, v.id)).collect() };
+    let volume = |v: &Volume, lun| {
+        let mut gateways: Vec<u16> = serving(v).iter().map(|s| s.number).collect();
+        gateways.sort_unstable();
+        MappedVolume {
+            id: v.id,
+            name: v.name.clone(),
+            lun,
+            size_bytes: v.size_bytes,
+            thin: v.thin,
+            epoch: v.epoch,
+            gateways,
+        }
     };
     let mut own: Vec<MappedVolume> = sdc
         .mappings
@@ -240,11 +249,22 @@ pub fn mapped_view(st: &State, sdc: &Sdc) -> MappedView {
         })
         .collect();
     initiators.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut gateways: Vec<GatewayPort> = st
+        .sdc
+        .values()
+        .filter(|s| own.iter().any(|v| v.gateways.contains(&s.number)))
+        .map(|s| GatewayPort {
+            number: s.number,
+            name: s.name.clone(),
+        })
+        .collect();
+    gateways.sort_by_key(|g| g.number);
     MappedView {
         generation: sdc.generation,
         system_id: st.system_id,
         volumes: own,
         initiators,
+        gateways,
     }
 }
 
@@ -441,6 +461,8 @@ mod tests {
         assert_eq!(luns, [("thin", Some(0)), ("thick", Some(1))]);
         assert!(view.initiators.is_empty());
         assert_eq!(view.generation, 3);
+        assert!(view.volumes.iter().all(|v| v.gateways == [1]));
+        assert_eq!(view.gateways.len(), 1);
         let info = sdc(&w.st, &w.st.sdc[&gw]);
         assert_eq!(info.volumes[1], (thick, "thick".to_string(), 1));
         let v = volume(&w.st, &w.st.volumes[&thick]);
@@ -507,6 +529,15 @@ mod tests {
             .collect();
         assert_eq!(luns, [("thick", None), ("thin", None)], "each volume once");
         assert_eq!(view.initiators, view2.initiators);
+        // Both gateways serve both volumes (initiators are mapped to them), and each
+        // view names both gateways by their numbers.
+        assert!(view.volumes.iter().all(|v| v.gateways == [1, 2]));
+        let names: Vec<(u16, &str)> = view2
+            .gateways
+            .iter()
+            .map(|g| (g.number, g.name.as_str()))
+            .collect();
+        assert_eq!(names, [(1, "gw"), (2, "gw2")]);
         let names: Vec<&str> = view.initiators.iter().map(|i| i.name.as_str()).collect();
         assert_eq!(names, ["esx1", "esx2"]);
         let esx1 = &view.initiators[0];

@@ -194,9 +194,11 @@ impl Mdm {
         if changed {
             info!(sdc = name, id = %fmt_id(sdc_id), %ip, "SDC registered");
         }
+        let st = self.current();
         Ok(MdmReply::Registered {
             sdc_id,
-            system_id: self.current().system_id,
+            system_id: st.system_id,
+            number: st.sdc.get(&sdc_id).map_or(0, |s| s.number),
         })
     }
 

@@ -420,7 +420,9 @@ async fn gateways_register_watch_their_mappings_and_fetch_layouts() {
     let env = Env::new().await;
     env.cluster(2).await;
     let vol = env.volume("v1", 8, true).await;
-    let MdmReply::Registered { sdc_id, system_id } = env
+    let MdmReply::Registered {
+        sdc_id, system_id, ..
+    } = env
         .call(MdmRequest::RegisterSdc {
             name: "gw1".into(),
             ip: "127.0.0.1".into(),

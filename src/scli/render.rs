@@ -611,10 +611,11 @@ fn all_sdc(all: &[SdcInfo]) -> Vec<String> {
     )];
     for s in all {
         lines.push(format!(
-            "SDC ID: {} Name: {} IP: {} Mapped volumes: {}",
+            "SDC ID: {} Name: {} IP: {} Portal group: {} Mapped volumes: {}",
             fmt_id(s.id),
             or_na(&s.name),
             s.ip,
+            s.number,
             s.volumes.len()
         ));
         for (id, name, lun) in &s.volumes {
@@ -1037,12 +1038,13 @@ mod tests {
             id: 0x5,
             name: "gw1".into(),
             ip: "10.0.0.5".into(),
+            number: 1,
             volumes: vec![(0x7a5a, "awsvol01".into(), 0)],
         };
         assert_eq!(
             text(&AdminRequest::QueryAllSdc, &AdminReply::AllSdc(vec![sdc])),
             "Query-all-SDC returned 1 SDC node.\n\
-             SDC ID: 0000000000000005 Name: gw1 IP: 10.0.0.5 Mapped volumes: 1\n\
+             SDC ID: 0000000000000005 Name: gw1 IP: 10.0.0.5 Portal group: 1 Mapped volumes: 1\n\
              \tVolume ID: 0000000000007a5a Name: awsvol01 LUN: 0\n"
         );
         let c = ClusterInfo {

@@ -51,6 +51,9 @@ impl Served {
 pub struct Sdc {
     pub id: u64,
     pub system_id: u64,
+    /// The MDM's number for this gateway (portal group tag, ALUA target port group and
+    /// relative target port); 0 from an MDM too old to give one.
+    pub number: u16,
     mdm: String,
     sds: Arc<SdsPool>,
     volumes: HashMap<u64, Served>,
@@ -80,11 +83,16 @@ impl Sdc {
             ip: ip.to_string(),
         };
         match ask(mdm, &req, Duration::from_secs(10)).await? {
-            MdmReply::Registered { sdc_id, system_id } => {
-                info!(sdc = name, id = %format!("{sdc_id:016x}"), mdm, "registered with the MDM as an SDC");
+            MdmReply::Registered {
+                sdc_id,
+                system_id,
+                number,
+            } => {
+                info!(sdc = name, id = %format!("{sdc_id:016x}"), number, mdm, "registered with the MDM as an SDC");
                 Ok(Sdc {
                     id: sdc_id,
                     system_id,
+                    number,
                     mdm: mdm.to_string(),
                     sds: Arc::new(SdsPool::default()),
                     volumes: HashMap::new(),
@@ -108,22 +116,28 @@ impl Sdc {
     }
 
     /// Brings the served volumes in line with `view` and returns who sees what. Units
-    /// of volumes that stay are kept, so their state (unit attentions, ...) survives.
+    /// of volumes that stay are kept, so their state (unit attentions, ...) survives;
+    /// a volume whose size changed tells every nexus of its units (CAPACITY DATA HAS
+    /// CHANGED). Every unit learns which gateways serve its volume (ALUA port groups).
     pub async fn apply(&mut self, view: &MappedView) -> Result<Access, SdcError> {
         let mut next = HashMap::new();
         for v in &view.volumes {
             let served = match self.volumes.remove(&v.id) {
                 Some(s) => {
-                    if s.vol.epoch() != v.epoch
-                        || s.vol.num_blocks() * BLOCK_SIZE as u64 != v.size_bytes
-                    {
+                    let old_size = s.vol.num_blocks() * BLOCK_SIZE as u64;
+                    if s.vol.epoch() != v.epoch || old_size != v.size_bytes {
                         s.vol.set_layout(fetch_layout(&self.mdm, v.id).await?);
                         info!(volume = %v.name, epoch = v.epoch, size = v.size_bytes, "layout refreshed");
+                    }
+                    if s.vol.num_blocks() * BLOCK_SIZE as u64 != old_size {
+                        s.rw.capacity_changed();
+                        s.ro.capacity_changed();
                     }
                     s
                 }
                 None => self.open(v).await?,
             };
+            served.rw.ports().set(v.gateways.clone());
             next.insert(v.id, served);
         }
         let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
@@ -180,13 +194,8 @@ impl Sdc {
             .unwrap_or_else(|e| e.into_inner())
             .insert(v.id, store.clone());
         let shared: Arc<dyn SharedStore> = store;
-        let rw = Arc::new(LogicalUnit::new(
-            backend.clone(),
-            id.clone(),
-            false,
-            shared.clone(),
-        ));
-        let ro = Arc::new(LogicalUnit::new(backend, id, true, shared));
+        let rw = Arc::new(LogicalUnit::new(backend, id, false, shared));
+        let ro = Arc::new(rw.twin(true));
         info!(volume = %v.name, sdc_lun = ?v.lun, size = v.size_bytes, thin = v.thin, "pool volume online");
         Ok(Served { vol, rw, ro })
     }

@@ -52,6 +52,10 @@ impl fmt::Display for Gb {
 pub enum ChangeError {
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(
+        "every SDC number (1 to 65535) is taken; register the gateway under an existing SDC name"
+    )]
+    TooManySdc,
     #[error("{noun} name {name:?} ({option}) is not usable: {reason}")]
     BadName {
         noun: &'static str,

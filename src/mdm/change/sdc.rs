@@ -1,6 +1,6 @@
 //! SDC (gateways) and the volumes mapped to them, each at a LUN that never moves.
 
-use super::{check_name, lowest_free_lun, ChangeError};
+use super::{check_name, lowest_free_lun, touch_all, ChangeError};
 use crate::cluster::api::By;
 use crate::mdm::ids::IdGen;
 use crate::mdm::model::{Mapping, Sdc, State, SDC};
@@ -63,6 +63,12 @@ pub fn register_sdc(
         sdc.ip = ip.to_string();
         return Ok((sdc.id, changed));
     }
+    let number = st.next_sdc_number();
+    if number == 0 {
+        return Err(ChangeError::TooManySdc);
+    }
+    // Every gateway lists the others that serve its volumes (ALUA port groups).
+    touch_all(st);
     let id = ids.fresh();
     st.sdc.insert(
         id,
@@ -70,6 +76,7 @@ pub fn register_sdc(
             id,
             name: name.to_string(),
             ip: ip.to_string(),
+            number,
             generation: 1,
             mappings: Vec::new(),
         },
@@ -153,6 +160,12 @@ mod tests {
             (id, true)
         );
         assert_eq!(w.st.sdc[&id].ip, "10.0.1.9");
+        assert_eq!(w.st.sdc[&id].number, 1);
+        let g = w.st.sdc[&id].generation;
+        let (id2, _) = register_sdc(&mut w.st, &mut w.ids, "gw2", "10.0.1.2").unwrap();
+        assert_eq!(w.st.sdc[&id2].number, 2);
+        assert_eq!(w.st.sdc[&id].generation, g + 1, "gw1 must learn of gw2");
+        w.st.check().unwrap();
         let e = w.refuse(|st, ids| register_sdc(st, ids, "", "10.0.1.1"));
         assert!(e.contains("SDC name"), "{e}");
     }
