@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# libiscsi's iscsi-test-cu against a freshly started `dreadnought up` with demo mode
-# off (the initiator map admits libiscsi's two test initiators): all tests on a thin
-# pool volume (mirrored over three SDS) and on a local file volume, and the ReadOnly
-# suite on a read-only mapping; judged by a ratchet: every test in
+# libiscsi's iscsi-test-cu against a freshly started `dreadnought up` and a second
+# gateway with demo mode off (the initiator map admits libiscsi's two test
+# initiators): all tests, SANITIZE included, on a thin pool volume (mirrored over
+# three SDS) reached through both gateways (multipath: the MultipathIO tests use the
+# second path), all on a local file volume, and the ReadOnly suite on a read-only
+# mapping; judged by a ratchet: every test in
 # interop/ratchet.txt must pass. Prints regressions, newly
 # passing tests, and `N passed, N failed` as its last line.
 #   interop/conformance.sh            run and check the ratchet
@@ -14,9 +16,10 @@ cd "$(dirname "$0")/.."
 dn_start
 RUN=$DN_DIR/cu
 mkdir -p "$RUN" "$RUN/ro" "$RUN/local"
-(cd "$RUN" && timeout 900 iscsi-test-cu -d -x -t ALL \
-    "iscsi://127.0.0.1:$DN_PORT/$DN_IQN/0" >"$RUN/output.txt" 2>&1) || true
-(cd "$RUN/local" && timeout 900 iscsi-test-cu -d -x -t ALL \
+(cd "$RUN" && timeout 900 iscsi-test-cu -d -S -x -t ALL \
+    "iscsi://127.0.0.1:$DN_PORT/$DN_IQN/0" \
+    "iscsi://127.0.0.1:$DN_PORT2/$DN_IQN/0" >"$RUN/output.txt" 2>&1) || true
+(cd "$RUN/local" && timeout 900 iscsi-test-cu -d -S -x -t ALL \
     "iscsi://127.0.0.1:$DN_PORT/$DN_IQN-local/0" >"$RUN/local/output.txt" 2>&1) || true
 (cd "$RUN/ro" && timeout 300 iscsi-test-cu -d -x -t ALL.ReadOnly \
     "iscsi://127.0.0.1:$DN_PORT/$DN_IQN/1" >"$RUN/ro/output.txt" 2>&1) || true
@@ -25,7 +28,8 @@ python3 interop/ratchet.py "$RESULTS" interop/ratchet.txt "$@" || {
     status=$?
     cp "$RUN/output.txt" /tmp/iscsi-test-cu-output.txt
     cp "$DN_LOG" /tmp/iscsi-test-cu-dreadnought.log
-    echo "full output: /tmp/iscsi-test-cu-output.txt, server log: /tmp/iscsi-test-cu-dreadnought.log" >&2
+    cp "$DN_LOG2" /tmp/iscsi-test-cu-gateway2.log
+    echo "full output: /tmp/iscsi-test-cu-output.txt, server logs: /tmp/iscsi-test-cu-dreadnought.log, /tmp/iscsi-test-cu-gateway2.log" >&2
     python3 interop/ratchet.py --summary "$RESULTS"
     exit $status
 }

@@ -1,9 +1,12 @@
 # Shared by the interop scripts: start a fresh `dreadnought up` (MDM, three SDS and
-# the gateway, all on free loopback ports) in a temp dir and stop it on exit.
+# the gateway, all on free loopback ports) in a temp dir, then a second gateway
+# (`dreadnought target --mdm`, SDC gateway2) on the same MDM, and stop both on exit.
 # Demo mode is off: the initiator map admits libiscsi's two test initiators and
 # QEMU's default name. Target $DN_IQN LUN 0 is a thin volume on the mirrored pool,
-# LUN 1 a read-only mapping of another; $DN_IQN-local LUN 0 is a local file volume of
-# the same size. Sets DN_DIR, DN_PORT, DN_IQN, DN_LOG.
+# LUN 1 a read-only mapping of another, through either gateway (two paths to the
+# same logical units: portal group 1 and 2); $DN_IQN-local LUN 0 is a local file
+# volume of the same size (first gateway only). Sets DN_DIR, DN_PORT, DN_PORT2,
+# DN_IQN, DN_LOG, DN_LOG2.
 DN_INITIATORS="iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2 iqn.2008-11.org.linux-kvm"
 DN_BIN=${DN_BIN:-$(pwd)/target/debug/dreadnought}
 DN_IQN=${DN_IQN:-iqn.2026-11.io.dreadnought:interop}
@@ -34,6 +37,10 @@ TOML
 data_dir = "$DN_DIR/data"
 [iscsi]
 listen = ["127.0.0.1:0"]
+# libiscsi's test tool answers no NOP-In while it sleeps between polls (once a minute
+# in Sanitize.Reset): a dropped connection would greet every poll with a fresh unit
+# attention, so idle initiators get longer than that here.
+nop_timeout_secs = 90
 [[target]]
 name = "$DN_IQN"
 mapped = true
@@ -61,23 +68,44 @@ TOML
     "$DN_BIN" up --config "$DN_DIR/dreadnought.toml" >"$DN_LOG" 2>&1 &
     DN_PID=$!
     trap dn_stop EXIT
+    dn_wait_ready "$DN_LOG" "$DN_PID" || return 1
+    DN_PORT=$(grep -o 'portals=127.0.0.1:[0-9]*' "$DN_LOG" | head -1 | cut -d: -f2)
+    local mdm
+    mdm=$(grep -o 'mdm=127.0.0.1:[0-9]*' "$DN_LOG" | head -1 | cut -d= -f2)
+    DN_LOG2=$DN_DIR/gateway2.log
+    cat >"$DN_DIR/gateway2.toml" <<TOML
+data_dir = "$DN_DIR/data-gateway2"
+[iscsi]
+listen = ["127.0.0.1:0"]
+nop_timeout_secs = 90
+[[target]]
+name = "$DN_IQN"
+mapped = true
+TOML
+    "$DN_BIN" target --mdm "$mdm" --name gateway2 --sdc-ip 127.0.0.1 \
+        --config "$DN_DIR/gateway2.toml" >"$DN_LOG2" 2>&1 &
+    DN_PID2=$!
+    dn_wait_ready "$DN_LOG2" "$DN_PID2" || return 1
+    DN_PORT2=$(grep -o 'portals=127.0.0.1:[0-9]*' "$DN_LOG2" | head -1 | cut -d: -f2)
+}
+
+# dn_wait_ready LOG PID: waits for the gateway's ready line.
+dn_wait_ready() {
     for _ in $(seq 300); do
-        if grep -q "ready: iSCSI target listening" "$DN_LOG"; then
-            DN_PORT=$(grep -o 'portals=127.0.0.1:[0-9]*' "$DN_LOG" | head -1 | cut -d: -f2)
-            return 0
-        fi
-        kill -0 "$DN_PID" 2>/dev/null || break
+        grep -q "ready: iSCSI target listening" "$1" && return 0
+        kill -0 "$2" 2>/dev/null || break
         sleep 0.1
     done
-    echo "dreadnought up did not become ready; log:" >&2
-    cat "$DN_LOG" >&2
+    echo "$1: the gateway did not become ready; log:" >&2
+    cat "$1" >&2
     return 1
 }
 
 dn_stop() {
-    if [ -n "${DN_PID:-}" ]; then
-        kill "$DN_PID" 2>/dev/null || true
-        wait "$DN_PID" 2>/dev/null || true
-    fi
+    local pid
+    for pid in ${DN_PID2:-} ${DN_PID:-}; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     if [ "${DN_KEEP:-0}" = 1 ]; then echo "kept $DN_DIR" >&2; else rm -rf "$DN_DIR"; fi
 }
