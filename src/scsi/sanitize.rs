@@ -174,7 +174,15 @@ pub(crate) fn sanitize<'a>(c: &'a Ctx<'a>) -> BoxFut<'a> {
         let status = c.unit.begin_sanitize(progress.clone())?;
         let backend = c.unit.backend_arc();
         let task = tokio::spawn(async move {
+            // Should the task die without finishing (a panic), the medium is left in
+            // failure mode rather than "in progress" for ever.
+            let mut guard = Unfinished {
+                status: &status,
+                ause,
+                armed: true,
+            };
             let r = run(&*backend, job, &progress).await;
+            guard.armed = false;
             finish(&status, r.is_err(), ause);
             if let Err(e) = &r {
                 tracing::warn!(error = %e, "sanitize failed; the medium is in sanitize failure mode");
@@ -192,6 +200,20 @@ pub(crate) fn sanitize<'a>(c: &'a Ctx<'a>) -> BoxFut<'a> {
             )),
         }
     })
+}
+
+struct Unfinished<'a> {
+    status: &'a Mutex<Status>,
+    ause: bool,
+    armed: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            finish(self.status, true, self.ause);
+        }
+    }
 }
 
 fn finish(status: &Mutex<Status>, failed: bool, ause: bool) {
