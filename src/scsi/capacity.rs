@@ -5,8 +5,16 @@ use super::sense::Sense;
 use super::{Ctx, Done, HandlerResult};
 use crate::backend::BLOCK_SIZE;
 
-/// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT: 2^3 × 512 bytes = 4 KiB.
-pub(crate) const PHYSICAL_BLOCK_EXPONENT: u8 = 3;
+/// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 0: 512-byte physical blocks. 4 KiB
+/// (exponent 3) would describe the pool better, but libiscsi's
+/// GetLBAStatus.UnmapSingle then expects the extent reported for LBA i+1 to start at
+/// i+8, which SBC forbids (the first descriptor must contain the starting LBA); the
+/// 4 KiB preference is stated in VPD 0xB0's granularities instead.
+pub(crate) const PHYSICAL_BLOCK_EXPONENT: u8 = 0;
+
+/// OPTIMAL TRANSFER LENGTH GRANULARITY and OPTIMAL UNMAP GRANULARITY (VPD 0xB0): 4 KiB,
+/// what the pool and file systems store and release without read-modify-write.
+pub(crate) const OPTIMAL_GRANULARITY_BLOCKS: u32 = 8;
 
 pub(crate) fn read_capacity10(c: &Ctx<'_>) -> HandlerResult {
     // SBC-3: an LBA with PMI clear is an error (PMI itself is obsolete in SBC-4 and
@@ -28,10 +36,8 @@ pub(crate) fn read_capacity16(c: &Ctx<'_>) -> HandlerResult {
     let mut d = vec![0u8; 32];
     d[0..8].copy_from_slice(&c.unit.num_blocks().saturating_sub(1).to_be_bytes());
     d[8..12].copy_from_slice(&BLOCK_SIZE.to_be_bytes());
-    // No protection. Eight logical blocks per physical block (4 KiB, exponent 3), the
-    // first of them at LBA 0: what the pool stores without read-modify-write, and the
-    // granularity VPD 0xB0 reports for transfers and unmapping. A thin backend
-    // releases deallocated blocks and reads them back as zeros: LBPME and LBPRZ.
+    // No protection; see PHYSICAL_BLOCK_EXPONENT. A thin backend releases deallocated
+    // blocks and reads them back as zeros: LBPME and LBPRZ.
     d[13] = PHYSICAL_BLOCK_EXPONENT;
     if c.unit.backend().thin() {
         d[14] = 0x80 | 0x40;

@@ -8,7 +8,7 @@
 use super::atomic::{
     ATOMIC_ALIGNMENT, ATOMIC_GRANULARITY, MAX_ATOMIC_BLOCKS, MAX_COMPARE_AND_WRITE_BLOCKS,
 };
-use super::capacity::PHYSICAL_BLOCK_EXPONENT;
+use super::capacity::OPTIMAL_GRANULARITY_BLOCKS;
 use super::provisioning::{
     MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS, UNMAP_GRANULARITY,
 };
@@ -126,8 +126,8 @@ fn block_limits(c: &Ctx<'_>) -> Vec<u8> {
     b[40..44].copy_from_slice(&MAX_ATOMIC_BLOCKS.to_be_bytes());
     b[44..48].copy_from_slice(&ATOMIC_ALIGNMENT.to_be_bytes());
     b[48..52].copy_from_slice(&ATOMIC_GRANULARITY.to_be_bytes());
-    // Optimal granularity: one physical block (READ CAPACITY(16)'s exponent, 4 KiB).
-    b[2..4].copy_from_slice(&(1u16 << PHYSICAL_BLOCK_EXPONENT).to_be_bytes());
+    // Optimal granularity: 4 KiB.
+    b[2..4].copy_from_slice(&(OPTIMAL_GRANULARITY_BLOCKS as u16).to_be_bytes());
     b[4..8].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
     b[8..12].copy_from_slice(&(1024u32 * 1024 / 512).to_be_bytes());
     b[12..16].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());

@@ -245,7 +245,7 @@ pub(crate) static OPS: &[Op] = &[
     op!(0x08, None, "READ(6)", D::None, Is(RD), A(rw::read), [0x08, 0x1F, FF, FF, FF, 0]),
     op!(0x0A, None, "WRITE(6)", D::Blocks, Is(WR), A(rw::write), [0x0A, 0x1F, FF, FF, FF, 0]),
     op!(0x12, None, "INQUIRY", D::None, Is(ANY), S(inquiry::inquiry), [0x12, 0x01, FF, FF, FF, 0]),
-    op!(0x15, None, "MODE SELECT(6)", D::Param(4, 1), Is(WR), S(mode::mode_select), [0x15, 0x11, 0, 0, FF, 0]),
+    op!(0x15, None, "MODE SELECT(6)", D::Param(4, 1), Is(WR), A(mode::mode_select), [0x15, 0x11, 0, 0, FF, 0]),
     op!(0x16, None, "RESERVE(6)", D::None, Is(OWN), A(pr::reserve), [0x16, 0, 0, 0, 0, 0]),
     op!(0x17, None, "RELEASE(6)", D::None, Is(OWN), A(pr::release), [0x17, 0, 0, 0, 0, 0]),
     op!(0x1A, None, "MODE SENSE(6)", D::None, Is(RD), S(mode::mode_sense), [0x1A, 0x08, FF, FF, FF, 0]),
@@ -265,7 +265,7 @@ pub(crate) static OPS: &[Op] = &[
     op!(0x48, Some(0x02), "SANITIZE", D::Param(7, 2), Is(WR), A(sanitize::sanitize), [0x48, 0xA2, 0, 0, 0, 0, 0, FF, FF, 0]),
     op!(0x48, Some(0x03), "SANITIZE", D::Param(7, 2), Is(WR), A(sanitize::sanitize), [0x48, 0xA3, 0, 0, 0, 0, 0, FF, FF, 0]),
     op!(0x48, Some(0x1F), "SANITIZE", D::Param(7, 2), Is(WR), A(sanitize::sanitize), [0x48, 0xBF, 0, 0, 0, 0, 0, FF, FF, 0]),
-    op!(0x55, None, "MODE SELECT(10)", D::Param(7, 2), Is(WR), S(mode::mode_select), [0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, 0]),
+    op!(0x55, None, "MODE SELECT(10)", D::Param(7, 2), Is(WR), A(mode::mode_select), [0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, 0]),
     op!(0x56, None, "RESERVE(10)", D::None, Is(OWN), A(pr::reserve), [0x56, 0x10, 0, 0, 0, 0, 0, 0, 0, 0]),
     op!(0x57, None, "RELEASE(10)", D::None, Is(OWN), A(pr::release), [0x57, 0x10, 0, 0, 0, 0, 0, 0, 0, 0]),
     op!(0x5A, None, "MODE SENSE(10)", D::None, Is(RD), S(mode::mode_sense), [0x5A, 0x18, FF, FF, 0, 0, 0, FF, FF, 0]),
@@ -346,6 +346,9 @@ pub async fn execute(luns: &LunMap, nexus: &ItNexus, req: Request) -> Response {
             _ => Response::check(&Sense::illegal(asc::LOGICAL_UNIT_NOT_SUPPORTED), false),
         };
     };
+
+    // Mode pages and reservations another gateway changed are in force from here on.
+    pr::refresh(unit);
 
     // A running (or failed) sanitize answers before any unit attention: the initiator
     // must learn that the medium is busy, and the attentions wait their turn.

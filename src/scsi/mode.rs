@@ -5,8 +5,9 @@
 //! parser per page, and MODE SENSE's "changeable values" page is the mask itself.
 
 use super::cdb;
+use super::pr;
 use super::sense::{asc, Sense};
-use super::{Ctx, Done};
+use super::{BoxFut, Ctx, Done};
 use crate::backend::BLOCK_SIZE;
 
 struct PageDef {
@@ -76,6 +77,19 @@ impl Default for ModePages {
 }
 
 impl ModePages {
+    /// Pages as the volume's shared state holds them; `None` if they do not have the
+    /// shape of ours (a state written by a different version), so the defaults stay.
+    pub fn from_pages(pages: &[Vec<u8>]) -> Option<Self> {
+        let fits = pages.len() == PAGES.len()
+            && pages
+                .iter()
+                .zip(PAGES)
+                .all(|(p, d)| p.len() == d.default.len());
+        fits.then(|| Self {
+            current: pages.to_vec(),
+        })
+    }
+
     fn bit(&self, code: u8, byte: usize, mask: u8) -> bool {
         PAGES
             .iter()
@@ -206,8 +220,21 @@ pub(crate) fn mode_sense(c: &Ctx<'_>) -> Result<Done, Sense> {
     Ok(Done::data(out, alloc))
 }
 
-/// MODE SELECT (6) and (10).
-pub(crate) fn mode_select(c: &Ctx<'_>) -> Result<Done, Sense> {
+/// MODE SELECT (6) and (10). The pages are the volume's: they are stored in its
+/// shared state, so the change holds through every gateway.
+pub(crate) fn mode_select<'a>(c: &'a Ctx<'a>) -> BoxFut<'a> {
+    Box::pin(async move {
+        let Some(pages) = selected_pages(c)? else {
+            return Ok(Done::good());
+        };
+        pr::store_mode(c.unit, c.nexus, pages).await?;
+        Ok(Done::good())
+    })
+}
+
+/// Validates a MODE SELECT parameter list against the current pages; the pages it
+/// asks for, or `None` when it changes nothing.
+fn selected_pages(c: &Ctx<'_>) -> Result<Option<Vec<Vec<u8>>>, Sense> {
     let ten = c.cdb[0] == 0x55;
     let b1 = c.cdb[1];
     if b1 & 0x01 != 0 {
@@ -220,7 +247,7 @@ pub(crate) fn mode_select(c: &Ctx<'_>) -> Result<Done, Sense> {
         usize::from(c.cdb[4])
     };
     if pll == 0 {
-        return Ok(Done::good());
+        return Ok(None);
     }
     if b1 & 0x10 == 0 {
         // PF=0 would mean vendor-specific page formats, which we have none of.
@@ -253,8 +280,9 @@ pub(crate) fn mode_select(c: &Ctx<'_>) -> Result<Done, Sense> {
         }
     }
 
-    let mut st = c.unit.lock();
-    let mut next = st.mode.clone();
+    pr::refresh(c.unit);
+    let cur = c.unit.lock().mode.clone();
+    let mut next = cur.clone();
     let mut off = pages_at;
     while off < data.len() {
         let b0 = data[off];
@@ -297,10 +325,5 @@ pub(crate) fn mode_select(c: &Ctx<'_>) -> Result<Done, Sense> {
         }
         off += def.default.len();
     }
-    let changed = next.current != st.mode.current;
-    st.mode = next;
-    if changed {
-        st.ua.raise_others(c.nexus, asc::MODE_PARAMETERS_CHANGED);
-    }
-    Ok(Done::good())
+    Ok((next.current != cur.current).then_some(next.current))
 }

@@ -28,10 +28,9 @@ pub(crate) const MAX_UNMAP_BLOCKS: u32 = 1024 * 1024;
 /// descriptor) small enough to gather into one buffer.
 pub(crate) const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 
-/// OPTIMAL UNMAP GRANULARITY: one physical block (4 KiB, READ CAPACITY(16)'s
-/// exponent); file systems release whole pages, so smaller discards only zero the
-/// data and leave it allocated.
-pub(crate) const UNMAP_GRANULARITY: u32 = 1 << super::capacity::PHYSICAL_BLOCK_EXPONENT;
+/// OPTIMAL UNMAP GRANULARITY: 4 KiB; file systems release whole pages, so smaller
+/// discards only zero the data and leave it allocated.
+pub(crate) const UNMAP_GRANULARITY: u32 = super::capacity::OPTIMAL_GRANULARITY_BLOCKS;
 
 /// Pattern fills are written in pieces of this size so a large WRITE SAME never needs a
 /// buffer the size of its range.

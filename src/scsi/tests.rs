@@ -1564,11 +1564,11 @@ async fn alua_identity_follows_the_port_and_groups_follow_the_gateways() {
 }
 
 #[tokio::test]
-async fn physical_blocks_are_4k_and_vpd_b0_agrees() {
+async fn physical_blocks_are_512_bytes_and_vpd_b0_prefers_4k() {
     let luns = lun_map(false);
     let rc16 = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
     let r = cmd(&luns, &rc16, vec![]).await;
-    assert_eq!(r.data_in[13] & 0x0F, 3, "8 logical blocks per physical");
+    assert_eq!(r.data_in[13] & 0x0F, 0, "one logical block per physical");
     assert_eq!(
         (r.data_in[14] & 0x3F, r.data_in[15]),
         (0, 0),

@@ -40,18 +40,6 @@ impl UaQueues {
         }
     }
 
-    /// Queues `code` for every known nexus except `origin`.
-    pub fn raise_others(&mut self, origin: &ItNexus, code: AscCode) {
-        for (n, q) in self.pending.iter_mut() {
-            if n != origin && !q.contains(&code) {
-                if q.len() >= MAX_PENDING {
-                    q.pop_front();
-                }
-                q.push_back(code);
-            }
-        }
-    }
-
     /// Queues `code` for one nexus (after the power-on condition if it is new here).
     pub fn raise(&mut self, nexus: &ItNexus, code: AscCode) {
         self.touch(nexus);
@@ -123,14 +111,15 @@ mod tests {
     }
 
     #[test]
-    fn raise_others_skips_origin_and_dedups() {
+    fn raise_unless_skips_origin_and_dedups() {
         let mut q = UaQueues::default();
         for i in 1..=2 {
             q.touch(&nexus(i));
             q.pop(&nexus(i));
         }
-        q.raise_others(&nexus(1), asc::MODE_PARAMETERS_CHANGED);
-        q.raise_others(&nexus(1), asc::MODE_PARAMETERS_CHANGED);
+        let origin = NexusId::from(&nexus(1));
+        q.raise_unless(Some(&origin), asc::MODE_PARAMETERS_CHANGED);
+        q.raise_unless(Some(&origin), asc::MODE_PARAMETERS_CHANGED);
         assert_eq!(q.pop(&nexus(1)), None);
         assert_eq!(q.pop(&nexus(2)), Some(asc::MODE_PARAMETERS_CHANGED));
         assert_eq!(q.pop(&nexus(2)), None);

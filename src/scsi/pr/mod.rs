@@ -16,9 +16,11 @@
 pub(crate) mod state;
 mod wire;
 
+use super::mode::ModePages;
 use super::sense::{asc, Sense, SenseKey};
-use super::shared::{NexusId, SharedError};
+use super::shared::{NexusId, SharedError, SharedEvent};
 use super::{cdb, BoxFut, Ctx, Done, HandlerResult, ItNexus, LogicalUnit};
+use serde::{Deserialize, Serialize};
 use state::{Change, PrError, PrState};
 use std::sync::Arc;
 
@@ -27,21 +29,44 @@ pub(crate) use state::Access;
 /// How many times a command re-runs on a newer state before giving up.
 const MAX_ATTEMPTS: usize = 16;
 
-/// The last decoded state and the store version it came from.
+/// What the volume's shared store holds: its reservations, and the current mode
+/// pages once a MODE SELECT changed them. Mode pages are the logical unit's, not a
+/// port's: software write protect set through one gateway must protect the volume
+/// through every gateway. Reservation fields stay at the top level, so blobs written
+/// before mode pages were shared still decode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Blob {
+    #[serde(flatten)]
+    pr: PrState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mode_pages: Option<Vec<Vec<u8>>>,
+}
+
+/// The last decoded blob and the store version it came from.
 #[derive(Debug, Default)]
-pub(crate) struct PrCache(Option<(u64, Arc<PrState>)>);
+pub(crate) struct PrCache(Option<(u64, Arc<Blob>)>);
 
 impl PrCache {
-    fn get(&self, version: u64) -> Option<Arc<PrState>> {
+    fn get(&self, version: u64) -> Option<Arc<Blob>> {
         match &self.0 {
             Some((v, s)) if *v == version => Some(s.clone()),
             _ => None,
         }
     }
+}
 
-    fn put(&mut self, version: u64, state: Arc<PrState>) {
-        self.0 = Some((version, state));
+/// Installs a newly decoded blob: the cache, and the unit's working copy of the mode
+/// pages when the blob carries them.
+fn install(unit: &LogicalUnit, version: u64, blob: Arc<Blob>) {
+    let mut st = unit.lock();
+    if let Some(pages) = blob
+        .mode_pages
+        .as_ref()
+        .and_then(|p| ModePages::from_pages(p))
+    {
+        st.mode = pages;
     }
+    st.pr.0 = Some((version, blob));
 }
 
 /// The store's blob could not be decoded: nothing can be said about who may do
@@ -57,14 +82,14 @@ fn unavailable() -> Sense {
     )
 }
 
-/// The volume's reservation state as the store has it, and its version.
-fn current(unit: &LogicalUnit) -> Result<(u64, Arc<PrState>), Sense> {
+/// The volume's shared state as the store has it, and its version.
+fn current(unit: &LogicalUnit) -> Result<(u64, Arc<Blob>), Sense> {
     let (version, blob) = unit.shared().load();
     if let Some(s) = unit.lock().pr.get(version) {
         return Ok((version, s));
     }
     let state = if blob.is_empty() {
-        PrState::default()
+        Blob::default()
     } else {
         serde_json::from_slice(&blob).map_err(|e| {
             tracing::error!(volume = %unit.identity().name, version, error = %e,
@@ -73,8 +98,15 @@ fn current(unit: &LogicalUnit) -> Result<(u64, Arc<PrState>), Sense> {
         })?
     };
     let state = Arc::new(state);
-    unit.lock().pr.put(version, state.clone());
+    install(unit, version, state.clone());
     Ok((version, state))
+}
+
+/// Brings the unit's copy of the shared state (mode pages included) up to the
+/// store's version; a blob that does not decode is reported by the commands that
+/// need it.
+pub(crate) fn refresh(unit: &LogicalUnit) {
+    let _ = current(unit);
 }
 
 /// Whether a command of class `access` from `nexus` may run; `Err` when the state
@@ -84,7 +116,7 @@ pub(crate) fn permits(unit: &LogicalUnit, nexus: &ItNexus, access: Access) -> Re
         return Ok(true);
     }
     let (_, s) = current(unit)?;
-    Ok(s.unreserved() || s.permits(&NexusId::from(nexus), access))
+    Ok(s.pr.unreserved() || s.pr.permits(&NexusId::from(nexus), access))
 }
 
 /// Why [`transact`] did not store a change.
@@ -99,36 +131,82 @@ async fn transact<F>(unit: &LogicalUnit, rule: F) -> Result<bool, Failed>
 where
     F: Fn(&PrState) -> Result<Option<Change>, PrError>,
 {
+    update(unit, |b| {
+        let Some(change) = rule(&b.pr)? else {
+            return Ok(None);
+        };
+        let next = Blob {
+            pr: change.state,
+            mode_pages: b.mode_pages.clone(),
+        };
+        Ok(Some((next, change.events)))
+    })
+    .await
+}
+
+/// Replaces the volume's mode pages with `pages` (a MODE SELECT through `origin`);
+/// every other nexus, on every gateway, gets MODE PARAMETERS CHANGED.
+pub(crate) async fn store_mode(
+    unit: &LogicalUnit,
+    origin: &ItNexus,
+    pages: Vec<Vec<u8>>,
+) -> Result<(), Sense> {
+    let origin = NexusId::from(origin);
+    let r = update(unit, |b| {
+        if b.mode_pages.as_ref() == Some(&pages) {
+            return Ok(None);
+        }
+        let next = Blob {
+            pr: b.pr.clone(),
+            mode_pages: Some(pages.clone()),
+        };
+        let ev = SharedEvent::UnitAttentionOthers {
+            origin: Some(origin.clone()),
+            asc: asc::MODE_PARAMETERS_CHANGED,
+        };
+        Ok(Some((next, vec![ev])))
+    })
+    .await;
+    match r {
+        Ok(_) => Ok(()),
+        Err(Failed::Refused(PrError::Sense(s)) | Failed::Store(s)) => Err(s),
+        Err(Failed::Refused(PrError::Conflict)) => Err(unavailable()),
+    }
+}
+
+/// Runs `rule` on the current blob and stores what it returns, re-running it on a
+/// newer blob after a lost race. `Ok(false)`: the rule changed nothing.
+async fn update<F>(unit: &LogicalUnit, rule: F) -> Result<bool, Failed>
+where
+    F: Fn(&Blob) -> Result<Option<(Blob, Vec<SharedEvent>)>, PrError>,
+{
     for _ in 0..MAX_ATTEMPTS {
-        let (version, s) = current(unit).map_err(Failed::Store)?;
-        let Some(change) = rule(&s).map_err(Failed::Refused)? else {
+        let (version, b) = current(unit).map_err(Failed::Store)?;
+        let Some((next, events)) = rule(&b).map_err(Failed::Refused)? else {
             return Ok(false);
         };
-        let blob = serde_json::to_vec(&change.state).expect("reservation state serializes");
-        match unit
-            .shared()
-            .store(version, blob.into(), change.events)
-            .await
-        {
+        let blob = serde_json::to_vec(&next).expect("the shared state serializes");
+        match unit.shared().store(version, blob.into(), events).await {
             Ok(v) => {
-                let s = &change.state;
+                let s = &next.pr;
                 tracing::info!(volume = %unit.identity().name, version = v,
                     generation = s.generation, registrations = s.registrations.len(),
                     reservation = ?s.reservation.as_ref().map(|r| r.kind),
-                    spc2 = s.reserved_by.is_some(), "reservations changed");
-                unit.lock().pr.put(v, Arc::new(change.state));
+                    spc2 = s.reserved_by.is_some(), mode_pages = next.mode_pages.is_some(),
+                    "shared SCSI state changed");
+                install(unit, v, Arc::new(next));
                 return Ok(true);
             }
             Err(SharedError::Conflict(_)) => continue,
             Err(e @ SharedError::Unavailable(_)) => {
                 tracing::warn!(volume = %unit.identity().name, error = %e,
-                    "reservation change not applied");
+                    "shared SCSI state change not applied");
                 return Err(Failed::Store(unavailable()));
             }
         }
     }
     tracing::warn!(volume = %unit.identity().name, attempts = MAX_ATTEMPTS,
-        "reservation change kept losing races with other updates; not applied");
+        "shared SCSI state change kept losing races with other updates; not applied");
     Err(Failed::Store(unavailable()))
 }
 
@@ -145,15 +223,16 @@ fn answer(r: Result<bool, Failed>) -> HandlerResult {
 /// STATUS (the table routes only these four service actions here).
 pub(crate) fn persistent_reserve_in(c: &Ctx<'_>) -> HandlerResult {
     let alloc = usize::from(cdb::u16_at(c.cdb, 7).unwrap_or(0));
-    let (_, s) = current(c.unit)?;
+    let (_, b) = current(c.unit)?;
+    let s = &b.pr;
     if s.prin_allowed().is_err() {
         return Ok(Done::conflict());
     }
     let data = match c.cdb[1] & 0x1F {
-        0x00 => wire::read_keys(&s),
-        0x01 => wire::read_reservation(&s),
-        0x02 => wire::report_capabilities(&s),
-        0x03 => wire::read_full_status(&s),
+        0x00 => wire::read_keys(s),
+        0x01 => wire::read_reservation(s),
+        0x02 => wire::report_capabilities(s),
+        0x03 => wire::read_full_status(s),
         _ => return Err(Sense::invalid_cdb(1, Some(4))),
     };
     Ok(Done::data(data, alloc))
