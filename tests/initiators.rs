@@ -274,13 +274,19 @@ fn per_initiator_chap_one_way_and_mutual() {
     );
 }
 
-/// A session as `initiator` once the gateway admits it, past its power-on attention.
+/// A session as `initiator` once the gateway admits it and serves its LUN 0, past
+/// its unit attentions. The host and its mapping are two MDM changes: the gateway
+/// may admit the host a moment before the LUN appears in its session.
 fn logged_in(portal: SocketAddr, initiator: &str) -> Initiator {
     eventually("the initiator may log in", || {
         login_status(portal, initiator).0 == 0
     });
     let mut i = Initiator::connect(portal);
     assert_eq!(i.login(initiator, GW_IQN, &[]).status_class, 0);
+    eventually("LUN 0 is served", || {
+        let r = i.scsi(&[0u8; 6], 0, None, 0);
+        r.status == 0 || r.sense.get(2).is_some_and(|k| k & 0x0F == 6)
+    });
     i.clear_ua();
     i
 }

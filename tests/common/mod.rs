@@ -395,13 +395,27 @@ impl Initiator {
         }
     }
 
+    /// Consumes pending unit attentions until TEST UNIT READY answers GOOD. A fresh
+    /// session may owe several (power on, then a LUN inventory or capacity change
+    /// the gateway applied while it logged in); anything but a unit attention fails.
     pub fn clear_ua(&mut self) {
-        for _ in 0..4 {
-            if self.scsi(&[0u8; 6], 0, None, 0).status == 0 {
+        let mut seen = Vec::new();
+        for _ in 0..16 {
+            let r = self.scsi(&[0u8; 6], 0, None, 0);
+            if r.status == 0 {
                 return;
             }
+            let (key, asc, ascq) = match r.sense.first().map(|b| b & 0x7F) {
+                Some(0x72 | 0x73) => (r.sense[1] & 0x0F, r.sense[2], r.sense[3]),
+                _ => (r.sense[2] & 0x0F, r.sense[12], r.sense[13]),
+            };
+            assert_eq!(
+                key, 6,
+                "TEST UNIT READY failed with {key:x}/{asc:02x}/{ascq:02x}, not a unit attention"
+            );
+            seen.push(format!("{asc:02x}/{ascq:02x}"));
         }
-        panic!("TEST UNIT READY never returned GOOD");
+        panic!("TEST UNIT READY never returned GOOD; unit attentions: {seen:?}");
     }
 
     pub fn answer_ping(&mut self, n: &pdu::NopIn) {
