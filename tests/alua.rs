@@ -15,58 +15,11 @@ const HOST_B: &str = "iqn.1998-01.com.vmware:alua-b";
 /// A pool over two SDS with volume v1 (64 MiB, thin), mapped read-write to host A and
 /// read-only to host B.
 fn cluster() -> Cluster {
-    let c = Cluster::start(2);
-    c.ok(&["--add_protection_domain", "--protection_domain_name", "pd1"]);
-    c.ok(&[
-        "--add_storage_pool",
-        "--protection_domain_name",
-        "pd1",
-        "--storage_pool_name",
-        "pool1",
-    ]);
-    for i in 0..2 {
-        let dev = c.device(&format!("dev{i}"), 1 << 30);
-        let ip = c.sds_addrs[i].to_string();
-        c.ok(&[
-            "--add_sds",
-            "--sds_ip",
-            &ip,
-            "--protection_domain_name",
-            "pd1",
-            "--device_name",
-            dev.to_str().unwrap(),
-            "--storage_pool_name",
-            "pool1",
-        ]);
-    }
-    c.ok(&[
-        "--add_volume",
-        "--protection_domain_name",
-        "pd1",
-        "--storage_pool_name",
-        "pool1",
-        "--size_gb",
-        "0.0625",
-        "--volume_name",
-        "v1",
-    ]);
+    let c = Cluster::with_pool(2, 1 << 30);
+    c.add_volume("v1", "0.0625", &[]);
     for (name, iqn, access) in [("a", HOST_A, "read_write"), ("b", HOST_B, "read_only")] {
-        c.ok(&[
-            "--add_scsi_initiator",
-            "--initiator_name",
-            name,
-            "--iqn",
-            iqn,
-        ]);
-        c.ok(&[
-            "--map_volume_to_scsi_initiator",
-            "--volume_name",
-            "v1",
-            "--initiator_name",
-            name,
-            "--access_mode",
-            access,
-        ]);
+        c.add_host(name, iqn);
+        c.map(name, "v1", &["--access_mode", access]);
     }
     c
 }

@@ -19,67 +19,12 @@ const HOST_B: &str = "iqn.1998-01.com.vmware:svrsan2012-77c1";
 /// A pool over two SDS with volumes v1, v2, v3 (64 MiB, thin) and a gateway enforcing
 /// the initiator map (demo mode off).
 fn cluster() -> (Cluster, Proc, SocketAddr) {
-    let c = Cluster::start(2);
-    c.ok(&["--add_protection_domain", "--protection_domain_name", "pd1"]);
-    c.ok(&[
-        "--add_storage_pool",
-        "--protection_domain_name",
-        "pd1",
-        "--storage_pool_name",
-        "pool1",
-    ]);
-    for i in 0..2 {
-        let dev = c.device(&format!("dev{i}"), 1 << 30);
-        let ip = c.sds_addrs[i].to_string();
-        c.ok(&[
-            "--add_sds",
-            "--sds_ip",
-            &ip,
-            "--protection_domain_name",
-            "pd1",
-            "--device_name",
-            dev.to_str().unwrap(),
-            "--storage_pool_name",
-            "pool1",
-        ]);
-    }
+    let c = Cluster::with_pool(2, 1 << 30);
     for v in ["v1", "v2", "v3"] {
-        c.ok(&[
-            "--add_volume",
-            "--protection_domain_name",
-            "pd1",
-            "--storage_pool_name",
-            "pool1",
-            "--size_gb",
-            "0.0625",
-            "--volume_name",
-            v,
-        ]);
+        c.add_volume(v, "0.0625", &[]);
     }
     let (gw, portal) = c.gateway(false);
     (c, gw, portal)
-}
-
-fn add_host(c: &Cluster, name: &str, iqn: &str) {
-    c.ok(&[
-        "--add_scsi_initiator",
-        "--initiator_name",
-        name,
-        "--iqn",
-        iqn,
-    ]);
-}
-
-fn map(c: &Cluster, volume: &str, host: &str, extra: &[&str]) {
-    let mut args = vec![
-        "--map_volume_to_scsi_initiator",
-        "--volume_name",
-        volume,
-        "--initiator_name",
-        host,
-    ];
-    args.extend_from_slice(extra);
-    c.ok(&args);
 }
 
 /// iscsi-ls as `initiator`: the text it prints (targets and LUNs it can see).
@@ -135,11 +80,11 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 fn each_initiator_sees_exactly_its_luns_and_strangers_see_nothing() {
     require_tool("iscsi-ls");
     let (mut c, gw, portal) = cluster();
-    add_host(&c, "svrsan2011", HOST_A);
-    add_host(&c, "svrsan2012", HOST_B);
-    map(&c, "v1", "svrsan2011", &[]);
-    map(&c, "v2", "svrsan2011", &[]);
-    map(&c, "v3", "svrsan2012", &["--lun", "5"]);
+    c.add_host("svrsan2011", HOST_A);
+    c.add_host("svrsan2012", HOST_B);
+    c.map("svrsan2011", "v1", &[]);
+    c.map("svrsan2011", "v2", &[]);
+    c.map("svrsan2012", "v3", &["--lun", "5"]);
     eventually("host A sees two LUNs", || {
         luns_seen(&iscsi_ls(portal, HOST_A)) == ["0", "1"]
     });
@@ -158,7 +103,7 @@ fn each_initiator_sees_exactly_its_luns_and_strangers_see_nothing() {
     // The four ScaleIO commands, then the query shows the hosts with their LUNs.
     let hosts = ["svrsan2013", "svrsan2014"];
     for (i, h) in hosts.iter().enumerate() {
-        add_host(&c, h, &format!("iqn.1998-01.com.vmware:{h}-{i}"));
+        c.add_host(h, &format!("iqn.1998-01.com.vmware:{h}-{i}"));
     }
     for h in ["svrsan2011", "svrsan2012", "svrsan2013", "svrsan2014"] {
         c.ok(&[
@@ -191,8 +136,8 @@ fn each_initiator_sees_exactly_its_luns_and_strangers_see_nothing() {
 fn per_initiator_chap_one_way_and_mutual() {
     require_tool("iscsi-inq");
     let (c, _gw, portal) = cluster();
-    add_host(&c, "svrsan2011", HOST_A);
-    map(&c, "v1", "svrsan2011", &[]);
+    c.add_host("svrsan2011", HOST_A);
+    c.map("svrsan2011", "v1", &[]);
     c.ok(&[
         "--set_scsi_initiator_chap",
         "--initiator_name",
@@ -298,12 +243,12 @@ fn sense_asc(r: &common::ScsiResult) -> (u8, u8, u8) {
 #[test]
 fn map_changes_reach_a_logged_in_initiator_at_once() {
     let (c, _gw, portal) = cluster();
-    add_host(&c, "svrsan2011", HOST_A);
-    map(&c, "v1", "svrsan2011", &[]);
+    c.add_host("svrsan2011", HOST_A);
+    c.map("svrsan2011", "v1", &[]);
     let mut i = logged_in(portal, HOST_A);
 
     // Mapping while logged in: REPORTED LUNS DATA HAS CHANGED, then the LUN works.
-    map(&c, "v2", "svrsan2011", &[]);
+    c.map("svrsan2011", "v2", &[]);
     let tur = [0u8; 6];
     eventually("the unit attention", || {
         let r = i.scsi(&tur, 0, None, 0);
@@ -359,8 +304,8 @@ fn map_changes_reach_a_logged_in_initiator_at_once() {
 fn a_read_only_mapping_refuses_writes_and_passes_the_readonly_suite() {
     require_tool("iscsi-test-cu");
     let (c, _gw, portal) = cluster();
-    add_host(&c, "svrsan2011", HOST_A);
-    map(&c, "v1", "svrsan2011", &["--access_mode", "ReadOnly"]);
+    c.add_host("svrsan2011", HOST_A);
+    c.map("svrsan2011", "v1", &["--access_mode", "ReadOnly"]);
     let mut i = logged_in(portal, HOST_A);
     let w = vec![1u8; 512];
     let r = i.scsi(&[0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0], 512, Some(&w), 512);

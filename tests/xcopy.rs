@@ -10,7 +10,7 @@ use common::{require_tool, Initiator};
 use dreadnought::scsi::Identity;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const HOST: &str = "iqn.2026-11.io.dreadnought:cloner";
@@ -30,31 +30,7 @@ fn fill(c: u64) -> u64 {
 
 /// Runs qemu-io commands against a LUN, logged in as HOST.
 fn qemu_io(portal: SocketAddr, lun: u32, commands: &str) -> String {
-    let opts = format!(
-        "driver=raw,file.driver=iscsi,file.transport=tcp,file.portal={portal},file.target={GW_IQN},file.lun={lun},file.initiator-name={HOST}"
-    );
-    let mut child = Command::new("qemu-io")
-        .args(["--image-opts", &opts])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let cmds = commands.to_string();
-    let feeder = std::thread::spawn(move || {
-        use std::io::Write;
-        stdin.write_all(cmds.as_bytes()).unwrap();
-    });
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "qemu-io failed:\n{text}");
-    text
+    common::cluster::qemu_io_as(portal, HOST, lun, commands)
 }
 
 /// (rchar, wchar) of a process: every byte it read from or wrote to a socket, pipe
@@ -172,66 +148,19 @@ fn volume_id(c: &Cluster, name: &str) -> u64 {
 #[test]
 fn extended_copy_of_a_gibibyte_moves_the_data_sds_to_sds() {
     require_tool("qemu-io");
-    let c = Cluster::start(3);
-    c.ok(&["--add_protection_domain", "--protection_domain_name", "pd1"]);
-    c.ok(&[
-        "--add_storage_pool",
-        "--protection_domain_name",
-        "pd1",
-        "--storage_pool_name",
-        "pool1",
-    ]);
-    for i in 0..3 {
-        let dev = c.device(&format!("dev{i}"), 4 * GIB);
-        let ip = c.sds_addrs[i].to_string();
-        c.ok(&[
-            "--add_sds",
-            "--sds_ip",
-            &ip,
-            "--protection_domain_name",
-            "pd1",
-            "--device_name",
-            dev.to_str().unwrap(),
-            "--storage_pool_name",
-            "pool1",
-        ]);
-    }
+    let c = Cluster::with_pool(3, 4 * GIB);
     for (v, gb) in [("src", "1"), ("dst", "2"), ("secret", "0.0625")] {
-        c.ok(&[
-            "--add_volume",
-            "--protection_domain_name",
-            "pd1",
-            "--storage_pool_name",
-            "pool1",
-            "--size_gb",
-            gb,
-            "--volume_name",
-            v,
-        ]);
+        c.add_volume(v, gb, &[]);
     }
     for (name, iqn) in [("cloner", HOST), ("stranger", STRANGER)] {
-        c.ok(&[
-            "--add_scsi_initiator",
-            "--initiator_name",
-            name,
-            "--iqn",
-            iqn,
-        ]);
+        c.add_host(name, iqn);
     }
     for (v, host, lun) in [
         ("src", "cloner", "0"),
         ("dst", "cloner", "1"),
         ("secret", "stranger", "0"),
     ] {
-        c.ok(&[
-            "--map_volume_to_scsi_initiator",
-            "--volume_name",
-            v,
-            "--initiator_name",
-            host,
-            "--lun",
-            lun,
-        ]);
+        c.map(host, v, &["--lun", lun]);
     }
     let (gw, portal) = c.gateway(false);
 

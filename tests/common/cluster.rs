@@ -200,7 +200,18 @@ impl Cluster {
     /// Two SDS in pd1/pool1 and one thin 64 MiB volume, "shared", mapped to every
     /// host of `hosts` (name, iSCSI name) at LUN 0.
     pub fn shared_volume(hosts: &[(&str, &str)]) -> Cluster {
-        let c = Cluster::start(2);
+        let c = Cluster::with_pool(2, 1 << 30);
+        c.add_volume("shared", "0.0625", &["--thin_provisioned"]);
+        for (name, iqn) in hosts {
+            c.add_host(name, iqn);
+            c.map(name, "shared", &[]);
+        }
+        c
+    }
+
+    /// `sds` SDS in pd1/pool1, each with one sparse device of `device_bytes`.
+    pub fn with_pool(sds: usize, device_bytes: u64) -> Cluster {
+        let c = Cluster::start(sds);
         c.ok(&["--add_protection_domain", "--protection_domain_name", "pd1"]);
         c.ok(&[
             "--add_storage_pool",
@@ -209,8 +220,8 @@ impl Cluster {
             "--storage_pool_name",
             "pool1",
         ]);
-        for i in 0..2 {
-            let dev = c.device(&format!("dev{i}"), 1 << 30);
+        for i in 0..sds {
+            let dev = c.device(&format!("dev{i}"), device_bytes);
             let ip = c.sds_addrs[i].to_string();
             c.ok(&[
                 "--add_sds",
@@ -224,35 +235,47 @@ impl Cluster {
                 "pool1",
             ]);
         }
-        c.ok(&[
+        c
+    }
+
+    /// A volume of `size_gb` in pd1/pool1 (thin unless `extra` says otherwise).
+    pub fn add_volume(&self, name: &str, size_gb: &str, extra: &[&str]) {
+        let mut args = vec![
             "--add_volume",
             "--protection_domain_name",
             "pd1",
             "--storage_pool_name",
             "pool1",
             "--size_gb",
-            "0.0625",
+            size_gb,
             "--volume_name",
-            "shared",
-            "--thin_provisioned",
+            name,
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+    }
+
+    pub fn add_host(&self, name: &str, iqn: &str) {
+        self.ok(&[
+            "--add_scsi_initiator",
+            "--initiator_name",
+            name,
+            "--iqn",
+            iqn,
         ]);
-        for (name, iqn) in hosts {
-            c.ok(&[
-                "--add_scsi_initiator",
-                "--initiator_name",
-                name,
-                "--iqn",
-                iqn,
-            ]);
-            c.ok(&[
-                "--map_volume_to_scsi_initiator",
-                "--volume_name",
-                "shared",
-                "--initiator_name",
-                name,
-            ]);
-        }
-        c
+    }
+
+    /// Maps `volume` to host `host` (`extra`: --lun, --access_mode).
+    pub fn map(&self, host: &str, volume: &str, extra: &[&str]) {
+        let mut args = vec![
+            "--map_volume_to_scsi_initiator",
+            "--volume_name",
+            volume,
+            "--initiator_name",
+            host,
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args);
     }
 
     /// Every chunk copy each SDS reports holding, from its own tables.
@@ -276,8 +299,20 @@ impl Cluster {
 /// Runs qemu-io commands (one per line) against a LUN; returns its output.
 pub fn qemu_io(portal: SocketAddr, lun: u32, commands: &str) -> String {
     let url = format!("iscsi://{portal}/{GW_IQN}/{lun}");
+    run_qemu_io(&["-f", "raw", &url], commands)
+}
+
+/// Like [`qemu_io`], logged in as `initiator`.
+pub fn qemu_io_as(portal: SocketAddr, initiator: &str, lun: u32, commands: &str) -> String {
+    let opts = format!(
+        "driver=raw,file.driver=iscsi,file.transport=tcp,file.portal={portal},file.target={GW_IQN},file.lun={lun},file.initiator-name={initiator}"
+    );
+    run_qemu_io(&["--image-opts", &opts], commands)
+}
+
+fn run_qemu_io(args: &[&str], commands: &str) -> String {
     let mut child = Command::new("qemu-io")
-        .args(["-f", "raw", &url])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
