@@ -574,6 +574,27 @@ mod tests {
         (vol, vec![a, b])
     }
 
+    /// Chunk 1 of `volume` as both of its copies hold it (devices 10 on the first
+    /// SDS, 20 on the second), checked equal.
+    async fn chunk_1_copies(nodes: &[SdsHandle], volume: u64) -> Bytes {
+        let at = |device| ChunkRef {
+            volume,
+            chunk: 1,
+            device,
+            epoch: 1,
+        };
+        let a = ChunkClient::new(nodes[0].addr)
+            .read(at(10), 0, MIB as u32)
+            .await
+            .unwrap();
+        let b = ChunkClient::new(nodes[1].addr)
+            .read(at(20), 0, MIB as u32)
+            .await
+            .unwrap();
+        assert_eq!(a, b, "the two copies of chunk 1 differ");
+        a
+    }
+
     #[tokio::test]
     async fn io_spans_chunks_and_lands_on_both_copies() {
         let dir = tempfile::tempdir().unwrap();
@@ -589,21 +610,7 @@ mod tests {
         assert_eq!(&back[..], &data[..]);
         vol.flush().await.unwrap();
         // Chunk 1's secondary (SDS 1) holds the same bytes as its primary (SDS 2).
-        let at = |device| ChunkRef {
-            volume: 42,
-            chunk: 1,
-            device,
-            epoch: 1,
-        };
-        let p = ChunkClient::new(nodes[1].addr)
-            .read(at(20), 0, MIB as u32)
-            .await
-            .unwrap();
-        let s = ChunkClient::new(nodes[0].addr)
-            .read(at(10), 0, MIB as u32)
-            .await
-            .unwrap();
-        assert_eq!(p, s);
+        let p = chunk_1_copies(&nodes, 42).await;
         assert_eq!(&p[..], &data[(MIB / 4) as usize..(MIB / 4 + MIB) as usize]);
     }
 
@@ -672,21 +679,7 @@ mod tests {
             .unwrap();
         assert!(tail.iter().all(|b| *b == 0));
         // Both copies of destination chunk 1 hold the same bytes.
-        let at = |device| ChunkRef {
-            volume: 43,
-            chunk: 1,
-            device,
-            epoch: 1,
-        };
-        let p = ChunkClient::new(nodes[0].addr)
-            .read(at(10), 0, MIB as u32)
-            .await
-            .unwrap();
-        let s = ChunkClient::new(nodes[1].addr)
-            .read(at(20), 0, MIB as u32)
-            .await
-            .unwrap();
-        assert_eq!(p, s);
+        let p = chunk_1_copies(&nodes, 43).await;
         let from = (MIB / 4 + 4096) as usize;
         assert_eq!(&p[..], &data[from..from + MIB as usize]);
     }
