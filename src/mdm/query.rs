@@ -181,9 +181,6 @@ pub fn sdc(st: &State, sdc: &Sdc) -> SdcInfo {
     }
 }
 
-/// What a gateway serves and enforces: the SDC's own volumes in LUN order, then every
-/// other volume an initiator is mapped to (any gateway may be asked for it), and the
-/// whole initiator registry with the secrets it needs to check logins.
 /// Whether gateway `sdc` serves volume `volume`: mapped to it, or mapped to an
 /// initiator (every gateway serves those).
 pub fn serves(st: &State, sdc: &Sdc, volume: u64) -> bool {
@@ -203,6 +200,9 @@ pub fn volume_scsi(st: &State, volume: u64) -> VolumeScsi {
     }
 }
 
+/// What a gateway serves and enforces: the SDC's own volumes in LUN order, then every
+/// other volume an initiator is mapped to (any gateway may be asked for it), and the
+/// whole initiator registry with the secrets it needs to check logins.
 pub fn mapped_view(st: &State, sdc: &Sdc) -> MappedView {
     let serving =
         |v: &Volume| -> Vec<&Sdc> { st.sdc.values().filter(|s| serves(st, s, v.id)).collect() };
