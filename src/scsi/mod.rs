@@ -348,7 +348,7 @@ pub async fn execute(luns: &LunMap, nexus: &ItNexus, req: Request) -> Response {
     };
 
     // Mode pages and reservations another gateway changed are in force from here on.
-    pr::refresh(unit);
+    let shared = pr::refresh(unit);
 
     // A running (or failed) sanitize answers before any unit attention: the initiator
     // must learn that the medium is busy, and the attentions wait their turn.
@@ -380,7 +380,8 @@ pub async fn execute(luns: &LunMap, nexus: &ItNexus, req: Request) -> Response {
                 data_out: &req.data_out,
                 luns,
             };
-            match precheck(op, cdb).and_then(|()| pr::permits(unit, nexus, op.fence.access(cdb))) {
+            match precheck(op, cdb).and_then(|()| pr::allows(&shared, nexus, op.fence.access(cdb)))
+            {
                 Err(s) => Err(s),
                 Ok(false) => Ok(Done::conflict()),
                 Ok(true) => match op.exec {

@@ -280,7 +280,7 @@ fn selected_pages(c: &Ctx<'_>) -> Result<Option<Vec<Vec<u8>>>, Sense> {
         }
     }
 
-    pr::refresh(c.unit);
+    // `execute` brought the unit's pages up to the volume's before dispatch.
     let cur = c.unit.lock().mode.clone();
     let mut next = cur.clone();
     let mut off = pages_at;

@@ -103,20 +103,29 @@ fn current(unit: &LogicalUnit) -> Result<(u64, Arc<Blob>), Sense> {
 }
 
 /// Brings the unit's copy of the shared state (mode pages included) up to the
-/// store's version; a blob that does not decode is reported by the commands that
-/// need it.
-pub(crate) fn refresh(unit: &LogicalUnit) {
-    let _ = current(unit);
+/// store's version and returns it; a blob that does not decode is reported by the
+/// commands that need it (see [`allows`]).
+pub(crate) fn refresh(unit: &LogicalUnit) -> Result<Arc<Blob>, Sense> {
+    current(unit).map(|(_, s)| s)
 }
 
-/// Whether a command of class `access` from `nexus` may run; `Err` when the state
-/// cannot be read.
-pub(crate) fn permits(unit: &LogicalUnit, nexus: &ItNexus, access: Access) -> Result<bool, Sense> {
+/// Whether a command of class `access` from `nexus` may run under `state` (what
+/// [`refresh`] returned); `Err` when the state cannot be read.
+pub(crate) fn allows(
+    state: &Result<Arc<Blob>, Sense>,
+    nexus: &ItNexus,
+    access: Access,
+) -> Result<bool, Sense> {
     if matches!(access, Access::Any | Access::Own) {
         return Ok(true);
     }
-    let (_, s) = current(unit)?;
+    let s = state.as_ref().map_err(Clone::clone)?;
     Ok(s.pr.unreserved() || s.pr.permits(&NexusId::from(nexus), access))
+}
+
+/// [`allows`] on `unit`'s current state.
+pub(crate) fn permits(unit: &LogicalUnit, nexus: &ItNexus, access: Access) -> Result<bool, Sense> {
+    allows(&refresh(unit), nexus, access)
 }
 
 /// Why [`transact`] did not store a change.
