@@ -11,6 +11,13 @@ use std::net::SocketAddr;
 /// Every volume is cut into chunks of this size; each chunk has two copies.
 pub const CHUNK_SIZE: u64 = 1 << 20;
 
+/// In a layout's `[primary, secondary]` pair: no such copy (a degraded chunk has no
+/// secondary until rebuild gives it one).
+pub const NO_COPY: u32 = u32::MAX;
+
+/// How often a claimed SDS heartbeats to the MDM.
+pub const HEARTBEAT_EVERY_MS: u64 = 500;
+
 /// Formats an object id the way scli prints it.
 pub fn fmt_id(id: u64) -> String {
     format!("{id:016x}")
@@ -77,6 +84,24 @@ pub enum AdminRequest {
     AddSdsDevice {
         sds: By,
         device: DeviceSpec,
+    },
+    /// Migrates every chunk copy off the SDS (rebalance rules), then forgets it and
+    /// releases its devices. Refused if the rest of its pools cannot hold the copies.
+    RemoveSds {
+        sds: By,
+    },
+    /// Like `RemoveSds` for one device.
+    RemoveSdsDevice {
+        sds: By,
+        device: String,
+    },
+    /// How fast a pool may rebuild lost copies (`rebalance: false`) or move copies to
+    /// even out capacity (`rebalance: true`).
+    SetPolicy {
+        pd: By,
+        pool: By,
+        rebalance: bool,
+        policy: Policy,
     },
     AddVolume {
         pd: By,
@@ -160,6 +185,40 @@ pub enum AdminRequest {
     ApplyInitiatorMap(InitiatorMap),
     /// The registry and mappings in force, in the declarative map's shape (no secrets).
     ExportInitiatorMap,
+}
+
+/// A rebuild or rebalance policy (scli `--set_rebuild_policy` /
+/// `--set_rebalance_policy`): how much of the pool's I/O the background copying may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Policy {
+    /// As fast as the SDS go.
+    NoLimit,
+    /// At most this many chunks copied at once.
+    LimitConcurrentIo { chunks: u32 },
+    /// At most this many KiB/s of chunk data.
+    LimitBandwidth { kbps: u64 },
+    /// One chunk at a time, and pause while application I/O is heavy.
+    FavorApplicationIo,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy::LimitConcurrentIo { chunks: 8 }
+    }
+}
+
+/// Background copying of one kind in a pool, as queries show it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Chunk copies still to make.
+    pub chunks_left: u64,
+    pub bytes_left: u64,
+    /// Bytes copied since the MDM started.
+    pub bytes_done: u64,
+    /// Over the last few seconds.
+    pub rate_bytes_per_sec: u64,
+    /// None when idle or not yet measurable.
+    pub eta_secs: Option<u64>,
 }
 
 /// How an initiator may use a mapped volume.
@@ -295,14 +354,21 @@ pub struct ClusterInfo {
     pub sdc: usize,
     pub raw_capacity_bytes: u64,
     pub used_bytes: u64,
+    /// The MDM's recent failure, rebuild and rebalance events, oldest first.
+    #[serde(default)]
+    pub events: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SdsState {
-    /// Answered the MDM just now.
+    /// Heartbeating and in the layouts.
     Connected,
-    /// Did not answer; its data is still counted (failure handling is the MDM's job).
+    /// Missed a heartbeat or a query, but the MDM has not taken it out of the layouts.
     Disconnected,
+    /// Declared failed: its copies are out of every layout and being rebuilt elsewhere.
+    Down,
+    /// Being removed (`--remove_sds`): its copies are moving to the other SDS.
+    Removing,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -337,6 +403,17 @@ pub struct PdInfo {
     pub sds: Vec<(u64, String)>,
 }
 
+/// Protection state of a pool's data, in bytes of volume address space.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// Chunks with both copies whole.
+    pub protected_bytes: u64,
+    /// Chunks with one whole copy (a copy lost, or being rebuilt).
+    pub degraded_bytes: u64,
+    /// Chunks whose every copy is on a failed SDS: unreadable until one returns.
+    pub failed_bytes: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PoolInfo {
     pub id: u64,
@@ -357,6 +434,16 @@ pub struct PoolInfo {
     /// Usable bytes a new thick volume could still reserve.
     pub free_for_thick_bytes: u64,
     pub volumes: Vec<(u64, String)>,
+    #[serde(default)]
+    pub health: Health,
+    #[serde(default)]
+    pub rebuild: Progress,
+    #[serde(default)]
+    pub rebalance: Progress,
+    #[serde(default)]
+    pub rebuild_policy: Policy,
+    #[serde(default)]
+    pub rebalance_policy: Policy,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -433,11 +520,19 @@ pub enum MdmRequest {
         sdc_id: u64,
         since: u64,
     },
-    /// An SDS that restarted reports where it now listens.
-    SdsHello {
+    /// Every claimed SDS, every `HEARTBEAT_EVERY_MS`: it is alive and listens at
+    /// `addr`. The answer (`Lease`) renews its lease to serve chunk I/O.
+    SdsHeartbeat {
         sds_id: u64,
         system_id: u64,
         addr: SocketAddr,
+    },
+    /// A gateway got no answer from an SDS (or a primary reported its mirror failed).
+    /// The MDM checks the SDS; if it is down, the answer comes once layouts without
+    /// it are committed.
+    ReportSdsFailure {
+        sds_id: u64,
+        reason: String,
     },
 }
 
@@ -461,6 +556,18 @@ pub enum MdmReply {
         state: VolumeScsi,
     },
     ScsiView(ScsiView),
+    /// Answer to `SdsHeartbeat`: the SDS may serve chunk I/O for `lease_ms` from when
+    /// it sent the heartbeat, and must refuse any request routed with an epoch older
+    /// than its volume's entry in `epochs` (volume id, epoch).
+    Lease {
+        lease_ms: u64,
+        epochs: Vec<(u64, u64)>,
+    },
+    /// Answer to `ReportSdsFailure`: `down` when the SDS is (now) out of the layouts;
+    /// otherwise it answered the MDM and the caller should simply retry.
+    SdsVerdict {
+        down: bool,
+    },
     Ok,
 }
 
@@ -536,7 +643,8 @@ pub struct MappedVolume {
 }
 
 /// Where every chunk of a volume lives. `chunks[i]` = indices into `devices` of the
-/// primary and the secondary copy of chunk `i`.
+/// primary and the secondary copy of chunk `i`; the secondary is `NO_COPY` while the
+/// chunk is degraded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layout {
     pub volume_id: u64,
@@ -552,6 +660,10 @@ pub struct DeviceLoc {
     pub sds_id: u64,
     pub device_id: u64,
     pub addr: SocketAddr,
+    /// Its SDS is down: a chunk whose primary is here has no readable copy until the
+    /// SDS returns (the MDM keeps a chunk's last copy in its layout).
+    #[serde(default)]
+    pub down: bool,
 }
 
 /// MDM → SDS control messages (JSON in a `Control` frame of the chunk protocol).
@@ -583,6 +695,19 @@ pub enum SdsControl {
     /// Every chunk copy held, per device, from the SDS's own tables.
     Inventory,
     Ping,
+    /// Release these chunk copies (volume, chunk, device): moved away, or made stale
+    /// by a rebuild elsewhere.
+    FreeChunks {
+        chunks: Vec<(u64, u64, u64)>,
+    },
+    /// The chunks of `volume` this SDS wrote (as primary) without their mirror since
+    /// each was last replicated whole: what a returning SDS's copy lacks.
+    Dirty {
+        volume: u64,
+    },
+    /// The MDM has removed this SDS: forget the claim and stop heartbeating. Its
+    /// devices keep their data but no longer belong to the system.
+    Release,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -594,9 +719,16 @@ pub struct ClaimDevice {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SdsControlReply {
-    Claimed { devices: Vec<DeviceReport> },
+    Claimed {
+        devices: Vec<DeviceReport>,
+    },
     Inventory(SdsInventory),
-    Pong { system_id: u64, sds_id: u64 },
+    Pong {
+        system_id: u64,
+        sds_id: u64,
+    },
+    /// Answer to `Dirty`: chunk indices.
+    Dirty(Vec<u64>),
     Ok,
 }
 

@@ -31,6 +31,8 @@ pub enum AdminError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Unsupported(&'static str),
     #[error("could not claim the devices: {0}; nothing was added")]
     Claim(LinkError),
     #[error("row {row} of the batch (SDS {sds}): {reason}; no SDS of the batch was added")]
@@ -95,6 +97,9 @@ impl Mdm {
             }
             R::AddSds(req) => self.add_sds(req).await,
             R::AddSdsBatch(reqs) => self.add_sds_batch(reqs).await,
+            R::RemoveSds { .. } | R::RemoveSdsDevice { .. } | R::SetPolicy { .. } => {
+                Err(AdminError::Unsupported("not implemented yet"))
+            }
             R::AddSdsDevice { sds, device } => {
                 let writer = self.writer.lock().await;
                 let mut next = (*self.current()).clone();

@@ -83,6 +83,9 @@ pub fn request_name(msg: &SdsControl) -> &'static str {
         SdsControl::FreeVolume { .. } => "FreeVolume",
         SdsControl::Inventory => "Inventory",
         SdsControl::Ping => "Ping",
+        SdsControl::FreeChunks { .. } => "FreeChunks",
+        SdsControl::Dirty { .. } => "Dirty",
+        SdsControl::Release => "Release",
     }
 }
 

@@ -67,6 +67,7 @@ pub fn cluster(st: &State, mdm_addr: String, obs: &Observed) -> ClusterInfo {
         sdc: st.sdc.len(),
         raw_capacity_bytes: raw,
         used_bytes: used,
+        events: Vec::new(),
     }
 }
 
@@ -124,6 +125,11 @@ pub fn pool(st: &State, pool: &Pool, obs: &Observed) -> PoolInfo {
         used_bytes: used * CHUNK_SIZE,
         free_for_thick_bytes: slots.saturating_sub(reserved_copies) / 2 * CHUNK_SIZE,
         volumes: volumes.iter().map(|v| (v.id, v.name.clone())).collect(),
+        health: Default::default(),
+        rebuild: Default::default(),
+        rebalance: Default::default(),
+        rebuild_policy: Default::default(),
+        rebalance_policy: Default::default(),
     }
 }
 
@@ -349,6 +355,7 @@ pub fn layout(st: &State, v: &Volume) -> Layout {
                     sds_id: sds.id,
                     device_id: d,
                     addr: sds.addr(),
+                    down: false,
                 }
             })
             .collect(),

@@ -139,11 +139,12 @@ impl Mdm {
                     .map(|v| MdmReply::Layout(query::layout(&st, v)))
                     .map_err(Into::into)
             }
-            MdmRequest::SdsHello {
+            MdmRequest::SdsHeartbeat {
                 sds_id,
                 system_id,
                 addr,
             } => self.sds_hello(sds_id, system_id, addr, from).await,
+            MdmRequest::ReportSdsFailure { .. } => Ok(MdmReply::SdsVerdict { down: false }),
             MdmRequest::StoreScsiState {
                 volume_id,
                 sdc_id,
@@ -340,7 +341,10 @@ impl Mdm {
             info!(sds = %fmt_id(sds_id), %addr, "SDS moved");
         }
         self.push_peers();
-        Ok(MdmReply::Ok)
+        Ok(MdmReply::Lease {
+            lease_ms: 3000,
+            epochs: Vec::new(),
+        })
     }
 }
 

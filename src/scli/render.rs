@@ -213,6 +213,8 @@ fn state(s: SdsState) -> &'static str {
     match s {
         SdsState::Connected => "Connected, Joined",
         SdsState::Disconnected => "Disconnected, Joined",
+        SdsState::Down => "Down, Joined (rebuilding its data elsewhere)",
+        SdsState::Removing => "Connected, Removing",
     }
 }
 

@@ -62,6 +62,9 @@ impl Sds {
                     devices: self.store.inventory(),
                 }))
             }
+            SdsControl::FreeChunks { .. } | SdsControl::Dirty { .. } | SdsControl::Release => {
+                Err(SdsError::NotClaimed)
+            }
             SdsControl::Ping => {
                 let (system_id, sds_id) = ids(&current);
                 Ok(SdsControlReply::Pong { system_id, sds_id })

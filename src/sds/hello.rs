@@ -17,13 +17,13 @@ pub async fn announce(mdm: String, system_id: u64, sds_id: u64, listen: SocketAd
     loop {
         attempt += 1;
         let addr = advertised(listen, &mdm).await;
-        let req = MdmRequest::SdsHello {
+        let req = MdmRequest::SdsHeartbeat {
             sds_id,
             system_id,
             addr,
         };
         let problem = match mdm_client::ask(&mdm, &req, CALL_TIMEOUT).await {
-            Ok(MdmReply::Ok) => {
+            Ok(MdmReply::Lease { .. }) => {
                 info!(%mdm, %addr, sds = %fmt_id(sds_id), "announced to the MDM");
                 return;
             }

@@ -78,6 +78,9 @@ pub async fn execute(
             }
         }
         Op::Copy => copy(sds, h, payload).await,
+        Op::Replicate => Err(ChunkError::Refused(
+            "Replicate is not implemented yet".into(),
+        )),
     }
 }
 

@@ -8,7 +8,7 @@ use super::wire::{
 };
 use super::{ChunkError, ChunkRef, Mirror};
 use crate::backend::SgList;
-use crate::cluster::api::{SdsControl, SdsControlReply};
+use crate::cluster::api::{SdsControl, SdsControlReply, CHUNK_SIZE};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -178,6 +178,18 @@ impl ChunkClient {
         }
         let body = Bytes::copy_from_slice(&src.encode());
         self.call(h, &SgList::from(body)).await.map(drop)
+    }
+
+    /// Asks the SDS holding the chunk copy `at` (the MDM sends this to the primary) to
+    /// copy the whole chunk to `target`, under the chunk's exclusive lock. Returns the
+    /// bytes of data it sent (never-written ranges are sent as deallocations).
+    pub async fn replicate(&self, at: ChunkRef, target: Mirror) -> Result<u64, ChunkError> {
+        let mut h = RequestHeader::new(Op::Replicate, 0);
+        h.at = at;
+        h.length = CHUNK_SIZE as u32;
+        h.mirror = Some(target);
+        let (resp, _) = self.call(h, &SgList::new()).await?;
+        Ok(resp.aux)
     }
 
     /// Makes every write the SDS has acknowledged durable on all its devices.

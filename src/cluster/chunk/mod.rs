@@ -48,4 +48,8 @@ pub enum ChunkError {
     Refused(String),
     #[error("chunk protocol error: {0}")]
     Protocol(String),
+    /// The SDS holds no current lease from the MDM (cut off from it, or just
+    /// restarted): it serves nothing until the MDM has told it the current epochs.
+    #[error("SDS is fenced: {0}")]
+    Fenced(String),
 }

@@ -8,7 +8,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 2 | magic `0x4451` ("DQ") |
-//! | 2 | 1 | op: 1 Read, 2 Write, 3 WriteZeroes, 4 Flush, 5 Status, 6 Control, 7 Atomic, 8 Copy |
+//! | 2 | 1 | op: 1 Read, 2 Write, 3 WriteZeroes, 4 Flush, 5 Status, 6 Control, 7 Atomic, 8 Copy, 9 Replicate |
 //! | 3 | 1 | flags: 0x01 FUA (Write, WriteZeroes, Atomic, Copy), 0x02 UNMAP (WriteZeroes, Copy), bits 0x30 the Atomic kind: 0x10 compare-and-write, 0x20 or-write, 0x30 atomic write |
 //! | 4 | 4 | payload_len (Write, Atomic or-write and write: = length; Atomic compare-and-write: 2 × length, compare data then write data; Control: JSON; Copy: 64; others 0) |
 //! | 8 | 8 | tag, echoed in the response |
@@ -111,6 +111,10 @@ pub enum WireError {
     NoAtomicKind(u8),
     #[error("copy source {0}")]
     BadCopySource(&'static str),
+    #[error(
+        "Replicate must name a mirror and cover the whole chunk (offset 0, length {CHUNK_SIZE})"
+    )]
+    BadReplicate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +127,10 @@ pub enum Op {
     Control = 6,
     Atomic = 7,
     Copy = 8,
+    /// Rebuild, backward rebuild and rebalance (sent by the MDM to a chunk's primary):
+    /// copy the whole chunk copy named by the header to the mirror, under the chunk's
+    /// exclusive lock, so the new copy is whole before any later write reaches it.
+    Replicate = 9,
 }
 
 /// What an [`Op::Atomic`] request does, from its flags.
@@ -154,6 +162,7 @@ impl Op {
             6 => Op::Control,
             7 => Op::Atomic,
             8 => Op::Copy,
+            9 => Op::Replicate,
             _ => return Err(WireError::UnknownOp(v)),
         })
     }
@@ -282,16 +291,24 @@ impl RequestHeader {
             return Err(WireError::NoAtomicKind(self.flags));
         }
         if self.mirror.is_some()
-            && !matches!(op, Op::Write | Op::WriteZeroes | Op::Atomic | Op::Copy)
+            && !matches!(
+                op,
+                Op::Write | Op::WriteZeroes | Op::Atomic | Op::Copy | Op::Replicate
+            )
         {
             return Err(WireError::MirrorNotWrite(op));
+        }
+        if op == Op::Replicate
+            && (self.mirror.is_none() || self.offset != 0 || self.length as u64 != CHUNK_SIZE)
+        {
+            return Err(WireError::BadReplicate);
         }
         let outside = || WireError::OutsideChunk {
             offset: self.offset,
             length: self.length,
         };
         match op {
-            Op::Read | Op::Write | Op::WriteZeroes | Op::Atomic | Op::Copy => {
+            Op::Read | Op::Write | Op::WriteZeroes | Op::Atomic | Op::Copy | Op::Replicate => {
                 if self.offset as u64 + self.length as u64 > CHUNK_SIZE {
                     return Err(outside());
                 }
@@ -432,6 +449,7 @@ pub enum Status {
     Refused = 4,
     Mirror = 5,
     Protocol = 6,
+    Fenced = 7,
 }
 
 impl Status {
@@ -444,6 +462,7 @@ impl Status {
             4 => Status::Refused,
             5 => Status::Mirror,
             6 => Status::Protocol,
+            7 => Status::Fenced,
             _ => return Err(WireError::UnknownStatus(v)),
         })
     }
@@ -515,6 +534,7 @@ pub fn encode_error(tag: u64, err: &ChunkError) -> (ResponseHeader, Vec<u8>) {
         ChunkError::Mirror { sds, reason } => (Status::Mirror, *sds, reason.clone()),
         ChunkError::Refused(m) => (Status::Refused, 0, m.clone()),
         ChunkError::Protocol(m) => (Status::Protocol, 0, m.clone()),
+        ChunkError::Fenced(m) => (Status::Fenced, 0, m.clone()),
     };
     let text = text.into_bytes();
     let header = ResponseHeader {
@@ -547,6 +567,7 @@ pub fn decode_error(h: &ResponseHeader, payload: &[u8], sent: u64) -> Option<Chu
         Status::Protocol => {
             ChunkError::Protocol(format!("the SDS rejected the request: {}", text()))
         }
+        Status::Fenced => ChunkError::Fenced(text()),
     })
 }
 
