@@ -2,10 +2,10 @@
 //! to disk. Lookups turn an admin's `By` into an object or an error that says which
 //! scli option was wrong and how to list the valid values.
 
-use crate::cluster::api::{fmt_id, AccessMode, By, Chap, MediaType, CHUNK_SIZE};
+use crate::cluster::api::{fmt_id, AccessMode, By, Chap, MediaType, Policy, CHUNK_SIZE, NO_COPY};
 use crate::cluster::iscsi_name;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 /// Bumped when the state file changes shape; an MDM refuses a file it does not know.
@@ -188,6 +188,10 @@ pub struct Pool {
     pub name: String,
     pub pd: u64,
     pub media_type: MediaType,
+    #[serde(default)]
+    pub rebuild_policy: Policy,
+    #[serde(default)]
+    pub rebalance_policy: Policy,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,9 +202,25 @@ pub struct Sds {
     pub port: u16,
     pub pd: u64,
     pub devices: Vec<Device>,
+    /// Declared failed: its copies are out of every layout (except a chunk's last
+    /// copy) until it heartbeats again. Durable, since layouts depend on it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub down: bool,
+    /// `--remove_sds` is draining it; it receives no new copies and goes once empty.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub removing: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Sds {
+    /// Whether new copies may go to its devices.
+    pub fn takes_copies(&self) -> bool {
+        !self.down && !self.removing
+    }
+
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.ip, self.port)
     }
@@ -215,6 +235,9 @@ pub struct Device {
     pub capacity_bytes: u64,
     /// Chunk copies it can hold, as its SDS reported when claiming it.
     pub slots: u64,
+    /// `--remove_sds_device` is draining it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub removing: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,15 +252,41 @@ pub struct Volume {
     /// The devices `chunks` points into: indices keep the state file small (a 20 GiB
     /// volume is 20480 chunks).
     pub devices: Vec<u64>,
-    /// Per chunk, indices into `devices` of the primary and the secondary copy.
+    /// Per chunk, indices into `devices` of the primary and the secondary copy. The
+    /// secondary is `NO_COPY` while the chunk is degraded. The primary is always a
+    /// device: a chunk's last copy stays in the layout even when its SDS is down.
     pub chunks: Vec<[u32; 2]>,
+    /// Chunks whose secondary is being filled (rebuild, backward rebuild or a move):
+    /// it takes every write but is not whole yet, so it must never become primary.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub syncing: BTreeSet<u64>,
+    /// Per degraded chunk, the index into `devices` of the copy that left the layout
+    /// when its SDS went down: whole up to then, so if that SDS returns before
+    /// rebuild replaced it, it comes back, copying only if the chunk was written.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub absent: BTreeMap<u64, u32>,
 }
 
 impl Volume {
-    /// The device ids of chunk `i`'s copies, primary first.
-    pub fn copies(&self, i: usize) -> [u64; 2] {
-        let [p, s] = self.chunks[i];
-        [self.devices[p as usize], self.devices[s as usize]]
+    /// The device ids of chunk `i`'s copies, primary first; `None` for a missing one.
+    pub fn copies(&self, i: usize) -> [Option<u64>; 2] {
+        self.chunks[i].map(|x| self.device_at(x))
+    }
+
+    /// The device at index `x` of `devices`, or `None` for `NO_COPY`.
+    pub fn device_at(&self, x: u32) -> Option<u64> {
+        (x != NO_COPY).then(|| self.devices[x as usize])
+    }
+
+    /// The index of device `id` in `devices`, adding it if the layout did not use it.
+    pub fn index_of(&mut self, id: u64) -> u32 {
+        match self.devices.iter().position(|&d| d == id) {
+            Some(i) => i as u32,
+            None => {
+                self.devices.push(id);
+                self.devices.len() as u32 - 1
+            }
+        }
     }
 }
 
@@ -446,6 +495,11 @@ impl State {
             .filter(move |(_, d)| d.pool == pool)
     }
 
+    /// The SDS holding device `id`.
+    pub fn sds_of(&self, id: u64) -> Option<&Sds> {
+        self.device(id).map(|(s, _)| s)
+    }
+
     pub fn device(&self, id: u64) -> Option<(&Sds, &Device)> {
         self.sds
             .values()
@@ -467,9 +521,9 @@ impl State {
     pub fn thick_copies(&self, pool: u64) -> BTreeMap<u64, u64> {
         let mut out = BTreeMap::new();
         for v in self.volumes.values().filter(|v| v.pool == pool && !v.thin) {
-            for pair in &v.chunks {
-                for &i in pair {
-                    *out.entry(v.devices[i as usize]).or_insert(0) += 1;
+            for i in 0..v.chunks.len() {
+                for d in v.copies(i).into_iter().flatten() {
+                    *out.entry(d).or_insert(0) += 1;
                 }
             }
         }
@@ -609,11 +663,20 @@ impl State {
                 _ => return bad(format!("volume {} uses a device outside its pool", v.name)),
             }
         }
-        for pair in &v.chunks {
-            let [a, b] = pair.map(|i| sds_of.get(i as usize).copied());
-            if a.is_none() || b.is_none() || a == b {
+        for (c, &[p, s]) in v.chunks.iter().enumerate() {
+            let a = sds_of.get(p as usize).copied();
+            let b = (s != NO_COPY).then(|| sds_of.get(s as usize).copied());
+            let absent = v.absent.get(&(c as u64)).map(|&x| sds_of.get(x as usize).copied());
+            let broken = a.is_none()
+                || b == Some(None)
+                || b == Some(a)
+                || absent == Some(None)
+                || absent.is_some() && b.is_some()
+                || absent == Some(a)
+                || v.syncing.contains(&(c as u64)) && b.is_none();
+            if broken {
                 return bad(format!(
-                    "volume {} has a chunk whose copies share an SDS or name no device",
+                    "volume {} has a chunk ({c}) whose copies share an SDS or name no device",
                     v.name
                 ));
             }
@@ -646,6 +709,8 @@ pub(crate) mod tests {
                     name: name.into(),
                     pd,
                     media_type: MediaType::Hdd,
+                    rebuild_policy: Default::default(),
+                    rebalance_policy: Default::default(),
                 },
             );
         }
@@ -665,7 +730,10 @@ pub(crate) mod tests {
                         pool: 11,
                         capacity_bytes: 100 * CHUNK_SIZE,
                         slots: 100,
+                        removing: false,
                     }],
+                    down: false,
+                    removing: false,
                 },
             );
         }
@@ -735,6 +803,8 @@ pub(crate) mod tests {
                 epoch: 1,
                 devices: vec![121, 122],
                 chunks: vec![[0, 1]],
+                syncing: Default::default(),
+                absent: Default::default(),
             },
         );
         st.initiators.insert(
@@ -860,6 +930,8 @@ pub(crate) mod tests {
                 epoch: 1,
                 devices: vec![121],
                 chunks: vec![[0, 0]],
+                syncing: Default::default(),
+                absent: Default::default(),
             },
         );
         assert!(broken.check().is_err(), "two copies on one SDS");

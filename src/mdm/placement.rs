@@ -57,18 +57,21 @@ impl Placer {
         }
     }
 
-    /// Counts a chunk already in the pool (indices into the targets, primary first);
-    /// `reserved` for a thick volume's chunk.
-    pub fn record(&mut self, chunk: [usize; 2], reserved: bool) {
-        let [p, s] = chunk;
-        self.load[p].primaries += 1;
-        for i in chunk {
+    /// Counts a chunk already in the pool (indices into the targets, primary first; a
+    /// degraded chunk has no secondary); `reserved` for a thick volume's chunk.
+    pub fn record(&mut self, chunk: [Option<usize>; 2], reserved: bool) {
+        if let Some(p) = chunk[0] {
+            self.load[p].primaries += 1;
+        }
+        for i in chunk.into_iter().flatten() {
             self.load[i].copies += 1;
             self.load[i].reserved += u64::from(reserved);
         }
-        let n = self.targets.len();
-        self.pairs[p * n + s] += 1;
-        self.pairs[s * n + p] += 1;
+        if let [Some(p), Some(s)] = chunk {
+            let n = self.targets.len();
+            self.pairs[p * n + s] += 1;
+            self.pairs[s * n + p] += 1;
+        }
     }
 
     /// Slots thick volumes have not reserved, over every target.
@@ -113,7 +116,7 @@ impl Placer {
             } else {
                 [first, second]
             };
-            self.record(pair, reserve);
+            self.record(pair.map(Some), reserve);
             out.push(pair);
         }
         Ok(out)
@@ -273,7 +276,7 @@ mod tests {
         let devices = [(1, 1_000), (2, 1_000), (3, 1_000), (4, 1_000)];
         let mut p = placer(&devices);
         for _ in 0..300 {
-            p.record([0, 1], false);
+            p.record([Some(0), Some(1)], false);
         }
         // 1200 copies in all: 300 each, so the new 600 all go to sds3 and sds4.
         let placed = p.place(300, false).unwrap();

@@ -355,7 +355,7 @@ pub fn layout(st: &State, v: &Volume) -> Layout {
                     sds_id: sds.id,
                     device_id: d,
                     addr: sds.addr(),
-                    down: false,
+                    down: sds.down,
                 }
             })
             .collect(),

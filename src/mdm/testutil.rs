@@ -159,6 +159,14 @@ impl SdsLink for FakeSds {
                     .collect(),
             }),
             SdsControl::Peers { .. } => SdsControlReply::Ok,
+            SdsControl::FreeChunks { chunks } => {
+                for (volume, chunk, device) in chunks {
+                    node.chunks.remove(&(*device, *volume, *chunk));
+                }
+                SdsControlReply::Ok
+            }
+            SdsControl::Dirty { .. } => SdsControlReply::Dirty(Vec::new()),
+            SdsControl::Release => SdsControlReply::Ok,
             SdsControl::Ping => SdsControlReply::Pong {
                 system_id: node.system_id,
                 sds_id: node.sds_id,

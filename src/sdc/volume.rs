@@ -561,11 +561,13 @@ mod tests {
                     sds_id: 1,
                     device_id: 10,
                     addr: a.addr,
+                    down: false,
                 },
                 DeviceLoc {
                     sds_id: 2,
                     device_id: 20,
                     addr: b.addr,
+                    down: false,
                 },
             ],
             chunks: vec![[0, 1], [1, 0], [0, 1], [1, 0]],

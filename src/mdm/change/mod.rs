@@ -3,12 +3,17 @@
 //! so a refused request leaves nothing behind. Talking to SDS is the caller's job;
 //! changes that need an SDS's answer come in two steps (plan, then record the answer).
 
+mod health;
 mod initiator;
 mod initiator_map;
 mod sdc;
 mod sds;
 mod volume;
 
+pub use health::{
+    confirm_whole, fail_sds, finish_copies, forget_absent_on, referenced_devices, return_sds,
+    start_copies, ChunkId, Failed,
+};
 pub use initiator::{
     add_initiator, chap_words, map_to_initiator, remove_initiator, rename_initiator, set_chap,
     unmap_from_initiator,
@@ -280,6 +285,8 @@ pub fn add_pool(
             name,
             pd,
             media_type,
+            rebuild_policy: Default::default(),
+            rebalance_policy: Default::default(),
         },
     );
     Ok(id)

@@ -87,6 +87,8 @@ pub fn add_sds(st: &mut State, ids: &mut IdGen, req: &AddSds) -> Result<Claim, C
         port: addr.port(),
         pd,
         devices: Vec::new(),
+        down: false,
+        removing: false,
     };
     let mut claim = Vec::new();
     for spec in &req.devices {
@@ -163,6 +165,7 @@ fn new_device(
         pool,
         capacity_bytes: 0,
         slots: 0,
+        removing: false,
     })
 }
 

@@ -24,6 +24,8 @@ pub fn round_size(bytes: u64) -> Result<u64, ChangeError> {
 fn place(st: &State, vol: &mut Volume, count: u64) -> Result<(), ChangeError> {
     let pool_name = st.pool_name(vol.pool);
     let devices: Vec<(u64, &Device)> = st.pool_devices(vol.pool).map(|(s, d)| (s.id, d)).collect();
+    // Failed or draining SDS and devices get no new copies.
+    let open = |d: &Device| st.sds_of(d.id).is_some_and(|s| s.takes_copies()) && !d.removing;
     let index: HashMap<u64, usize> = devices
         .iter()
         .enumerate()
@@ -34,13 +36,13 @@ fn place(st: &State, vol: &mut Volume, count: u64) -> Result<(), ChangeError> {
             .iter()
             .map(|&(sds, d)| Target {
                 sds,
-                slots: d.slots,
+                slots: if open(d) { d.slots } else { 0 },
             })
             .collect(),
     );
     for v in st.volumes.values().filter(|v| v.pool == vol.pool) {
         for i in 0..v.chunks.len() {
-            placer.record(v.copies(i).map(|d| index[&d]), !v.thin);
+            placer.record(v.copies(i).map(|d| d.map(|d| index[&d])), !v.thin);
         }
     }
     let free = placer.unreserved() / 2 * CHUNK_SIZE;
@@ -109,6 +111,8 @@ pub fn add_volume(
         epoch: 1,
         devices: Vec::new(),
         chunks: Vec::new(),
+        syncing: Default::default(),
+        absent: Default::default(),
     };
     place(st, &mut vol, size / CHUNK_SIZE)?;
     st.volumes.insert(id, vol);
@@ -150,7 +154,7 @@ pub fn thick_allocations(st: &State, volume: u64, from: u64) -> Vec<(Peer, SdsCo
     let vol = &st.volumes[&volume];
     let mut per_sds: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
     for i in from as usize..vol.chunks.len() {
-        for dev in vol.copies(i) {
+        for dev in vol.copies(i).into_iter().flatten() {
             let (sds, _) = st.device(dev).expect("layout devices exist");
             per_sds.entry(sds.id).or_default().push((i as u64, dev));
         }

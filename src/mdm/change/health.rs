@@ -1,0 +1,340 @@
+//! Failures and recovery as layout changes: an SDS declared down, an SDS back, copies
+//! started by rebuild and rebalance, and copies made whole.
+//!
+//! The rules that keep acknowledged writes safe live here:
+//! - a copy leaves a chunk's write set only in a layout committed with a new epoch;
+//! - a chunk's last copy never leaves its layout, so when its SDS returns the chunk is
+//!   readable again with nothing to rebuild;
+//! - a copy that is being filled (`syncing`) is never promoted to primary;
+//! - the copy that left a chunk when its SDS went down is remembered (`absent`) until
+//!   rebuild replaces it, so a returning SDS can take it back cheaply.
+
+use super::{touch, ChangeError};
+use crate::cluster::api::{By, NO_COPY};
+use crate::mdm::model::{State, Volume};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+/// What declaring an SDS down did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Failed {
+    /// Chunks left with one whole copy.
+    pub degraded: u64,
+    /// Chunks whose only copy is on a down SDS: unreadable until it returns.
+    pub unavailable: u64,
+}
+
+/// A chunk of a volume.
+pub type ChunkId = (u64, u64);
+
+/// Marks `sds` down and takes its copies out of every layout: a secondary is dropped,
+/// a primary hands over to a whole secondary. Moves the epoch of every volume that
+/// changed.
+pub fn fail_sds(st: &mut State, sds: u64) -> Result<Failed, ChangeError> {
+    st.sds_by(&By::Id(sds))?;
+    st.sds.get_mut(&sds).expect("just found").down = true;
+    let down: HashSet<u64> = down_devices(st);
+    let mut out = Failed::default();
+    let ids: Vec<u64> = st.volumes.keys().copied().collect();
+    for id in ids {
+        let v = st.volumes.get_mut(&id).expect("listed");
+        let before = (v.chunks.clone(), v.syncing.clone(), v.absent.clone());
+        for c in 0..v.chunks.len() {
+            let [p, s] = v.chunks[c];
+            let key = c as u64;
+            let on_down = |x: u32| x != NO_COPY && down.contains(&v.devices[x as usize]);
+            let syncing = v.syncing.contains(&key);
+            let mut lost_secondary = false;
+            if on_down(s) {
+                // A copy being filled is worth nothing; a whole one is remembered.
+                if !syncing {
+                    v.absent.insert(key, s);
+                }
+                v.syncing.remove(&key);
+                v.chunks[c][1] = NO_COPY;
+                lost_secondary = true;
+            }
+            let s = v.chunks[c][1];
+            if on_down(p) {
+                if s != NO_COPY && !syncing {
+                    v.chunks[c] = [s, NO_COPY];
+                    v.absent.insert(key, p);
+                    out.degraded += 1;
+                } else {
+                    if s != NO_COPY {
+                        v.syncing.remove(&key);
+                        v.chunks[c][1] = NO_COPY;
+                    }
+                    out.unavailable += 1;
+                }
+            } else if lost_secondary {
+                out.degraded += 1;
+            }
+        }
+        if (v.chunks.clone(), v.syncing.clone(), v.absent.clone()) != before
+            || layout_names(v, &down)
+        {
+            v.epoch += 1;
+            touch(st, id);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether any device of the volume's layout is down (the layout shows which, so a
+/// change in that set is a layout change).
+fn layout_names(v: &Volume, down: &HashSet<u64>) -> bool {
+    v.devices.iter().any(|d| down.contains(d))
+}
+
+/// Devices of every SDS marked down.
+fn down_devices(st: &State) -> HashSet<u64> {
+    st.sds
+        .values()
+        .filter(|s| s.down)
+        .flat_map(|s| s.devices.iter().map(|d| d.id))
+        .collect()
+}
+
+/// Marks `sds` up again. Every degraded chunk whose remembered copy is on it gets that
+/// copy back as its secondary, marked syncing: it takes writes at once, and is
+/// trusted (`confirm_whole`) or refilled once the primary says whether it wrote the
+/// chunk meanwhile. Remembered copies that rebuild already replaced are forgotten
+/// (their slots are swept later). Returns the chunks given back.
+pub fn return_sds(st: &mut State, sds: u64) -> Result<Vec<ChunkId>, ChangeError> {
+    let devices: HashSet<u64> = st
+        .sds_by(&By::Id(sds))?
+        .devices
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    st.sds.get_mut(&sds).expect("just found").down = false;
+    let down = down_devices(st);
+    let mut back = Vec::new();
+    let ids: Vec<u64> = st.volumes.keys().copied().collect();
+    for id in ids {
+        let v = st.volumes.get_mut(&id).expect("listed");
+        if !v.devices.iter().any(|d| devices.contains(d)) {
+            continue;
+        }
+        let absent: Vec<(u64, u32)> = v
+            .absent
+            .iter()
+            .filter(|(_, &x)| devices.contains(&v.devices[x as usize]))
+            .map(|(&c, &x)| (c, x))
+            .collect();
+        for (c, x) in absent {
+            let [p, s] = v.chunks[c as usize];
+            let primary_up = !down.contains(&v.devices[p as usize]);
+            if s == NO_COPY && primary_up {
+                v.chunks[c as usize][1] = x;
+                v.syncing.insert(c);
+                v.absent.remove(&c);
+                back.push((id, c));
+            } else if s != NO_COPY {
+                v.absent.remove(&c);
+            }
+            // Primary down too: the remembered copy may be older than the primary's,
+            // so it waits for the primary.
+        }
+        v.epoch += 1;
+        touch(st, id);
+    }
+    Ok(back)
+}
+
+/// Copies that were given back by `return_sds` and that their primary did not write
+/// while they were away: whole already, no data moves.
+pub fn confirm_whole(st: &mut State, chunks: &[ChunkId]) {
+    for &(v, c) in chunks {
+        if let Some(v) = st.volumes.get_mut(&v) {
+            v.syncing.remove(&c);
+        }
+    }
+}
+
+/// A new copy for each chunk: `(chunk, device replacing, target device)`. `None` as
+/// the device replacing fills a degraded chunk's missing secondary; a device gives the
+/// chunk a new copy in place of that one (a move): the other copy becomes (or stays)
+/// primary and the new one is its syncing secondary. Moves the volumes' epochs.
+pub fn start_copies(st: &mut State, starts: &[(ChunkId, Option<u64>, u64)]) {
+    let mut per_volume: BTreeMap<u64, Vec<(u64, Option<u64>, u64)>> = BTreeMap::new();
+    for &((v, c), from, to) in starts {
+        per_volume.entry(v).or_default().push((c, from, to));
+    }
+    for (id, list) in per_volume {
+        let Some(v) = st.volumes.get_mut(&id) else {
+            continue;
+        };
+        for (c, from, to) in list {
+            let t = v.index_of(to);
+            let [p, s] = v.chunks[c as usize];
+            let keep = match from {
+                None => p,
+                Some(d) if v.device_at(p) == Some(d) => s,
+                Some(_) => p,
+            };
+            v.chunks[c as usize] = [keep, t];
+            v.syncing.insert(c);
+            v.absent.remove(&c);
+        }
+        v.epoch += 1;
+        touch(st, id);
+    }
+}
+
+/// Copies made whole by Replicate: `(chunk, target device)`. A chunk whose secondary
+/// moved on meanwhile (its target failed) is left alone.
+pub fn finish_copies(st: &mut State, done: &[(ChunkId, u64)]) {
+    for &((v, c), target) in done {
+        if let Some(v) = st.volumes.get_mut(&v) {
+            let s = v.chunks[c as usize][1];
+            if v.device_at(s) == Some(target) {
+                v.syncing.remove(&c);
+            }
+        }
+    }
+}
+
+/// Every device a layout still points at (copies, syncing copies, remembered copies):
+/// what an SDS being removed must no longer hold before it goes.
+pub fn referenced_devices(st: &State) -> BTreeSet<u64> {
+    let mut out = BTreeSet::new();
+    for v in st.volumes.values() {
+        for c in 0..v.chunks.len() {
+            out.extend(v.copies(c).into_iter().flatten());
+        }
+        out.extend(v.absent.values().map(|&x| v.devices[x as usize]));
+    }
+    out
+}
+
+/// Forgets remembered copies on `sds`'s devices (it is being removed: they will never
+/// come back).
+pub fn forget_absent_on(st: &mut State, sds: u64) {
+    let devices: HashSet<u64> = st
+        .sds
+        .get(&sds)
+        .map(|s| s.devices.iter().map(|d| d.id).collect())
+        .unwrap_or_default();
+    let ids: Vec<u64> = st.volumes.keys().copied().collect();
+    for id in ids {
+        let v = st.volumes.get_mut(&id).expect("listed");
+        let before = v.absent.len();
+        let devs = v.devices.clone();
+        v.absent.retain(|_, x| !devices.contains(&devs[*x as usize]));
+        if v.absent.len() != before {
+            v.epoch += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mdm::change::tests::World;
+
+    /// Three SDS with one device each, and a thin volume of `chunks` chunks.
+    fn world(chunks: u64) -> (World, u64, [u64; 3]) {
+        let mut w = World::new();
+        let sds = [
+            w.sds("10.0.0.1", &[100]),
+            w.sds("10.0.0.2", &[100]),
+            w.sds("10.0.0.3", &[100]),
+        ];
+        let v = w.volume("v", chunks, true);
+        (w, v, sds)
+    }
+
+    fn sds_of(st: &State, v: u64, c: usize, which: usize) -> Option<u64> {
+        st.volumes[&v].copies(c)[which].map(|d| st.sds_of(d).unwrap().id)
+    }
+
+    #[test]
+    fn a_failed_sds_leaves_every_chunk_with_a_whole_primary_elsewhere() {
+        let (mut w, v, sds) = world(30);
+        let epoch = w.st.volumes[&v].epoch;
+        let f = fail_sds(&mut w.st, sds[0]).unwrap();
+        let vol = &w.st.volumes[&v];
+        assert_eq!(vol.epoch, epoch + 1);
+        assert_eq!(f.unavailable, 0);
+        assert!(f.degraded > 0);
+        for c in 0..30 {
+            assert_ne!(sds_of(&w.st, v, c, 0), Some(sds[0]));
+            assert_ne!(sds_of(&w.st, v, c, 1), Some(sds[0]));
+            let had = vol.absent.contains_key(&(c as u64));
+            assert_eq!(had, vol.chunks[c][1] == NO_COPY, "chunk {c}");
+        }
+        assert_eq!(vol.absent.len() as u64, f.degraded);
+        w.st.check().unwrap();
+    }
+
+    #[test]
+    fn a_chunks_last_copy_stays_and_a_syncing_copy_is_never_promoted() {
+        let (mut w, v, sds) = world(30);
+        fail_sds(&mut w.st, sds[0]).unwrap();
+        // Rebuild starts on every degraded chunk toward whichever SDS is not the primary.
+        let starts: Vec<_> = (0..30u64)
+            .filter(|&c| w.st.volumes[&v].chunks[c as usize][1] == NO_COPY)
+            .map(|c| {
+                let p = sds_of(&w.st, v, c as usize, 0).unwrap();
+                let target = if p == sds[1] { sds[2] } else { sds[1] };
+                ((v, c), None, w.st.sds[&target].devices[0].id)
+            })
+            .collect();
+        start_copies(&mut w.st, &starts);
+        assert_eq!(w.st.volumes[&v].syncing.len(), starts.len());
+        let f = fail_sds(&mut w.st, sds[1]).unwrap();
+        let vol = &w.st.volumes[&v];
+        for &((_, c), _, _) in &starts {
+            let c = c as usize;
+            // Its primary (s2 or s3) kept; a copy being filled on s2 dropped.
+            assert!(vol.chunks[c][0] != NO_COPY);
+            assert!(!vol.syncing.contains(&(c as u64)) || vol.chunks[c][1] != NO_COPY);
+        }
+        assert!(f.unavailable > 0, "chunks whose whole copies were s1 and s2");
+        w.st.check().unwrap();
+    }
+
+    #[test]
+    fn a_returning_sds_takes_back_its_copies_of_chunks_still_degraded() {
+        let (mut w, v, sds) = world(30);
+        fail_sds(&mut w.st, sds[0]).unwrap();
+        let degraded: BTreeSet<u64> = w.st.volumes[&v].absent.keys().copied().collect();
+        // Rebuild replaced one chunk's copy before the SDS came back.
+        let first = *degraded.iter().next().unwrap();
+        let p = sds_of(&w.st, v, first as usize, 0).unwrap();
+        let target = if p == sds[1] { sds[2] } else { sds[1] };
+        let to = w.st.sds[&target].devices[0].id;
+        start_copies(&mut w.st, &[((v, first), None, to)]);
+        let back = return_sds(&mut w.st, sds[0]).unwrap();
+        assert_eq!(back.len(), degraded.len() - 1);
+        let vol = &w.st.volumes[&v];
+        assert!(vol.absent.is_empty());
+        for &(_, c) in &back {
+            assert_eq!(sds_of(&w.st, v, c as usize, 1), Some(sds[0]));
+            assert!(vol.syncing.contains(&c));
+        }
+        confirm_whole(&mut w.st, &back);
+        assert_eq!(w.st.volumes[&v].syncing.len(), 1);
+        w.st.check().unwrap();
+    }
+
+    #[test]
+    fn a_move_promotes_the_other_copy_when_the_primary_moves() {
+        let (mut w, v, _) = world(4);
+        let [p, s] = w.st.volumes[&v].copies(0).map(Option::unwrap);
+        let free = w
+            .st
+            .sds
+            .values()
+            .flat_map(|x| x.devices.iter().map(|d| d.id))
+            .find(|d| *d != p && *d != s)
+            .unwrap();
+        start_copies(&mut w.st, &[((v, 0), Some(p), free)]);
+        assert_eq!(w.st.volumes[&v].copies(0), [Some(s), Some(free)]);
+        finish_copies(&mut w.st, &[((v, 0), free)]);
+        assert!(w.st.volumes[&v].syncing.is_empty());
+        assert!(!referenced_devices(&w.st).is_empty());
+        w.st.check().unwrap();
+    }
+}
