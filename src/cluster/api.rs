@@ -701,9 +701,13 @@ pub enum SdsControl {
         chunks: Vec<(u64, u64, u64)>,
     },
     /// The chunks of `volume` this SDS wrote (as primary) without their mirror since
-    /// each was last replicated whole: what a returning SDS's copy lacks.
+    /// each was last replicated whole: what a returning SDS's copy lacks. The SDS
+    /// first raises its epoch mark for the volume to `epoch` and lets writes already
+    /// admitted finish, so no degraded write can mark a chunk after it answered.
     Dirty {
         volume: u64,
+        #[serde(default)]
+        epoch: u64,
     },
     /// The MDM has removed this SDS: forget the claim and stop heartbeating. Its
     /// devices keep their data but no longer belong to the system.

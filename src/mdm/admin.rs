@@ -97,9 +97,18 @@ impl Mdm {
             }
             R::AddSds(req) => self.add_sds(req).await,
             R::AddSdsBatch(reqs) => self.add_sds_batch(reqs).await,
-            R::RemoveSds { .. } | R::RemoveSdsDevice { .. } | R::SetPolicy { .. } => {
-                Err(AdminError::Unsupported("not implemented yet"))
-            }
+            R::RemoveSds { sds } => Ok(AdminReply::Done(self.remove_sds(&sds).await?)),
+            R::RemoveSdsDevice { .. } => Err(AdminError::Unsupported(
+                "removing a single device is not supported yet; remove its SDS with --remove_sds and add it back with the devices to keep",
+            )),
+            R::SetPolicy {
+                pd,
+                pool,
+                rebalance,
+                policy,
+            } => Ok(AdminReply::Done(
+                self.set_policy(&pd, &pool, rebalance, policy).await?,
+            )),
             R::AddSdsDevice { sds, device } => {
                 let writer = self.writer.lock().await;
                 let mut next = (*self.current()).clone();
@@ -226,7 +235,9 @@ impl Mdm {
                 let st = self.current();
                 let obs = self.observe(&st, st.sds.values()).await;
                 let addr = crate::cluster::frame::reachable(self.addr).to_string();
-                Ok(AdminReply::Cluster(query::cluster(&st, addr, &obs)))
+                let mut info = query::cluster(&st, addr, &obs);
+                info.events = self.recovery.events();
+                Ok(AdminReply::Cluster(info))
             }
             R::QueryAllSds => {
                 let st = self.current();
@@ -246,7 +257,11 @@ impl Mdm {
                 let obs = self
                     .observe(&st, st.sds.values().filter(|s| s.pd == pd.id))
                     .await;
-                Ok(AdminReply::ProtectionDomain(query::pd(&st, pd, &obs)))
+                let mut info = query::pd(&st, pd, &obs);
+                for p in &mut info.pools {
+                    (p.rebuild, p.rebalance) = self.recovery.progress(&st, p.id);
+                }
+                Ok(AdminReply::ProtectionDomain(info))
             }
             R::QueryStoragePool { pd, pool } => {
                 let st = self.current();
@@ -255,7 +270,9 @@ impl Mdm {
                 let obs = self
                     .observe(&st, holders.iter().map(|p| &st.sds[&p.id]))
                     .await;
-                Ok(AdminReply::StoragePool(query::pool(&st, pool, &obs)))
+                let mut info = query::pool(&st, pool, &obs);
+                (info.rebuild, info.rebalance) = self.recovery.progress(&st, pool.id);
+                Ok(AdminReply::StoragePool(info))
             }
             R::QueryAllVolumes => {
                 let st = self.current();

@@ -3,10 +3,11 @@
 //! can stand in for SDS.
 
 use crate::cluster::api::{SdsControl, SdsControlReply};
-use crate::cluster::chunk::ChunkClient;
+use crate::cluster::chunk::{ChunkClient, ChunkRef, Mirror};
 use async_trait::async_trait;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinSet;
 
@@ -15,16 +16,44 @@ use tokio::task::JoinSet;
 #[async_trait]
 pub trait SdsLink: Send + Sync + 'static {
     async fn control(&self, addr: SocketAddr, msg: &SdsControl) -> Result<SdsControlReply, String>;
+
+    /// Asks the SDS at `addr`, which holds the chunk copy `at`, to copy it whole to
+    /// `target` (rebuild and rebalance); returns the bytes of data it sent.
+    async fn replicate(&self, addr: SocketAddr, at: ChunkRef, target: Mirror)
+        -> Result<u64, String>;
 }
 
-/// The real thing: the chunk protocol's control frames.
-pub struct ChunkLink;
+/// The real thing: the chunk protocol's control frames, and Replicate requests over
+/// one pipelined client per SDS (rebuild sends thousands).
+#[derive(Default)]
+pub struct ChunkLink {
+    clients: Mutex<HashMap<SocketAddr, Arc<ChunkClient>>>,
+}
 
 #[async_trait]
 impl SdsLink for ChunkLink {
     async fn control(&self, addr: SocketAddr, msg: &SdsControl) -> Result<SdsControlReply, String> {
         ChunkClient::new(addr)
             .control(msg)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn replicate(
+        &self,
+        addr: SocketAddr,
+        at: ChunkRef,
+        target: Mirror,
+    ) -> Result<u64, String> {
+        let client = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(addr)
+            .or_insert_with(|| Arc::new(ChunkClient::new(addr)))
+            .clone();
+        client
+            .replicate(at, target)
             .await
             .map_err(|e| e.to_string())
     }
@@ -172,6 +201,10 @@ mod tests {
                     sds_id: 2,
                 }),
             }
+        }
+
+        async fn replicate(&self, _: SocketAddr, _: ChunkRef, _: Mirror) -> Result<u64, String> {
+            Err("not an SDS".into())
         }
     }
 

@@ -14,6 +14,7 @@ mod link;
 mod model;
 mod placement;
 mod query;
+mod recovery;
 mod scsi_hub;
 mod server;
 mod service;
@@ -72,7 +73,7 @@ impl MdmHandle {
 
 /// Loads the state (or creates a new system), binds, and serves in the background.
 pub async fn start(opts: MdmOptions) -> Result<MdmHandle, MdmError> {
-    start_with(opts, Arc::new(ChunkLink)).await
+    start_with(opts, Arc::new(ChunkLink::default())).await
 }
 
 /// [`start`] with another way to reach SDS (tests stand in for them).
@@ -109,6 +110,7 @@ pub async fn start_with(opts: MdmOptions, link: Arc<dyn SdsLink>) -> Result<MdmH
         pds = state.protection_domains.len(), sds = state.sds.len(),
         volumes = state.volumes.len(), "MDM listening");
     let mdm = Arc::new(Mdm::new(state, store, link, addr, WATCH_WAIT));
+    tokio::spawn(recovery::run(mdm.clone()));
     let task = tokio::spawn(server::serve(listener, mdm));
     Ok(MdmHandle {
         addr,

@@ -278,6 +278,39 @@ impl Volume {
         (x != NO_COPY).then(|| self.devices[x as usize])
     }
 
+    /// Drops devices no chunk (or remembered copy) names any more, renumbering the
+    /// rest: a removed SDS's devices must leave every layout.
+    pub fn compact(&mut self) {
+        let mut used = vec![false; self.devices.len()];
+        for pair in &self.chunks {
+            for &x in pair.iter().filter(|&&x| x != NO_COPY) {
+                used[x as usize] = true;
+            }
+        }
+        for &x in self.absent.values() {
+            used[x as usize] = true;
+        }
+        let mut map = vec![NO_COPY; self.devices.len()];
+        let mut kept = Vec::new();
+        for (i, &d) in self.devices.iter().enumerate() {
+            if used[i] {
+                map[i] = kept.len() as u32;
+                kept.push(d);
+            }
+        }
+        if kept.len() == self.devices.len() {
+            return;
+        }
+        let at = |x: u32| if x == NO_COPY { NO_COPY } else { map[x as usize] };
+        for pair in &mut self.chunks {
+            *pair = pair.map(at);
+        }
+        for x in self.absent.values_mut() {
+            *x = at(*x);
+        }
+        self.devices = kept;
+    }
+
     /// The index of device `id` in `devices`, adding it if the layout did not use it.
     pub fn index_of(&mut self, id: u64) -> u32 {
         match self.devices.iter().position(|&d| d == id) {

@@ -60,8 +60,8 @@ pub fn cluster(st: &State, mdm_addr: String, obs: &Observed) -> ClusterInfo {
         sds: st.sds.len(),
         sds_connected: st
             .sds
-            .keys()
-            .filter(|&&id| obs.state(id) == SdsState::Connected)
+            .values()
+            .filter(|s| !s.down && obs.state(s.id) == SdsState::Connected)
             .count(),
         volumes: st.volumes.len(),
         sdc: st.sdc.len(),
@@ -79,7 +79,13 @@ pub fn sds(st: &State, sds: &Sds, obs: &Observed) -> SdsInfo {
         port: sds.port,
         protection_domain_id: sds.pd,
         protection_domain_name: st.pd_name(sds.pd),
-        state: obs.state(sds.id),
+        state: if sds.down {
+            SdsState::Down
+        } else if sds.removing {
+            SdsState::Removing
+        } else {
+            obs.state(sds.id)
+        },
         devices: sds
             .devices
             .iter()
@@ -125,11 +131,12 @@ pub fn pool(st: &State, pool: &Pool, obs: &Observed) -> PoolInfo {
         used_bytes: used * CHUNK_SIZE,
         free_for_thick_bytes: slots.saturating_sub(reserved_copies) / 2 * CHUNK_SIZE,
         volumes: volumes.iter().map(|v| (v.id, v.name.clone())).collect(),
-        health: Default::default(),
+        health: super::recovery::plan::health(st, pool.id),
+        // In-memory figures the caller fills in (`Recovery::progress`).
         rebuild: Default::default(),
         rebalance: Default::default(),
-        rebuild_policy: Default::default(),
-        rebalance_policy: Default::default(),
+        rebuild_policy: pool.rebuild_policy,
+        rebalance_policy: pool.rebalance_policy,
     }
 }
 

@@ -7,6 +7,7 @@ use super::ids::IdGen;
 use super::link::{self, SdsLink};
 use super::model::{ModelError, ScsiBlob, State};
 use super::query;
+use super::recovery::Recovery;
 use super::scsi_hub::{ScsiHub, ACK_WAIT};
 use super::store::{Store, StoreError};
 use crate::cluster::api::{fmt_id, By, MdmReply, MdmRequest, MdmResponse, ScsiView, SdsControl};
@@ -46,6 +47,8 @@ pub struct Mdm {
     pub(super) watch_wait: Duration,
     /// Shared SCSI state changes on their way to the gateways.
     pub(super) scsi: ScsiHub,
+    /// Failure detection and background copying.
+    pub(super) recovery: Recovery,
 }
 
 impl Mdm {
@@ -64,6 +67,7 @@ impl Mdm {
             addr,
             watch_wait,
             scsi: ScsiHub::new(watch_wait),
+            recovery: Recovery::default(),
         }
     }
 
@@ -128,7 +132,7 @@ impl Mdm {
         });
     }
 
-    pub async fn handle(&self, req: MdmRequest, from: SocketAddr) -> MdmResponse {
+    pub async fn handle(self: &Arc<Self>, req: MdmRequest, from: SocketAddr) -> MdmResponse {
         let r = match req {
             MdmRequest::Admin(a) => self.admin(a).await.map(MdmReply::Admin).map_err(Into::into),
             MdmRequest::RegisterSdc { name, ip } => self.register_sdc(&name, &ip, from).await,
@@ -143,8 +147,10 @@ impl Mdm {
                 sds_id,
                 system_id,
                 addr,
-            } => self.sds_hello(sds_id, system_id, addr, from).await,
-            MdmRequest::ReportSdsFailure { .. } => Ok(MdmReply::SdsVerdict { down: false }),
+            } => self.sds_heartbeat(sds_id, system_id, addr, from).await,
+            MdmRequest::ReportSdsFailure { sds_id, reason } => {
+                self.report_sds_failure(sds_id, &reason).await
+            }
             MdmRequest::StoreScsiState {
                 volume_id,
                 sdc_id,
@@ -319,32 +325,6 @@ impl Mdm {
                 }));
             }
         }
-    }
-
-    async fn sds_hello(
-        &self,
-        sds_id: u64,
-        system_id: u64,
-        addr: SocketAddr,
-        from: SocketAddr,
-    ) -> Result<MdmReply, ServiceError> {
-        // An SDS bound to a wildcard address is reached where it connected from.
-        let addr = if addr.ip().is_unspecified() {
-            SocketAddr::new(from.ip(), addr.port())
-        } else {
-            addr
-        };
-        let moved = self
-            .apply::<_, ServiceError>(|st, _| change::sds_hello(st, sds_id, system_id, addr))
-            .await?;
-        if moved {
-            info!(sds = %fmt_id(sds_id), %addr, "SDS moved");
-        }
-        self.push_peers();
-        Ok(MdmReply::Lease {
-            lease_ms: 3000,
-            epochs: Vec::new(),
-        })
     }
 }
 

@@ -1021,3 +1021,116 @@ fn the_cluster_survives_a_restart() {
         .to_string();
     assert!(e.contains("is damaged"), "{e}");
 }
+
+/// The pool as queried, waiting (bounded) until `done` holds.
+async fn pool_until(
+    env: &Env,
+    what: &str,
+    done: impl Fn(&crate::cluster::api::PoolInfo) -> bool,
+) -> crate::cluster::api::PoolInfo {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let AdminReply::StoragePool(p) = env
+            .ok(AdminRequest::QueryStoragePool {
+                pd: by("pd1"),
+                pool: by("pool1"),
+            })
+            .await
+        else {
+            panic!()
+        };
+        if done(&p) {
+            return p;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {p:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn layout(env: &Env, volume: u64) -> crate::cluster::api::Layout {
+    match env
+        .call(MdmRequest::GetLayout { volume_id: volume })
+        .await
+        .unwrap()
+    {
+        MdmReply::Layout(l) => l,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_dead_sds_is_rebuilt_around_and_a_removed_one_drained() {
+    let env = Env::new().await;
+    env.cluster(4).await;
+    let v = env.volume("v", 40, false).await;
+    let before = layout(&env, v).await;
+    let dead = before.devices.iter().find(|d| d.addr == at(SDS[0])).unwrap().sds_id;
+    env.fake.down(SDS[0]);
+    let verdict = env
+        .call(MdmRequest::ReportSdsFailure {
+            sds_id: dead,
+            reason: "connection refused".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(verdict, MdmReply::SdsVerdict { down: true });
+    let after = layout(&env, v).await;
+    assert!(after.epoch > before.epoch);
+    let p = pool_until(&env, "rebuild", |p| {
+        p.health.degraded_bytes == 0 && p.rebuild.chunks_left == 0
+    })
+    .await;
+    assert_eq!(p.health.protected_bytes, 40 * CHUNK_SIZE);
+    assert!(p.rebuild.bytes_done > 0);
+    let healed = layout(&env, v).await;
+    for [a, b] in &healed.chunks {
+        for i in [a, b] {
+            let d = &healed.devices[*i as usize];
+            assert_ne!(d.sds_id, dead, "a copy is still on the dead SDS");
+        }
+        assert_ne!(
+            healed.devices[*a as usize].sds_id,
+            healed.devices[*b as usize].sds_id
+        );
+    }
+    let AdminReply::AllSds(all) = env.ok(AdminRequest::QueryAllSds).await else {
+        panic!()
+    };
+    assert_eq!(
+        all.iter().find(|s| s.id == dead).unwrap().state,
+        SdsState::Down
+    );
+    let AdminReply::Cluster(c) = env.ok(AdminRequest::QueryCluster).await else {
+        panic!()
+    };
+    assert!(c.events.iter().any(|e| e.contains("is down")), "{:?}", c.events);
+
+    // Draining a healthy SDS moves its copies, then forgets it.
+    let text = env
+        .done(AdminRequest::RemoveSds { sds: by("sds2") })
+        .await;
+    assert!(text.contains("being removed"), "{text}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let AdminReply::AllSds(all) = env.ok(AdminRequest::QueryAllSds).await else {
+            panic!()
+        };
+        if all.iter().all(|s| s.name != "sds2") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "sds2 never left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let l = layout(&env, v).await;
+    assert!(l.devices.iter().all(|d| d.addr != at(SDS[1])));
+    // Two SDS are left: a third removal cannot keep two copies.
+    let e = env
+        .admin(AdminRequest::RemoveSds { sds: by("sds3") })
+        .await
+        .unwrap_err();
+    assert!(e.contains("need two"), "{e}");
+}
+
+fn at(addr: &str) -> SocketAddr {
+    addr.parse().unwrap()
+}

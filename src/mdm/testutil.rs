@@ -173,4 +173,27 @@ impl SdsLink for FakeSds {
             },
         })
     }
+
+    /// Copies the chunk's presence to the target's node, as the SDS would its data.
+    async fn replicate(
+        &self,
+        addr: SocketAddr,
+        at: crate::cluster::chunk::ChunkRef,
+        target: crate::cluster::chunk::Mirror,
+    ) -> Result<u64, String> {
+        let mut f = self.inner.lock().unwrap();
+        let Some(node) = f.nodes.get(&addr) else {
+            return Err(format!("cannot connect to {addr}: connection refused"));
+        };
+        let held = node.chunks.contains(&(at.device, at.volume, at.chunk));
+        let dest = f
+            .nodes
+            .values_mut()
+            .find(|n| n.sds_id == target.sds)
+            .ok_or_else(|| format!("SDS {:x} is not a peer", target.sds))?;
+        if held {
+            dest.chunks.insert((target.device, at.volume, at.chunk));
+        }
+        Ok(if held { CHUNK_SIZE } else { 0 })
+    }
 }

@@ -12,7 +12,7 @@ mod volume;
 
 pub use health::{
     confirm_whole, fail_sds, finish_copies, forget_absent_on, referenced_devices, return_sds,
-    start_copies, ChunkId, Failed,
+    start_copies, ChunkId,
 };
 pub use initiator::{
     add_initiator, chap_words, map_to_initiator, remove_initiator, rename_initiator, set_chap,
@@ -182,6 +182,9 @@ pub enum ChangeError {
     Map(#[from] MapError),
     #[error("SDS {sds} belongs to system {}, not to this MDM's system {}", fmt_id(*.theirs), fmt_id(*.ours))]
     OtherSystem { sds: String, theirs: u64, ours: u64 },
+    /// A refusal whose message is built where the reason is known.
+    #[error("{0}")]
+    Refused(String),
     #[error("SDS {sds} reports address {addr}, where SDS {other} already listens")]
     AddrInUse {
         sds: String,

@@ -1,0 +1,376 @@
+//! SDS coming and going as the MDM sees it: heartbeats (and the lease they renew),
+//! failure reports from gateways, declaring an SDS down, taking it back, removing it,
+//! and the pools' copy policies.
+
+use super::liveness::{DOWN_AFTER, LEASE};
+use super::plan;
+use crate::cluster::api::{fmt_id, By, MdmReply, Policy, SdsControl, SdsControlReply, CHUNK_SIZE};
+use crate::mdm::change::{self, ChangeError, ChunkId};
+use crate::mdm::link::{self, LinkError};
+use crate::mdm::admin::AdminError;
+use crate::mdm::service::{Mdm, ServiceError};
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::info;
+
+/// How long a failure report's probe of the SDS may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Mdm {
+    /// An SDS is alive: renew its lease with every volume's epoch, follow it if it
+    /// moved, and take it back if it was down.
+    pub(in crate::mdm) async fn sds_heartbeat(
+        self: &Arc<Self>,
+        sds_id: u64,
+        system_id: u64,
+        addr: SocketAddr,
+        from: SocketAddr,
+    ) -> Result<MdmReply, ServiceError> {
+        // An SDS bound to a wildcard address is reached where it connected from.
+        let addr = if addr.ip().is_unspecified() {
+            SocketAddr::new(from.ip(), addr.port())
+        } else {
+            addr
+        };
+        let st = self.current();
+        let sds = st.sds_by(&By::Id(sds_id))?;
+        if system_id != st.system_id {
+            return Err(ChangeError::OtherSystem {
+                sds: sds.name.clone(),
+                theirs: system_id,
+                ours: st.system_id,
+            }
+            .into());
+        }
+        self.recovery.liveness.beat(sds_id);
+        if sds.addr() != addr {
+            let moved = self
+                .apply::<_, ServiceError>(|st, _| change::sds_hello(st, sds_id, system_id, addr))
+                .await?;
+            if moved {
+                info!(sds = %fmt_id(sds_id), %addr, "SDS moved");
+                self.push_peers();
+            }
+        }
+        if sds.down && self.recovery.tasks().returning.insert(sds_id) {
+            let mdm = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = mdm.sds_returned(sds_id).await {
+                    tracing::warn!(sds = %fmt_id(sds_id), error = %e, "could not take the SDS back; retrying on its next heartbeat");
+                }
+                mdm.recovery.tasks().returning.remove(&sds_id);
+            });
+        }
+        let st = self.current();
+        Ok(MdmReply::Lease {
+            lease_ms: LEASE.as_millis() as u64,
+            epochs: st.volumes.values().map(|v| (v.id, v.epoch)).collect(),
+        })
+    }
+
+    /// A gateway could not get an answer from an SDS. Answers `down: true` once layouts
+    /// without it are committed; `down: false` if it answers the MDM (retry).
+    pub(in crate::mdm) async fn report_sds_failure(
+        &self,
+        sds_id: u64,
+        reason: &str,
+    ) -> Result<MdmReply, ServiceError> {
+        let deadline = tokio::time::Instant::now() + DOWN_AFTER + Duration::from_secs(1);
+        loop {
+            let st = self.current();
+            let sds = st.sds_by(&By::Id(sds_id))?;
+            if sds.down {
+                return Ok(MdmReply::SdsVerdict { down: true });
+            }
+            let peer = change::peer(sds);
+            let probe = link::call(
+                self.link.as_ref(),
+                &peer,
+                &SdsControl::Ping,
+                PROBE_TIMEOUT,
+            )
+            .await;
+            match probe {
+                Ok(SdsControlReply::Pong { system_id, sds_id: id })
+                    if system_id == st.system_id && id == sds_id =>
+                {
+                    return Ok(MdmReply::SdsVerdict { down: false });
+                }
+                // Nothing listens there (or something else does): the SDS process is
+                // gone, so it serves no one and can be declared down at once.
+                Ok(_) | Err(LinkError::Failed { .. }) | Err(LinkError::Unexpected { .. }) => {
+                    let why = format!("a gateway reported: {reason}; the MDM cannot reach it either");
+                    self.declare_down(sds_id, &why).await?;
+                    return Ok(MdmReply::SdsVerdict { down: true });
+                }
+                // It may be alive behind a partition, serving on its lease: only its
+                // silence past the lease makes it safe to move on.
+                Err(LinkError::Timeout { .. }) => {
+                    let l = &self.recovery.liveness;
+                    if l.silent(sds_id) || l.unheard(sds_id) {
+                        let why = format!("a gateway reported: {reason}; no heartbeat either");
+                        self.declare_down(sds_id, &why).await?;
+                        return Ok(MdmReply::SdsVerdict { down: true });
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return Ok(MdmReply::SdsVerdict { down: false });
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+
+    /// Commits layouts without `sds` (see `change::fail_sds`); nothing if it is down
+    /// already.
+    pub(in crate::mdm) async fn declare_down(
+        &self,
+        sds_id: u64,
+        why: &str,
+    ) -> Result<(), ServiceError> {
+        let failed = self
+            .apply::<_, ServiceError>(|st, _| {
+                if st.sds.get(&sds_id).is_none_or(|s| s.down) {
+                    return Ok(None);
+                }
+                change::fail_sds(st, sds_id).map(Some)
+            })
+            .await?;
+        if let Some(f) = failed {
+            let name = self.sds_name(sds_id);
+            self.recovery.event(
+                true,
+                format!(
+                    "SDS {name} is down ({why}): {} chunks degraded, {} with no running copy; rebuilding",
+                    f.degraded, f.unavailable
+                ),
+            );
+            self.recovery.poke();
+        }
+        Ok(())
+    }
+
+    /// A down SDS heartbeats again. Its remembered copies of chunks still degraded
+    /// come back as syncing secondaries; each one's primary then says whether it wrote
+    /// the chunk meanwhile: untouched copies are whole again without moving data, the
+    /// others are refilled by the driver (backward rebuild).
+    async fn sds_returned(&self, sds_id: u64) -> Result<(), ServiceError> {
+        let back = self
+            .apply::<_, ServiceError>(|st, _| change::return_sds(st, sds_id))
+            .await?;
+        {
+            let mut t = self.recovery.tasks();
+            t.checking.extend(back.iter().copied());
+            t.sweep = true;
+        }
+        let name = self.sds_name(sds_id);
+        self.recovery.event(
+            false,
+            format!("SDS {name} is back: {} chunk copies to check", back.len()),
+        );
+        let clean = self.unwritten(&back).await;
+        self.apply::<_, ServiceError>(|st, _| {
+            change::confirm_whole(st, &clean);
+            Ok(())
+        })
+        .await?;
+        {
+            let mut t = self.recovery.tasks();
+            for c in &back {
+                t.checking.remove(c);
+            }
+        }
+        self.recovery.event(
+            false,
+            format!(
+                "SDS {name}: {} copies whole again without copying, {} to resync ({} MB)",
+                clean.len(),
+                back.len() - clean.len(),
+                (back.len() - clean.len()) as u64 * CHUNK_SIZE / 1_000_000
+            ),
+        );
+        self.recovery.poke();
+        Ok(())
+    }
+
+    /// Of chunks given back, those whose primary took no write without its mirror
+    /// since it was last replicated. A primary that does not answer counts as having
+    /// written everything.
+    async fn unwritten(&self, back: &[ChunkId]) -> Vec<ChunkId> {
+        let st = self.current();
+        // (primary SDS, volume) → chunks.
+        let mut ask: BTreeMap<(u64, u64), Vec<u64>> = BTreeMap::new();
+        for &(v, c) in back {
+            let Some(vol) = st.volumes.get(&v) else {
+                continue;
+            };
+            if let Some(p) = vol.copies(c as usize)[0].and_then(|d| st.sds_of(d)) {
+                ask.entry((p.id, v)).or_default().push(c);
+            }
+        }
+        let mut clean = Vec::new();
+        for ((sds, volume), chunks) in ask {
+            let peer = change::peer(&st.sds[&sds]);
+            let epoch = st.volumes[&volume].epoch;
+            let msg = SdsControl::Dirty { volume, epoch };
+            match link::call(self.link.as_ref(), &peer, &msg, CONTROL_TIMEOUT).await {
+                Ok(SdsControlReply::Dirty(dirty)) => {
+                    let dirty: HashSet<u64> = dirty.into_iter().collect();
+                    clean.extend(
+                        chunks
+                            .into_iter()
+                            .filter(|c| !dirty.contains(c))
+                            .map(|c| (volume, c)),
+                    );
+                }
+                other => tracing::warn!(sds = %peer.name, volume = %fmt_id(volume), answer = ?other,
+                    "cannot learn which chunks were written while their copy was away; resyncing them whole"),
+            }
+        }
+        clean
+    }
+
+    /// `--remove_sds`: refused if its copies cannot fit elsewhere; else it is marked
+    /// removing and the driver drains it. A down SDS is forgotten at once unless it
+    /// holds the last copy of a chunk.
+    pub(in crate::mdm) async fn remove_sds(&self, by: &By) -> Result<String, AdminError> {
+        let (name, copies, gone) = self
+            .apply::<_, AdminError>(|st, _| {
+                let sds = st.sds_by(by)?.clone();
+                if sds.removing {
+                    return Ok((sds.name, 0, false));
+                }
+                if sds.down {
+                    let devices: HashSet<u64> = sds.devices.iter().map(|d| d.id).collect();
+                    let last = st
+                        .volumes
+                        .values()
+                        .flat_map(|v| (0..v.chunks.len()).map(move |c| v.copies(c)[0]))
+                        .filter(|p| p.is_some_and(|p| devices.contains(&p)))
+                        .count();
+                    if last > 0 {
+                        return Err(ChangeError::Refused(format!(
+                            "SDS {} is down and holds the only copy of {last} chunks; bring it back before removing it",
+                            sds.name
+                        )));
+                    }
+                    change::forget_absent_on(st, sds.id);
+                    for v in st.volumes.values_mut() {
+                        v.compact();
+                    }
+                    st.sds.remove(&sds.id);
+                    return Ok((sds.name, 0, true));
+                }
+                plan::removal_fits(st, sds.id).map_err(|e| {
+                    ChangeError::Refused(format!("SDS {} cannot be removed: {e}", sds.name))
+                })?;
+                change::forget_absent_on(st, sds.id);
+                let copies = change::referenced_devices(st)
+                    .iter()
+                    .filter(|d| sds.devices.iter().any(|x| x.id == **d))
+                    .count();
+                st.sds.get_mut(&sds.id).expect("found").removing = true;
+                Ok((sds.name, copies, false))
+            })
+            .await?;
+        if gone {
+            self.recovery
+                .event(false, format!("SDS {name} (down) removed"));
+            self.push_peers();
+            return Ok(format!("SDS {name} removed"));
+        }
+        self.recovery.event(
+            false,
+            format!("removing SDS {name}: moving its chunk copies to the other SDS"),
+        );
+        self.recovery.poke();
+        let _ = copies;
+        Ok(format!(
+            "SDS {name} is being removed: its chunk copies move to the other SDS of its pools; follow with --query_all_sds"
+        ))
+    }
+
+    /// Forgets every SDS being removed that no layout names any more, and releases it.
+    pub(in crate::mdm) async fn finish_removals(&self) -> Result<(), ServiceError> {
+        let st = self.current();
+        let named = change::referenced_devices(&st);
+        let done: Vec<_> = st
+            .sds
+            .values()
+            .filter(|s| s.removing && !s.devices.iter().any(|d| named.contains(&d.id)))
+            .cloned()
+            .collect();
+        for sds in done {
+            let removed = self
+                .apply::<_, ServiceError>(|st, _| {
+                    let named = change::referenced_devices(st);
+                    let empty = st.sds.get(&sds.id).is_some_and(|s| {
+                        s.removing && !s.devices.iter().any(|d| named.contains(&d.id))
+                    });
+                    if empty {
+                        for v in st.volumes.values_mut() {
+                            v.compact();
+                        }
+                        st.sds.remove(&sds.id);
+                    }
+                    Ok(empty)
+                })
+                .await?;
+            if !removed {
+                continue;
+            }
+            let peer = change::peer(&sds);
+            let r = link::call(
+                self.link.as_ref(),
+                &peer,
+                &SdsControl::Release,
+                CONTROL_TIMEOUT,
+            )
+            .await;
+            if let Err(e) = link::expect_ok(&peer, &SdsControl::Release, r) {
+                tracing::warn!(sds = %sds.name, error = %e, "removed SDS was not told to release its devices");
+            }
+            self.recovery
+                .event(false, format!("SDS {} removed: its data moved away", sds.name));
+            self.push_peers();
+        }
+        Ok(())
+    }
+
+    /// `--set_rebuild_policy` / `--set_rebalance_policy`.
+    pub(in crate::mdm) async fn set_policy(
+        &self,
+        pd: &By,
+        pool: &By,
+        rebalance: bool,
+        policy: Policy,
+    ) -> Result<String, AdminError> {
+        let name = self
+            .apply::<_, AdminError>(|st, _| {
+                let id = st.pool(pd, pool)?.id;
+                let p = st.pools.get_mut(&id).expect("found");
+                if rebalance {
+                    p.rebalance_policy = policy;
+                } else {
+                    p.rebuild_policy = policy;
+                }
+                Ok(p.name.clone())
+            })
+            .await?;
+        let what = if rebalance { "rebalance" } else { "rebuild" };
+        self.recovery
+            .event(false, format!("{what} policy of storage pool {name}: {policy:?}"));
+        self.recovery.poke();
+        Ok(format!("{what} policy of storage pool {name} set to {policy:?}"))
+    }
+
+    fn sds_name(&self, id: u64) -> String {
+        self.current()
+            .sds
+            .get(&id)
+            .map_or_else(|| fmt_id(id), |s| s.name.clone())
+    }
+}

@@ -1,0 +1,346 @@
+//! Which copies to make next, from the state alone: new second copies for degraded
+//! chunks (rebuild) and moves that bring every device to its fair share (rebalance,
+//! and draining an SDS being removed). Pure and deterministic.
+
+use crate::cluster::api::{Health, CHUNK_SIZE, NO_COPY};
+use crate::mdm::change::ChunkId;
+use crate::mdm::model::State;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// A copy to start: (chunk, the device it replaces or `None` for a missing secondary,
+/// the target device).
+pub type Start = (ChunkId, Option<u64>, u64);
+
+/// One device of a pool as the planner sees it.
+#[derive(Debug, Clone)]
+struct Dev {
+    id: u64,
+    sds: u64,
+    slots: u64,
+    /// May receive copies: its SDS is up and neither is being removed.
+    open: bool,
+    /// Its SDS is down: its copies are not counted and never moved.
+    down: bool,
+    copies: u64,
+}
+
+/// The devices of `pool` with the copies each holds in the layouts (whole or syncing).
+fn devices(st: &State, pool: u64) -> Vec<Dev> {
+    let mut count: HashMap<u64, u64> = HashMap::new();
+    for v in st.volumes.values().filter(|v| v.pool == pool) {
+        for c in 0..v.chunks.len() {
+            for d in v.copies(c).into_iter().flatten() {
+                *count.entry(d).or_default() += 1;
+            }
+        }
+    }
+    st.pool_devices(pool)
+        .map(|(s, d)| Dev {
+            id: d.id,
+            sds: s.id,
+            slots: d.slots,
+            open: s.takes_copies() && !d.removing && d.slots > 0,
+            down: s.down,
+            copies: count.get(&d.id).copied().unwrap_or(0),
+        })
+        .collect()
+}
+
+/// The open device, not on any SDS of `avoid`, that is least full after taking one
+/// more copy; `None` when every such device is full.
+fn least_full(devs: &[Dev], avoid: &[u64]) -> Option<usize> {
+    devs.iter()
+        .enumerate()
+        .filter(|(_, d)| d.open && d.copies < d.slots && !avoid.contains(&d.sds))
+        .min_by(|(_, a), (_, b)| {
+            ((a.copies + 1) as u128 * b.slots as u128)
+                .cmp(&((b.copies + 1) as u128 * a.slots as u128))
+                .then(a.id.cmp(&b.id))
+        })
+        .map(|(i, _)| i)
+}
+
+/// Up to `max` degraded chunks of `pool` (no secondary, primary on a running SDS) that
+/// are not `busy`, each with the device to rebuild its second copy on.
+pub fn rebuilds(st: &State, pool: u64, max: usize, busy: &HashSet<ChunkId>) -> Vec<Start> {
+    let mut devs = devices(st, pool);
+    let index: HashMap<u64, usize> = devs.iter().enumerate().map(|(i, d)| (d.id, i)).collect();
+    let mut out = Vec::new();
+    for v in st.volumes.values().filter(|v| v.pool == pool) {
+        for (c, &[p, s]) in v.chunks.iter().enumerate() {
+            if out.len() >= max {
+                return out;
+            }
+            let key = (v.id, c as u64);
+            if s != NO_COPY || busy.contains(&key) {
+                continue;
+            }
+            let primary = &devs[index[&v.devices[p as usize]]];
+            if primary.down {
+                continue;
+            }
+            if let Some(t) = least_full(&devs, &[primary.sds]) {
+                devs[t].copies += 1;
+                out.push((key, None, devs[t].id));
+            }
+        }
+    }
+    out
+}
+
+/// Copies each open device should hold for the pool to be even, per device id: the
+/// copies on running SDS shared in proportion to slots among open devices (0 for a
+/// device or SDS being removed).
+fn fair_shares(devs: &[Dev]) -> HashMap<u64, f64> {
+    let total: u64 = devs.iter().filter(|d| !d.down).map(|d| d.copies).sum();
+    let slots: u64 = devs.iter().filter(|d| d.open).map(|d| d.slots).sum();
+    devs.iter()
+        .map(|d| {
+            let share = if d.open && slots > 0 {
+                total as f64 * d.slots as f64 / slots as f64
+            } else {
+                0.0
+            };
+            (d.id, share)
+        })
+        .collect()
+}
+
+/// Copies that would still have to move for the pool to be even.
+pub fn moves_left(st: &State, pool: u64) -> u64 {
+    let devs = devices(st, pool);
+    let fair = fair_shares(&devs);
+    devs.iter()
+        .filter(|d| !d.down)
+        .map(|d| (d.copies as f64 - fair[&d.id]).floor().max(0.0) as u64)
+        .sum()
+}
+
+/// Up to `max` moves toward an even pool: from the device most over its fair share to
+/// the one most under it, picking chunks whose other copy is on neither SDS. Only for
+/// a pool with nothing degraded or syncing (rebuild goes first).
+pub fn moves(st: &State, pool: u64, max: usize) -> Vec<Start> {
+    let mut devs = devices(st, pool);
+    let fair = fair_shares(&devs);
+    // Chunk copies per device, with the other copy's device.
+    let mut on: BTreeMap<u64, Vec<(ChunkId, Option<u64>)>> = BTreeMap::new();
+    for v in st.volumes.values().filter(|v| v.pool == pool) {
+        for c in 0..v.chunks.len() {
+            if v.syncing.contains(&(c as u64)) {
+                continue;
+            }
+            let [p, s] = v.copies(c);
+            if let (Some(p), Some(s)) = (p, s) {
+                on.entry(p).or_default().push(((v.id, c as u64), Some(s)));
+                on.entry(s).or_default().push(((v.id, c as u64), Some(p)));
+            }
+        }
+    }
+    let sds_of: HashMap<u64, u64> = devs.iter().map(|d| (d.id, d.sds)).collect();
+    let mut taken: HashSet<ChunkId> = HashSet::new();
+    let mut out = Vec::new();
+    while out.len() < max {
+        let excess = |d: &Dev| d.copies as f64 - fair[&d.id];
+        let Some(src) = devs
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| !d.down && excess(d) >= 1.0)
+            .max_by(|(_, a), (_, b)| excess(a).total_cmp(&excess(b)).then(b.id.cmp(&a.id)))
+            .map(|(i, _)| i)
+        else {
+            break;
+        };
+        let deficit = |d: &Dev| fair[&d.id] - d.copies as f64;
+        let mut moved = false;
+        let mut targets: Vec<usize> = (0..devs.len())
+            .filter(|&i| {
+                let d = &devs[i];
+                d.open && d.copies < d.slots && deficit(d) >= 1.0 && d.sds != devs[src].sds
+            })
+            .collect();
+        targets.sort_by(|&a, &b| deficit(&devs[b]).total_cmp(&deficit(&devs[a])));
+        'pick: for t in targets {
+            let list = on.get(&devs[src].id).map(Vec::as_slice).unwrap_or(&[]);
+            for &(chunk, other) in list {
+                if taken.contains(&chunk) {
+                    continue;
+                }
+                let other_sds = other.and_then(|o| sds_of.get(&o).copied());
+                if other_sds == Some(devs[t].sds) {
+                    continue;
+                }
+                taken.insert(chunk);
+                devs[src].copies -= 1;
+                devs[t].copies += 1;
+                out.push((chunk, Some(devs[src].id), devs[t].id));
+                moved = true;
+                break 'pick;
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    out
+}
+
+/// Whether `sds`'s copies fit on the rest of its pools, and the pools keep two SDS
+/// for the two copies. The error says what is missing.
+pub fn removal_fits(st: &State, sds: u64) -> Result<(), String> {
+    let pools: HashSet<u64> = st.sds[&sds].devices.iter().map(|d| d.pool).collect();
+    for pool in pools {
+        let devs = devices(st, pool);
+        let leaving: u64 = devs.iter().filter(|d| d.sds == sds).map(|d| d.copies).sum();
+        let rest: Vec<&Dev> = devs.iter().filter(|d| d.sds != sds && d.open).collect();
+        let free: u64 = rest.iter().map(|d| d.slots.saturating_sub(d.copies)).sum();
+        let mut others: Vec<u64> = rest.iter().map(|d| d.sds).collect();
+        others.sort_unstable();
+        others.dedup();
+        let name = st.pool_name(pool);
+        if leaving > 0 && others.len() < 2 {
+            return Err(format!(
+                "storage pool {name} would keep {} running SDS, and the two copies of a chunk need two; add an SDS first",
+                others.len()
+            ));
+        }
+        if leaving > free {
+            return Err(format!(
+                "storage pool {name} has room for {free} of the {leaving} chunk copies ({} MB) on its other SDS; add devices or SDS first",
+                leaving * CHUNK_SIZE / 1_000_000
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Protection of a pool's data.
+pub fn health(st: &State, pool: u64) -> Health {
+    let down: HashSet<u64> = st
+        .sds
+        .values()
+        .filter(|s| s.down)
+        .flat_map(|s| s.devices.iter().map(|d| d.id))
+        .collect();
+    let mut h = Health::default();
+    for v in st.volumes.values().filter(|v| v.pool == pool) {
+        for (c, &[p, s]) in v.chunks.iter().enumerate() {
+            let bytes = CHUNK_SIZE;
+            if down.contains(&v.devices[p as usize]) {
+                h.failed_bytes += bytes;
+            } else if s == NO_COPY || v.syncing.contains(&(c as u64)) {
+                h.degraded_bytes += bytes;
+            } else {
+                h.protected_bytes += bytes;
+            }
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mdm::change::tests::World;
+    use crate::mdm::change::{fail_sds, finish_copies, start_copies};
+
+    fn copies_per_sds(st: &State) -> BTreeMap<u64, u64> {
+        let mut out = BTreeMap::new();
+        for v in st.volumes.values() {
+            for c in 0..v.chunks.len() {
+                for d in v.copies(c).into_iter().flatten() {
+                    *out.entry(st.sds_of(d).unwrap().id).or_default() += 1;
+                }
+            }
+        }
+        out
+    }
+
+    fn pool(w: &World) -> u64 {
+        w.st.pools.values().find(|p| p.name == "pool1").unwrap().id
+    }
+
+    #[test]
+    fn rebuild_targets_are_on_other_sds_and_spread() {
+        let mut w = World::new();
+        let sds: Vec<u64> = (1..=4).map(|i| w.sds(&format!("10.0.0.{i}"), &[1000])).collect();
+        let v = w.volume("v", 400, true);
+        fail_sds(&mut w.st, sds[0]).unwrap();
+        let pool = pool(&w);
+        assert!(health(&w.st, pool).degraded_bytes > 0);
+        let starts = rebuilds(&w.st, pool, usize::MAX, &HashSet::new());
+        assert_eq!(starts.len() as u64, health(&w.st, pool).degraded_bytes / CHUNK_SIZE);
+        let mut per_target: BTreeMap<u64, u64> = BTreeMap::new();
+        for &((_, c), from, to) in &starts {
+            assert_eq!(from, None);
+            let p = w.st.volumes[&v].copies(c as usize)[0].unwrap();
+            assert_ne!(w.st.sds_of(p).unwrap().id, w.st.sds_of(to).unwrap().id);
+            assert_ne!(w.st.sds_of(to).unwrap().id, sds[0]);
+            *per_target.entry(w.st.sds_of(to).unwrap().id).or_default() += 1;
+        }
+        assert_eq!(per_target.len(), 3, "{per_target:?}");
+        start_copies(&mut w.st, &starts);
+        let done: Vec<_> = starts.iter().map(|&(c, _, t)| (c, t)).collect();
+        finish_copies(&mut w.st, &done);
+        let h = health(&w.st, pool);
+        assert_eq!((h.degraded_bytes, h.failed_bytes), (0, 0));
+        assert!(rebuilds(&w.st, pool, 10, &HashSet::new()).is_empty());
+        w.st.check().unwrap();
+    }
+
+    #[test]
+    fn a_new_sds_is_filled_to_its_fair_share() {
+        let mut w = World::new();
+        for i in 1..=4 {
+            w.sds(&format!("10.0.0.{i}"), &[1000]);
+        }
+        w.volume("v", 1000, true);
+        let fifth = w.sds("10.0.0.5", &[1000]);
+        let pool = pool(&w);
+        assert!(moves_left(&w.st, pool) >= 390);
+        loop {
+            let m = moves(&w.st, pool, 64);
+            if m.is_empty() {
+                break;
+            }
+            start_copies(&mut w.st, &m);
+            let done: Vec<_> = m.iter().map(|&(c, _, t)| (c, t)).collect();
+            finish_copies(&mut w.st, &done);
+        }
+        let per = copies_per_sds(&w.st);
+        for (&s, &n) in &per {
+            assert!((n as f64 - 400.0).abs() <= 4.0, "SDS {s:x} holds {n}: {per:?}");
+        }
+        assert!(per[&fifth] >= 396);
+        assert_eq!(moves_left(&w.st, pool), 0);
+        w.st.check().unwrap();
+    }
+
+    #[test]
+    fn removal_drains_and_is_refused_when_it_cannot_fit() {
+        let mut w = World::new();
+        let sds: Vec<u64> = (1..=3).map(|i| w.sds(&format!("10.0.0.{i}"), &[100])).collect();
+        w.volume("v", 90, true);
+        // 180 copies: two SDS hold 200 slots, so one may leave.
+        removal_fits(&w.st, sds[2]).unwrap();
+        w.st.sds.get_mut(&sds[2]).unwrap().removing = true;
+        let e = removal_fits(&w.st, sds[1]).unwrap_err();
+        assert!(e.contains("two copies of a chunk need two"), "{e}");
+        let pool = pool(&w);
+        loop {
+            let m = moves(&w.st, pool, 16);
+            if m.is_empty() {
+                break;
+            }
+            start_copies(&mut w.st, &m);
+            let done: Vec<_> = m.iter().map(|&(c, _, t)| (c, t)).collect();
+            finish_copies(&mut w.st, &done);
+        }
+        assert_eq!(copies_per_sds(&w.st).get(&sds[2]), None);
+        w.st.check().unwrap();
+        let mut w = World::new();
+        let sds: Vec<u64> = (1..=3).map(|i| w.sds(&format!("10.0.0.{i}"), &[100])).collect();
+        w.volume("v", 120, true);
+        let e = removal_fits(&w.st, sds[0]).unwrap_err();
+        assert!(e.contains("room for"), "{e}");
+    }
+}
