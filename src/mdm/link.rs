@@ -19,8 +19,12 @@ pub trait SdsLink: Send + Sync + 'static {
 
     /// Asks the SDS at `addr`, which holds the chunk copy `at`, to copy it whole to
     /// `target` (rebuild and rebalance); returns the bytes of data it sent.
-    async fn replicate(&self, addr: SocketAddr, at: ChunkRef, target: Mirror)
-        -> Result<u64, String>;
+    async fn replicate(
+        &self,
+        addr: SocketAddr,
+        at: ChunkRef,
+        target: Mirror,
+    ) -> Result<u64, String>;
 }
 
 /// The real thing: the chunk protocol's control frames, and Replicate requests over

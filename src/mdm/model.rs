@@ -301,7 +301,13 @@ impl Volume {
         if kept.len() == self.devices.len() {
             return;
         }
-        let at = |x: u32| if x == NO_COPY { NO_COPY } else { map[x as usize] };
+        let at = |x: u32| {
+            if x == NO_COPY {
+                NO_COPY
+            } else {
+                map[x as usize]
+            }
+        };
         for pair in &mut self.chunks {
             *pair = pair.map(at);
         }
@@ -699,7 +705,10 @@ impl State {
         for (c, &[p, s]) in v.chunks.iter().enumerate() {
             let a = sds_of.get(p as usize).copied();
             let b = (s != NO_COPY).then(|| sds_of.get(s as usize).copied());
-            let absent = v.absent.get(&(c as u64)).map(|&x| sds_of.get(x as usize).copied());
+            let absent = v
+                .absent
+                .get(&(c as u64))
+                .map(|&x| sds_of.get(x as usize).copied());
             let broken = a.is_none()
                 || b == Some(None)
                 || b == Some(a)

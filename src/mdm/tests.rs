@@ -1064,7 +1064,12 @@ async fn a_dead_sds_is_rebuilt_around_and_a_removed_one_drained() {
     env.cluster(4).await;
     let v = env.volume("v", 40, false).await;
     let before = layout(&env, v).await;
-    let dead = before.devices.iter().find(|d| d.addr == at(SDS[0])).unwrap().sds_id;
+    let dead = before
+        .devices
+        .iter()
+        .find(|d| d.addr == at(SDS[0]))
+        .unwrap()
+        .sds_id;
     env.fake.down(SDS[0]);
     let verdict = env
         .call(MdmRequest::ReportSdsFailure {
@@ -1103,12 +1108,14 @@ async fn a_dead_sds_is_rebuilt_around_and_a_removed_one_drained() {
     let AdminReply::Cluster(c) = env.ok(AdminRequest::QueryCluster).await else {
         panic!()
     };
-    assert!(c.events.iter().any(|e| e.contains("is down")), "{:?}", c.events);
+    assert!(
+        c.events.iter().any(|e| e.contains("is down")),
+        "{:?}",
+        c.events
+    );
 
     // Draining a healthy SDS moves its copies, then forgets it.
-    let text = env
-        .done(AdminRequest::RemoveSds { sds: by("sds2") })
-        .await;
+    let text = env.done(AdminRequest::RemoveSds { sds: by("sds2") }).await;
     assert!(text.contains("being removed"), "{text}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {

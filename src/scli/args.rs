@@ -51,6 +51,9 @@ pub enum Opt {
     MutualChapSecret,
     Lun,
     AccessMode,
+    Policy,
+    ConcurrentIoLimit,
+    BandwidthLimitKbps,
 }
 
 /// Options every action accepts: where the MDM is, and ScaleIO's TLS switches, which
@@ -168,6 +171,24 @@ const OPTIONS: &[OptSpec] = &[
     ),
     o(Opt::Lun, "lun", Takes::Value, "LUN"),
     o(
+        Opt::Policy,
+        "policy",
+        Takes::Value,
+        "no_limit|limit_concurrent_io|limit_bandwidth|favor_application_io",
+    ),
+    o(
+        Opt::ConcurrentIoLimit,
+        "concurrent_io_limit",
+        Takes::Value,
+        "N",
+    ),
+    o(
+        Opt::BandwidthLimitKbps,
+        "bandwidth_limit_kbps",
+        Takes::Value,
+        "KB/s",
+    ),
+    o(
         Opt::AccessMode,
         "access_mode",
         Takes::Value,
@@ -184,6 +205,9 @@ pub enum Action {
     RemoveStoragePool,
     AddSds,
     AddSdsDevice,
+    RemoveSds,
+    SetRebuildPolicy,
+    SetRebalancePolicy,
     AddSdsFromCsv,
     AddVolume,
     RemoveVolume,
@@ -229,6 +253,10 @@ use Opt::*;
 const PD: &str = "(--protection_domain_name NAME | --protection_domain_id ID)";
 const VOLUME: &str = "(--volume_name NAME | --volume_id ID)";
 const INITIATOR: &str = "(--initiator_name NAME | --initiator_id ID)";
+const POLICY: &str = "(--protection_domain_name NAME | --protection_domain_id ID) \
+                      (--storage_pool_name NAME | --storage_pool_id ID) \
+                      --policy no_limit|limit_concurrent_io|limit_bandwidth|favor_application_io \
+                      [--concurrent_io_limit N] [--bandwidth_limit_kbps KB/s]";
 
 const ACTIONS: &[ActionSpec] = &[
     ActionSpec {
@@ -283,6 +311,31 @@ const ACTIONS: &[ActionSpec] = &[
         usage: "(--sds_name NAME | --sds_id ID | --sds_ip IP) \
                 (--device_name PATH | --device_path PATH [--device_name NAME]) --storage_pool_name POOL",
         summary: "Add a device to an SDS.",
+    },
+    ActionSpec {
+        action: Action::RemoveSds,
+        name: "remove_sds",
+        argument: None,
+        options: &[SdsName, SdsId, SdsIp],
+        usage: "(--sds_name NAME | --sds_id ID | --sds_ip IP)",
+        summary: "Move an SDS's chunk copies to the other SDS of its pools, then remove it \
+                  (refused if they cannot hold them); follow with --query_all_sds.",
+    },
+    ActionSpec {
+        action: Action::SetRebuildPolicy,
+        name: "set_rebuild_policy",
+        argument: None,
+        options: &[ProtectionDomainName, ProtectionDomainId, StoragePoolName, StoragePoolId, Policy, ConcurrentIoLimit, BandwidthLimitKbps],
+        usage: POLICY,
+        summary: "How fast a pool rebuilds lost copies (default: 8 chunks at a time).",
+    },
+    ActionSpec {
+        action: Action::SetRebalancePolicy,
+        name: "set_rebalance_policy",
+        argument: None,
+        options: &[ProtectionDomainName, ProtectionDomainId, StoragePoolName, StoragePoolId, Policy, ConcurrentIoLimit, BandwidthLimitKbps],
+        usage: POLICY,
+        summary: "How fast a pool moves copies to even out its devices (default: 8 chunks at a time).",
     },
     ActionSpec {
         action: Action::AddSdsFromCsv,

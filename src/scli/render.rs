@@ -7,7 +7,8 @@
 use super::csv::Row;
 use crate::cluster::api::{
     fmt_id, AddSds, AdminReply, AdminRequest, Chap, ChapMode, ClusterInfo, InitiatorInfo,
-    InitiatorMap, MediaType, PdInfo, PoolInfo, SdcInfo, SdsInfo, SdsState, VolumeInfo, CHUNK_SIZE,
+    InitiatorMap, MediaType, PdInfo, Policy, PoolInfo, Progress, SdcInfo, SdsInfo, SdsState,
+    VolumeInfo, CHUNK_SIZE,
 };
 use crate::cluster::initiator_file;
 use crate::cluster::initiator_rules::access_mode_name;
@@ -361,6 +362,10 @@ fn cluster(c: &ClusterInfo) -> Vec<String> {
             size(c.used_bytes)
         ),
     ]
+    .into_iter()
+    .chain((!c.events.is_empty()).then(|| "Recent events:".to_string()))
+    .chain(c.events.iter().map(|e| format!("\t{e}")))
+    .collect()
 }
 
 fn all_sds(all: &[SdsInfo]) -> Vec<String> {
@@ -506,6 +511,21 @@ fn storage_pool(p: &PoolInfo) -> Vec<String> {
             size(p.thick_reserved_bytes)
         ),
         format!("\t{} free for thick volumes", size(p.free_for_thick_bytes)),
+        "\tProtection (volume data):".to_string(),
+        format!(
+            "\t{} protected (two copies)",
+            size(p.health.protected_bytes)
+        ),
+        format!(
+            "\t{} degraded (one copy: being rebuilt or moved)",
+            size(p.health.degraded_bytes)
+        ),
+        format!(
+            "\t{} failed (no copy on a running SDS; readable again when it returns)",
+            size(p.health.failed_bytes)
+        ),
+        progress("Rebuild", &p.rebuild, p.rebuild_policy),
+        progress("Rebalance", &p.rebalance, p.rebalance_policy),
     ];
     if !p.volumes.is_empty() {
         lines.push("\tVolumes:".to_string());
@@ -518,6 +538,31 @@ fn storage_pool(p: &PoolInfo) -> Vec<String> {
         ));
     }
     lines
+}
+
+/// One line of background copying: what is left, how fast, and the policy.
+fn progress(what: &str, p: &Progress, policy: Policy) -> String {
+    let policy = match policy {
+        Policy::NoLimit => "no limit".to_string(),
+        Policy::LimitConcurrentIo { chunks } => format!("at most {chunks} chunks at a time"),
+        Policy::LimitBandwidth { kbps } => format!("at most {kbps} KB/s"),
+        Policy::FavorApplicationIo => "favor application I/O".to_string(),
+    };
+    if p.chunks_left == 0 {
+        return format!(
+            "\t{what}: idle, {} copied since the MDM started (policy: {policy})",
+            size(p.bytes_done)
+        );
+    }
+    let eta = p
+        .eta_secs
+        .map_or_else(|| "unknown".to_string(), |s| format!("{s} s"));
+    format!(
+        "\t{what}: {} left ({} chunks) at {}/s, ETA {eta} (policy: {policy})",
+        size(p.bytes_left),
+        p.chunks_left,
+        size(p.rate_bytes_per_sec)
+    )
 }
 
 fn mapped_to(n: usize) -> String {
@@ -671,7 +716,8 @@ fn initiator(i: &InitiatorInfo) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::cluster::api::{
-        AccessMode, By, DeviceInfo, DeviceSpec, InitiatorLun, MapChap, MapEntry, MapInitiator,
+        AccessMode, By, DeviceInfo, DeviceSpec, Health, InitiatorLun, MapChap, MapEntry,
+        MapInitiator,
     };
 
     const GB: u64 = 1 << 30;
@@ -722,11 +768,21 @@ mod tests {
             used_bytes: 50 * GB,
             free_for_thick_bytes: 40 * GB,
             volumes: vec![(0x7a5a, "awsvol01".into())],
-            health: Default::default(),
-            rebuild: Default::default(),
+            health: Health {
+                protected_bytes: 60 * GB,
+                degraded_bytes: GB,
+                failed_bytes: 0,
+            },
+            rebuild: Progress {
+                chunks_left: 1024,
+                bytes_left: GB,
+                bytes_done: 0,
+                rate_bytes_per_sec: 100 << 20,
+                eta_secs: Some(11),
+            },
             rebalance: Default::default(),
             rebuild_policy: Default::default(),
-            rebalance_policy: Default::default(),
+            rebalance_policy: Policy::NoLimit,
         }
     }
 
@@ -970,6 +1026,13 @@ mod tests {
              \t150.0 GB (153600 MB) unused capacity (raw)\n\
              \t60.0 GB (61440 MB) reserved by thick volumes\n\
              \t40.0 GB (40960 MB) free for thick volumes\n\
+             \tProtection (volume data):\n\
+             \t60.0 GB (61440 MB) protected (two copies)\n\
+             \t1.0 GB (1024 MB) degraded (one copy: being rebuilt or moved)\n\
+             \t0 Bytes failed (no copy on a running SDS; readable again when it returns)\n\
+             \tRebuild: 1.0 GB (1024 MB) left (1024 chunks) at 100.0 MB (102400 KB)/s, ETA 11 s \
+             (policy: at most 8 chunks at a time)\n\
+             \tRebalance: idle, 0 Bytes copied since the MDM started (policy: no limit)\n\
              \tVolumes:\n\
              \t\tVolume ID: 0000000000007a5a Name: awsvol01\n"
         );

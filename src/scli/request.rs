@@ -4,7 +4,9 @@
 
 use super::args::{self, Action, Invocation, Opt};
 use super::value::{self, ValueError};
-use crate::cluster::api::{AccessMode, AddSds, AdminRequest, By, Chap, DeviceSpec, MediaType};
+use crate::cluster::api::{
+    AccessMode, AddSds, AdminRequest, By, Chap, DeviceSpec, MediaType, Policy,
+};
 use crate::cluster::initiator_rules::{self, ChapError, ChapPart};
 use crate::cluster::iscsi_name::{self, NameError};
 use std::path::PathBuf;
@@ -83,6 +85,13 @@ pub fn build(inv: &Invocation) -> Result<Job, RequestError> {
         Action::AddSdsDevice => AdminRequest::AddSdsDevice {
             sds: b.sds()?,
             device: b.one_device()?,
+        },
+        Action::RemoveSds => AdminRequest::RemoveSds { sds: b.sds()? },
+        Action::SetRebuildPolicy | Action::SetRebalancePolicy => AdminRequest::SetPolicy {
+            pd: b.pd()?,
+            pool: b.pool()?,
+            rebalance: inv.action == Action::SetRebalancePolicy,
+            policy: b.policy()?,
         },
         Action::AddSdsFromCsv => {
             return match &inv.argument {
@@ -364,6 +373,51 @@ impl Builder<'_> {
             .transpose()
     }
 
+    /// `--policy` with the limit it needs (and no limit it does not use).
+    fn policy(&self) -> Result<Policy, RequestError> {
+        let kind = self.required(Opt::Policy)?;
+        let number = |opt: Opt| -> Result<Option<u64>, RequestError> {
+            self.optional(opt)?
+                .map(|v| value::positive(&v).map_err(|r| Self::bad(opt, r)))
+                .transpose()
+        };
+        let (io, bw) = (
+            number(Opt::ConcurrentIoLimit)?,
+            number(Opt::BandwidthLimitKbps)?,
+        );
+        let stray = |opt: Opt| RequestError::GoesWith {
+            option: args::flag(opt),
+            needs: match opt {
+                Opt::ConcurrentIoLimit => "--policy limit_concurrent_io".into(),
+                _ => "--policy limit_bandwidth".into(),
+            },
+        };
+        let policy = value::policy(&kind).map_err(|r| Self::bad(Opt::Policy, r))?;
+        match policy {
+            Policy::LimitConcurrentIo { .. } => {
+                if bw.is_some() {
+                    return Err(stray(Opt::BandwidthLimitKbps));
+                }
+                let n = io.ok_or_else(|| self.missing("--concurrent_io_limit N"))?;
+                Ok(Policy::LimitConcurrentIo {
+                    chunks: u32::try_from(n).unwrap_or(u32::MAX),
+                })
+            }
+            Policy::LimitBandwidth { .. } => {
+                if io.is_some() {
+                    return Err(stray(Opt::ConcurrentIoLimit));
+                }
+                let kbps = bw.ok_or_else(|| self.missing("--bandwidth_limit_kbps KB/s"))?;
+                Ok(Policy::LimitBandwidth { kbps })
+            }
+            other => match (io, bw) {
+                (Some(_), _) => Err(stray(Opt::ConcurrentIoLimit)),
+                (_, Some(_)) => Err(stray(Opt::BandwidthLimitKbps)),
+                _ => Ok(other),
+            },
+        }
+    }
+
     /// ReadWrite unless asked otherwise: what a host expects of a datastore.
     fn access_mode(&self) -> Result<AccessMode, RequestError> {
         match self.optional(Opt::AccessMode)? {
@@ -625,6 +679,57 @@ mod tests {
             sds.devices,
             [dev("/dev/sdb", "p1", None), dev("/dev/sdc", "p1", None)]
         );
+    }
+
+    #[test]
+    fn remove_sds_and_copy_policies() {
+        assert_eq!(
+            req("--remove_sds --sds_name aws3sds"),
+            AdminRequest::RemoveSds {
+                sds: By::Name("aws3sds".into())
+            }
+        );
+        let pool = "--protection_domain_name pd --storage_pool_name p";
+        assert_eq!(
+            req(&format!(
+                "--set_rebuild_policy {pool} --policy limit_bandwidth --bandwidth_limit_kbps 10240"
+            )),
+            AdminRequest::SetPolicy {
+                pd: By::Name("pd".into()),
+                pool: By::Name("p".into()),
+                rebalance: false,
+                policy: Policy::LimitBandwidth { kbps: 10240 },
+            }
+        );
+        let AdminRequest::SetPolicy {
+            rebalance, policy, ..
+        } = req(&format!(
+            "--set_rebalance_policy {pool} --policy limit_concurrent_io --concurrent_io_limit 2"
+        ))
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (rebalance, policy),
+            (true, Policy::LimitConcurrentIo { chunks: 2 })
+        );
+        assert_eq!(
+            err(&format!(
+                "--set_rebuild_policy {pool} --policy limit_bandwidth"
+            )),
+            "--set_rebuild_policy needs --bandwidth_limit_kbps KB/s"
+        );
+        assert!(err(&format!(
+            "--set_rebuild_policy {pool} --policy no_limit --concurrent_io_limit 3"
+        ))
+        .contains("--concurrent_io_limit"));
+        assert!(
+            err(&format!("--set_rebuild_policy {pool} --policy fast")).contains("is not a policy")
+        );
+        assert!(err(&format!(
+            "--set_rebuild_policy {pool} --policy limit_concurrent_io --concurrent_io_limit 0"
+        ))
+        .contains("above 0"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! Shared by the argument parser and the installer CSV parser, which add where the
 //! value came from (an option, or a line and column) to these errors.
 
-use crate::cluster::api::{AccessMode, MediaType};
+use crate::cluster::api::{AccessMode, MediaType, Policy};
 use crate::cluster::initiator_rules::{self, MAX_LUN};
 use std::net::{IpAddr, SocketAddr};
 
@@ -43,6 +43,29 @@ pub enum ValueError {
     NotLun(String),
     #[error("`{0}` is not an access mode; use ReadWrite or ReadOnly")]
     NotAccessMode(String),
+    #[error("`{0}` is not a policy; use no_limit, limit_concurrent_io, limit_bandwidth or favor_application_io")]
+    NotPolicy(String),
+    #[error("`{0}` is not a whole number above 0")]
+    NotPositive(String),
+}
+
+/// A rebuild or rebalance policy by its scli name; the limit is filled in later.
+pub fn policy(s: &str) -> Result<Policy, ValueError> {
+    match s.to_ascii_lowercase().as_str() {
+        "no_limit" => Ok(Policy::NoLimit),
+        "limit_concurrent_io" => Ok(Policy::LimitConcurrentIo { chunks: 0 }),
+        "limit_bandwidth" => Ok(Policy::LimitBandwidth { kbps: 0 }),
+        "favor_application_io" => Ok(Policy::FavorApplicationIo),
+        _ => Err(ValueError::NotPolicy(s.to_string())),
+    }
+}
+
+/// A count or rate: a whole number above 0.
+pub fn positive(s: &str) -> Result<u64, ValueError> {
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(ValueError::NotPositive(s.to_string())),
+    }
 }
 
 /// Parses an object id as scli prints it: up to 16 hex digits, optionally `0x`.

@@ -221,7 +221,8 @@ pub fn forget_absent_on(st: &mut State, sds: u64) {
         let v = st.volumes.get_mut(&id).expect("listed");
         let before = v.absent.len();
         let devs = v.devices.clone();
-        v.absent.retain(|_, x| !devices.contains(&devs[*x as usize]));
+        v.absent
+            .retain(|_, x| !devices.contains(&devs[*x as usize]));
         if v.absent.len() != before {
             v.epoch += 1;
         }
@@ -291,7 +292,10 @@ mod tests {
             assert!(vol.chunks[c][0] != NO_COPY);
             assert!(!vol.syncing.contains(&(c as u64)) || vol.chunks[c][1] != NO_COPY);
         }
-        assert!(f.unavailable > 0, "chunks whose whole copies were s1 and s2");
+        assert!(
+            f.unavailable > 0,
+            "chunks whose whole copies were s1 and s2"
+        );
         w.st.check().unwrap();
     }
 
@@ -323,13 +327,12 @@ mod tests {
     fn a_move_promotes_the_other_copy_when_the_primary_moves() {
         let (mut w, v, _) = world(4);
         let [p, s] = w.st.volumes[&v].copies(0).map(Option::unwrap);
-        let free = w
-            .st
-            .sds
-            .values()
-            .flat_map(|x| x.devices.iter().map(|d| d.id))
-            .find(|d| *d != p && *d != s)
-            .unwrap();
+        let free =
+            w.st.sds
+                .values()
+                .flat_map(|x| x.devices.iter().map(|d| d.id))
+                .find(|d| *d != p && *d != s)
+                .unwrap();
         start_copies(&mut w.st, &[((v, 0), Some(p), free)]);
         assert_eq!(w.st.volumes[&v].copies(0), [Some(s), Some(free)]);
         finish_copies(&mut w.st, &[((v, 0), free)]);

@@ -54,7 +54,9 @@ async fn step(mdm: &Arc<Mdm>) -> Result<(), ServiceError> {
         } else if mdm.recovery.liveness.unheard(s.id) && mdm.recovery.tasks().probing.insert(s.id) {
             let (mdm, id) = (mdm.clone(), s.id);
             tokio::spawn(async move {
-                let r = mdm.report_sds_failure(id, "it has not heartbeated since the MDM started").await;
+                let r = mdm
+                    .report_sds_failure(id, "it has not heartbeated since the MDM started")
+                    .await;
                 if let Err(e) = r {
                     warn!(sds = %fmt_id(id), error = %e, "could not probe a silent SDS");
                 }
@@ -270,11 +272,12 @@ async fn sweep(mdm: &Arc<Mdm>) {
         }
     }
     let st = mdm.current();
-    if st
-        .volumes
-        .values()
-        .any(|v| !v.syncing.is_empty() || v.chunks.iter().any(|c| c[1] == crate::cluster::api::NO_COPY))
-    {
+    if st.volumes.values().any(|v| {
+        !v.syncing.is_empty()
+            || v.chunks
+                .iter()
+                .any(|c| c[1] == crate::cluster::api::NO_COPY)
+    }) {
         return;
     }
     let up: Vec<Peer> = st

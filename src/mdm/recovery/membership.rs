@@ -5,9 +5,9 @@
 use super::liveness::{DOWN_AFTER, LEASE};
 use super::plan;
 use crate::cluster::api::{fmt_id, By, MdmReply, Policy, SdsControl, SdsControlReply, CHUNK_SIZE};
+use crate::mdm::admin::AdminError;
 use crate::mdm::change::{self, ChangeError, ChunkId};
 use crate::mdm::link::{self, LinkError};
-use crate::mdm::admin::AdminError;
 use crate::mdm::service::{Mdm, ServiceError};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -86,23 +86,20 @@ impl Mdm {
                 return Ok(MdmReply::SdsVerdict { down: true });
             }
             let peer = change::peer(sds);
-            let probe = link::call(
-                self.link.as_ref(),
-                &peer,
-                &SdsControl::Ping,
-                PROBE_TIMEOUT,
-            )
-            .await;
+            let probe =
+                link::call(self.link.as_ref(), &peer, &SdsControl::Ping, PROBE_TIMEOUT).await;
             match probe {
-                Ok(SdsControlReply::Pong { system_id, sds_id: id })
-                    if system_id == st.system_id && id == sds_id =>
-                {
+                Ok(SdsControlReply::Pong {
+                    system_id,
+                    sds_id: id,
+                }) if system_id == st.system_id && id == sds_id => {
                     return Ok(MdmReply::SdsVerdict { down: false });
                 }
                 // Nothing listens there (or something else does): the SDS process is
                 // gone, so it serves no one and can be declared down at once.
                 Ok(_) | Err(LinkError::Failed { .. }) | Err(LinkError::Unexpected { .. }) => {
-                    let why = format!("a gateway reported: {reason}; the MDM cannot reach it either");
+                    let why =
+                        format!("a gateway reported: {reason}; the MDM cannot reach it either");
                     self.declare_down(sds_id, &why).await?;
                     return Ok(MdmReply::SdsVerdict { down: true });
                 }
@@ -226,8 +223,10 @@ impl Mdm {
                             .map(|c| (volume, c)),
                     );
                 }
-                other => tracing::warn!(sds = %peer.name, volume = %fmt_id(volume), answer = ?other,
-                    "cannot learn which chunks were written while their copy was away; resyncing them whole"),
+                other => {
+                    tracing::warn!(sds = %peer.name, volume = %fmt_id(volume), answer = ?other,
+                    "cannot learn which chunks were written while their copy was away; resyncing them whole")
+                }
             }
         }
         clean
@@ -333,8 +332,10 @@ impl Mdm {
             if let Err(e) = link::expect_ok(&peer, &SdsControl::Release, r) {
                 tracing::warn!(sds = %sds.name, error = %e, "removed SDS was not told to release its devices");
             }
-            self.recovery
-                .event(false, format!("SDS {} removed: its data moved away", sds.name));
+            self.recovery.event(
+                false,
+                format!("SDS {} removed: its data moved away", sds.name),
+            );
             self.push_peers();
         }
         Ok(())
@@ -361,10 +362,14 @@ impl Mdm {
             })
             .await?;
         let what = if rebalance { "rebalance" } else { "rebuild" };
-        self.recovery
-            .event(false, format!("{what} policy of storage pool {name}: {policy:?}"));
+        self.recovery.event(
+            false,
+            format!("{what} policy of storage pool {name}: {policy:?}"),
+        );
         self.recovery.poke();
-        Ok(format!("{what} policy of storage pool {name} set to {policy:?}"))
+        Ok(format!(
+            "{what} policy of storage pool {name} set to {policy:?}"
+        ))
     }
 
     fn sds_name(&self, id: u64) -> String {

@@ -262,13 +262,18 @@ mod tests {
     #[test]
     fn rebuild_targets_are_on_other_sds_and_spread() {
         let mut w = World::new();
-        let sds: Vec<u64> = (1..=4).map(|i| w.sds(&format!("10.0.0.{i}"), &[1000])).collect();
+        let sds: Vec<u64> = (1..=4)
+            .map(|i| w.sds(&format!("10.0.0.{i}"), &[1000]))
+            .collect();
         let v = w.volume("v", 400, true);
         fail_sds(&mut w.st, sds[0]).unwrap();
         let pool = pool(&w);
         assert!(health(&w.st, pool).degraded_bytes > 0);
         let starts = rebuilds(&w.st, pool, usize::MAX, &HashSet::new());
-        assert_eq!(starts.len() as u64, health(&w.st, pool).degraded_bytes / CHUNK_SIZE);
+        assert_eq!(
+            starts.len() as u64,
+            health(&w.st, pool).degraded_bytes / CHUNK_SIZE
+        );
         let mut per_target: BTreeMap<u64, u64> = BTreeMap::new();
         for &((_, c), from, to) in &starts {
             assert_eq!(from, None);
@@ -308,7 +313,10 @@ mod tests {
         }
         let per = copies_per_sds(&w.st);
         for (&s, &n) in &per {
-            assert!((n as f64 - 400.0).abs() <= 4.0, "SDS {s:x} holds {n}: {per:?}");
+            assert!(
+                (n as f64 - 400.0).abs() <= 4.0,
+                "SDS {s:x} holds {n}: {per:?}"
+            );
         }
         assert!(per[&fifth] >= 396);
         assert_eq!(moves_left(&w.st, pool), 0);
@@ -318,7 +326,9 @@ mod tests {
     #[test]
     fn removal_drains_and_is_refused_when_it_cannot_fit() {
         let mut w = World::new();
-        let sds: Vec<u64> = (1..=3).map(|i| w.sds(&format!("10.0.0.{i}"), &[100])).collect();
+        let sds: Vec<u64> = (1..=3)
+            .map(|i| w.sds(&format!("10.0.0.{i}"), &[100]))
+            .collect();
         w.volume("v", 90, true);
         // 180 copies: two SDS hold 200 slots, so one may leave.
         removal_fits(&w.st, sds[2]).unwrap();
@@ -338,7 +348,9 @@ mod tests {
         assert_eq!(copies_per_sds(&w.st).get(&sds[2]), None);
         w.st.check().unwrap();
         let mut w = World::new();
-        let sds: Vec<u64> = (1..=3).map(|i| w.sds(&format!("10.0.0.{i}"), &[100])).collect();
+        let sds: Vec<u64> = (1..=3)
+            .map(|i| w.sds(&format!("10.0.0.{i}"), &[100]))
+            .collect();
         w.volume("v", 120, true);
         let e = removal_fits(&w.st, sds[0]).unwrap_err();
         assert!(e.contains("room for"), "{e}");

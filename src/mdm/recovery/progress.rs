@@ -125,7 +125,10 @@ mod tests {
         let slow = Policy::LimitBandwidth { kbps: 1 };
         assert!(t.admit(1, Kind::Rebuild, slow));
         assert!(!t.admit(1, Kind::Rebuild, slow));
-        assert!(t.admit(1, Kind::Rebalance, slow), "kinds are throttled apart");
+        assert!(
+            t.admit(1, Kind::Rebalance, slow),
+            "kinds are throttled apart"
+        );
         assert!(t.admit(1, Kind::Rebuild, Policy::NoLimit));
     }
 
