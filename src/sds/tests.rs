@@ -396,15 +396,17 @@ async fn restart_keeps_data_and_announces_to_the_mdm() {
     let hello: MdmRequest = frame::read(&mut s).await.unwrap().unwrap();
     assert_eq!(
         hello,
-        MdmRequest::SdsHello {
+        MdmRequest::SdsHeartbeat {
             sds_id: 4,
             system_id: SYSTEM,
             addr: h.addr
         }
     );
-    frame::write(&mut s, &MdmResponse::Ok(MdmReply::Ok))
-        .await
-        .unwrap();
+    let lease = MdmReply::Lease {
+        lease_ms: 3000,
+        epochs: Vec::new(),
+    };
+    frame::write(&mut s, &MdmResponse::Ok(lease)).await.unwrap();
     let c = ChunkClient::new(h.addr);
     assert_eq!(
         c.read(at(3, 7, 40, 1), 100, 300).await.unwrap(),
@@ -449,7 +451,7 @@ async fn the_mdm_address_can_be_overridden() {
     let h = start_at(&data, Some(mdm.local_addr().unwrap().to_string())).await;
     let (mut s, _) = mdm.accept().await.unwrap();
     let hello: MdmRequest = frame::read(&mut s).await.unwrap().unwrap();
-    assert!(matches!(hello, MdmRequest::SdsHello { sds_id: 4, .. }));
+    assert!(matches!(hello, MdmRequest::SdsHeartbeat { sds_id: 4, .. }));
     h.stop();
 }
 
