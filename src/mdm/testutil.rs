@@ -164,8 +164,7 @@ impl SdsLink for FakeSds {
                 sds_id: node.sds_id,
             },
             SdsControl::FreeChunks { chunks } => {
-                node.chunks
-                    .retain(|c| !chunks.contains(&(c.1, c.2, c.0)));
+                node.chunks.retain(|c| !chunks.contains(&(c.1, c.2, c.0)));
                 SdsControlReply::Ok
             }
             SdsControl::Dirty { .. } => SdsControlReply::Dirty(Vec::new()),

@@ -354,7 +354,12 @@ async fn unavailable_data_aborts_the_copy_as_an_unreachable_target() {
     luns.insert(1, dst);
     fill(&a, 0, &pattern(1, 4)).await;
     let t = [target_desc(&naa(1)), target_desc(&naa(2))];
-    let r = xcopy(&luns, &nexus(1), list(3, 0, &t, &[segment_desc(0, 1, 4, 0, 0)])).await;
+    let r = xcopy(
+        &luns,
+        &nexus(1),
+        list(3, 0, &t, &[segment_desc(0, 1, 4, 0, 0)]),
+    )
+    .await;
     assert_eq!(sense_of(&r), (0x0A, 0x0D, 0x02));
 }
 

@@ -944,12 +944,22 @@ async fn unavailable_data_is_a_medium_error() {
     );
     const READ_ERROR: (u8, u8, u8) = (0x03, 0x11, 0x00);
     const WRITE_ERROR: (u8, u8, u8) = (0x03, 0x0C, 0x00);
-    let table: [(&str, Vec<u8>, Vec<u8>, (u8, u8, u8)); 5] = [
+    let table = [
         ("READ(10)", rw10(0x28, 0, 0, 1), vec![], READ_ERROR),
         ("WRITE(10)", rw10(0x2A, 0, 0, 1), vec![0; 512], WRITE_ERROR),
-        ("SYNCHRONIZE CACHE", rw10(0x35, 0, 0, 0), vec![], WRITE_ERROR),
+        (
+            "SYNCHRONIZE CACHE",
+            rw10(0x35, 0, 0, 0),
+            vec![],
+            WRITE_ERROR,
+        ),
         ("WRITE SAME(10)", ws10(0, 0, 8), vec![0; 512], WRITE_ERROR),
-        ("COMPARE AND WRITE", caw(0, 0, 1), vec![0; 1024], WRITE_ERROR),
+        (
+            "COMPARE AND WRITE",
+            caw(0, 0, 1),
+            vec![0; 1024],
+            WRITE_ERROR,
+        ),
     ];
     for (name, cdb, data, want) in table {
         assert_eq!(sense_of(&cmd(&gone, &cdb, data).await), want, "{name}");

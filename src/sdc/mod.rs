@@ -10,7 +10,7 @@ mod shared;
 mod single_flight;
 mod volume;
 
-pub use mapping::{Sdc, SdcError};
 pub use failover::FAILOVER_DEADLINE;
+pub use mapping::{Sdc, SdcError};
 pub use sds_pool::SdsPool;
 pub use volume::{fetch_layout, PoolVolume, VolumeError};

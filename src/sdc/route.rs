@@ -119,12 +119,10 @@ pub fn route(layout: &Layout, chunk: u64) -> Result<Route<'_>, RouteError> {
             })
     };
     let (primary, secondary) = (dev(p)?, dev(s)?);
-    let primary = primary
-        .filter(|d| !d.down)
-        .ok_or(RouteError::Unavailable {
-            volume: layout.volume_id,
-            chunk,
-        })?;
+    let primary = primary.filter(|d| !d.down).ok_or(RouteError::Unavailable {
+        volume: layout.volume_id,
+        chunk,
+    })?;
     Ok(Route {
         primary,
         at: ChunkRef {
@@ -295,7 +293,10 @@ mod tests {
             assert_eq!(route(&l, 0), Err(unavailable(0)));
         }
         let msg = unavailable(4).to_string();
-        assert!(msg.contains("chunk 4 of volume 0000000000000009") && msg.contains("--query_all_sds"), "{msg}");
+        assert!(
+            msg.contains("chunk 4 of volume 0000000000000009") && msg.contains("--query_all_sds"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -326,7 +327,13 @@ mod tests {
                         assert_eq!(got, Err(RouteError::BadIndex { volume: 9, index }))
                     }
                     (None, 3 | NO_COPY) => {
-                        assert_eq!(got, Err(RouteError::Unavailable { volume: 9, chunk: 0 }))
+                        assert_eq!(
+                            got,
+                            Err(RouteError::Unavailable {
+                                volume: 9,
+                                chunk: 0
+                            })
+                        )
                     }
                     (None, _) => {
                         let r = got.unwrap();

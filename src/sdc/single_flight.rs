@@ -55,9 +55,7 @@ where
         let mut rx = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             match slots.get(&key) {
-                Some(Slot::Done(v, at)) if at.elapsed() < self.reuse_for => {
-                    return Some(v.clone())
-                }
+                Some(Slot::Done(v, at)) if at.elapsed() < self.reuse_for => return Some(v.clone()),
                 // A closed channel without an answer: its task panicked; start anew.
                 Some(Slot::Running(rx)) if rx.has_changed().is_ok() => rx.clone(),
                 _ => {
@@ -128,9 +126,7 @@ mod tests {
         // It finished anyway; its answer is there for the next caller.
         assert_eq!(flight.run(1, || async { 8 }).await, Some(7));
         assert_eq!(
-            flight
-                .run(2, || async { None::<u8>.expect("lost the MDM") })
-                .await,
+            flight.run(2, || async { panic!("lost the MDM") }).await,
             None
         );
         assert_eq!(flight.run(2, || async { 9 }).await, Some(9));

@@ -189,8 +189,15 @@ impl Inner {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
-            self.recover(&mut retry, chunk, err, primary, idempotent, &[(self, epoch)])
-                .await?;
+            self.recover(
+                &mut retry,
+                chunk,
+                err,
+                primary,
+                idempotent,
+                &[(self, epoch)],
+            )
+            .await?;
         }
     }
 
@@ -273,17 +280,15 @@ impl Retry {
         addr: std::net::SocketAddr,
         fut: impl Future<Output = Result<T, ChunkError>>,
     ) -> Result<T, ChunkError> {
-        self.within(fut)
-            .await
-            .unwrap_or_else(|| {
-                Err(ChunkError::Unreachable {
-                    addr,
-                    reason: format!(
-                        "no answer within the {} s failover deadline",
-                        FAILOVER_DEADLINE.as_secs()
-                    ),
-                })
+        self.within(fut).await.unwrap_or_else(|| {
+            Err(ChunkError::Unreachable {
+                addr,
+                reason: format!(
+                    "no answer within the {} s failover deadline",
+                    FAILOVER_DEADLINE.as_secs()
+                ),
             })
+        })
     }
 
     /// Waits the next backoff step, never past the deadline.
@@ -307,7 +312,9 @@ impl Inner {
         let (mdm, id) = (self.mdm.clone(), self.id);
         let fresh = self
             .fetch
-            .run((), move || async move { ask_layout(&mdm, id).await.map(Arc::new) })
+            .run((), move || async move {
+                ask_layout(&mdm, id).await.map(Arc::new)
+            })
             .await
             .unwrap_or_else(|| Err("the layout fetch task panicked".into()))
             .map_err(|reason| VolumeError::Layout {
@@ -413,14 +420,20 @@ impl Inner {
             // common path (report, refetch, wait or give up).
             for (other, e) in failed {
                 if failover::next(&e, other, true) == Next::Fail {
-                    return Err(VolumeError::Flush { sds: other, source: e });
+                    return Err(VolumeError::Flush {
+                        sds: other,
+                        source: e,
+                    });
                 }
                 retry
                     .within(self.sds.report(&self.mdm, other, e.to_string()))
                     .await;
             }
             if failover::next(&err, id, true) == Next::Fail {
-                return Err(VolumeError::Flush { sds: id, source: err });
+                return Err(VolumeError::Flush {
+                    sds: id,
+                    source: err,
+                });
             }
             self.recover(&mut retry, 0, err, id, true, &[(self, layout.epoch)])
                 .await
@@ -657,7 +670,7 @@ impl BlockBackend for PoolVolume {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::api::{ClaimDevice, DeviceLoc, SdsControl};
+    use crate::cluster::api::{ClaimDevice, DeviceLoc, SdsControl, NO_COPY};
     use crate::cluster::chunk::wire::{CopySource, SourceCopy};
     use crate::cluster::chunk::{ChunkClient, ChunkRef};
     use crate::sds::{self, SdsHandle, SdsOptions};
@@ -1010,5 +1023,234 @@ mod tests {
             }
         }
         assert!(matches!(last, Err(BackendError::NoSpace)), "{last:?}");
+    }
+
+    /// A stand-in MDM on a real port: answers GetLayout with its current layout and
+    /// ReportSdsFailure with `down`, first switching to `after_report` if set.
+    struct FakeMdm {
+        addr: String,
+        state: Arc<std::sync::Mutex<MdmState>>,
+    }
+
+    struct MdmState {
+        layout: Layout,
+        after_report: Option<Layout>,
+        down: bool,
+        reports: Vec<u64>,
+    }
+
+    impl FakeMdm {
+        async fn start(layout: Layout, after_report: Option<Layout>, down: bool) -> FakeMdm {
+            use crate::cluster::api::MdmResponse;
+            use crate::cluster::frame;
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap().to_string();
+            let state = Arc::new(std::sync::Mutex::new(MdmState {
+                layout,
+                after_report,
+                down,
+                reports: Vec::new(),
+            }));
+            let st = state.clone();
+            tokio::spawn(async move {
+                while let Ok((mut s, _)) = l.accept().await {
+                    let st = st.clone();
+                    tokio::spawn(async move {
+                        while let Ok(Some(req)) = frame::read::<_, MdmRequest>(&mut s).await {
+                            let reply = {
+                                let mut st = st.lock().unwrap();
+                                match req {
+                                    MdmRequest::GetLayout { .. } => {
+                                        MdmReply::Layout(st.layout.clone())
+                                    }
+                                    MdmRequest::ReportSdsFailure { sds_id, .. } => {
+                                        st.reports.push(sds_id);
+                                        if let Some(next) = st.after_report.take() {
+                                            st.layout = next;
+                                        }
+                                        MdmReply::SdsVerdict { down: st.down }
+                                    }
+                                    other => panic!("unexpected {other:?}"),
+                                }
+                            };
+                            let resp: MdmResponse = Ok(reply);
+                            if frame::write(&mut s, &resp).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            });
+            FakeMdm { addr, state }
+        }
+
+        fn reports(&self) -> Vec<u64> {
+            self.state.lock().unwrap().reports.clone()
+        }
+    }
+
+    /// `vol`'s layout after the MDM declared SDS 1 down: every chunk's copy on SDS 2
+    /// is its primary, with no secondary; chunks in `lost` have their only copy on SDS 1.
+    fn without_sds_1(vol: &PoolVolume, lost: &[usize]) -> Layout {
+        let mut l = (*vol.0.layout()).clone();
+        l.epoch += 1;
+        l.devices[0].down = true;
+        for (i, c) in l.chunks.iter_mut().enumerate() {
+            *c = if lost.contains(&i) {
+                [0, NO_COPY]
+            } else {
+                [1, NO_COPY]
+            };
+        }
+        l
+    }
+
+    /// The same volume, asking `mdm` for its layouts.
+    fn served_by(vol: &PoolVolume, mdm: &FakeMdm) -> PoolVolume {
+        PoolVolume::new(
+            (*vol.0.layout()).clone(),
+            mdm.addr.clone(),
+            vol.0.sds.clone(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_dead_primary_is_reported_once_and_io_follows_the_new_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, mut nodes) = setup(&dir).await;
+        let data = pattern(4 * MIB as usize, 1);
+        vol.write(0, SgList::from(data.clone()), false)
+            .await
+            .unwrap();
+        let mdm = FakeMdm::start(
+            (*vol.0.layout()).clone(),
+            Some(without_sds_1(&vol, &[])),
+            true,
+        )
+        .await;
+        let vol = served_by(&vol, &mdm);
+        nodes.remove(0).stop();
+        // Many requests fail on SDS 1 at once (chunks 0 and 2 have their primary
+        // there): one report, then all of them go to the copies on SDS 2.
+        let mut set = JoinSet::new();
+        for i in 0..32u64 {
+            let vol = vol.clone();
+            let lba = (i % 4) * 2048 + i;
+            let old = data[lba as usize * 512..][..512].to_vec();
+            set.spawn(async move {
+                if i % 2 == 0 {
+                    vol.write(lba, SgList::from(vec![i as u8; 512]), false)
+                        .await?;
+                    Ok::<_, BackendError>((lba, true))
+                } else {
+                    Ok((lba, vol.read(lba, 1).await? == old))
+                }
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            let (lba, ok) = r.unwrap().unwrap();
+            assert!(ok, "block {lba} read back wrong");
+        }
+        assert_eq!(mdm.reports(), vec![1]);
+        assert_eq!(vol.epoch(), 2);
+        for i in (0..32u64).step_by(2) {
+            let lba = (i % 4) * 2048 + i;
+            assert_eq!(vol.read(lba, 1).await.unwrap(), vec![i as u8; 512]);
+        }
+        // SYNCHRONIZE CACHE skips the down SDS.
+        vol.flush().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn compare_and_write_on_a_dead_primary_fails_but_the_next_one_is_routed_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, mut nodes) = setup(&dir).await;
+        vol.write(0, SgList::from(vec![5u8; 512]), false)
+            .await
+            .unwrap();
+        let mdm = FakeMdm::start(
+            (*vol.0.layout()).clone(),
+            Some(without_sds_1(&vol, &[])),
+            true,
+        )
+        .await;
+        let vol = served_by(&vol, &mdm);
+        nodes.remove(0).stop();
+        let caw = || AtomicOp::CompareAndWrite {
+            compare: vec![5u8; 512].into(),
+            write: vec![6u8; 512].into(),
+        };
+        // It may have executed before the SDS died: not repeated, but reported.
+        let e = vol.atomic(0, caw(), false).await.unwrap_err();
+        assert!(matches!(e, BackendError::Io(_)), "{e}");
+        assert_eq!((mdm.reports(), vol.epoch()), (vec![1], 2));
+        assert_eq!(
+            vol.atomic(0, caw(), false).await.unwrap(),
+            AtomicOutcome::Done
+        );
+        assert_eq!(vol.read(0, 1).await.unwrap(), vec![6u8; 512]);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_whose_last_copy_is_down_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, mut nodes) = setup(&dir).await;
+        // Chunk 0 lost both copies' SDS but the first; it stays on SDS 1, marked down.
+        let mdm = FakeMdm::start(
+            (*vol.0.layout()).clone(),
+            Some(without_sds_1(&vol, &[0])),
+            true,
+        )
+        .await;
+        let vol = served_by(&vol, &mdm);
+        nodes.remove(0).stop();
+        let t = Instant::now();
+        let e = vol.read(0, 1).await.unwrap_err();
+        assert!(matches!(e, BackendError::Unavailable(_)), "{e}");
+        assert!(
+            e.to_string().contains("chunk 0 of volume 000000000000002a"),
+            "{e}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        // Known unavailable now: no more reports, no waiting.
+        let e = vol
+            .write(0, SgList::from(vec![1u8; 512]), false)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, BackendError::Unavailable(_)), "{e}");
+        assert_eq!(mdm.reports(), vec![1]);
+        // Chunk 2 (primary on SDS 1 too) has its copy on SDS 2.
+        vol.read(2 * 2048, 1).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_sds_that_comes_back_is_retried_after_a_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, mut nodes) = setup(&dir).await;
+        vol.write(0, SgList::from(vec![3u8; 512]), false)
+            .await
+            .unwrap();
+        // The MDM finds SDS 1 alive (it restarts) and changes nothing.
+        let mdm = FakeMdm::start((*vol.0.layout()).clone(), None, false).await;
+        let vol = served_by(&vol, &mdm);
+        let a = nodes.remove(0);
+        let addr = a.addr;
+        a.stop();
+        let data_dir = dir.path().join("sds1");
+        let back = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            sds::start(SdsOptions {
+                listen: addr,
+                data_dir,
+                mdm: None,
+            })
+            .await
+            .unwrap()
+        });
+        assert_eq!(vol.read(0, 1).await.unwrap(), vec![3u8; 512]);
+        assert!(!mdm.reports().is_empty());
+        assert!(mdm.reports().iter().all(|&s| s == 1));
+        assert_eq!(vol.epoch(), 1);
+        back.await.unwrap().stop();
     }
 }
