@@ -141,6 +141,11 @@ pub enum BackendError {
     /// too indicates a bug in a caller.
     #[error("block range {lba}+{blocks} cannot be written atomically: it spans two chunks")]
     NotAtomic { lba: u64, blocks: u64 },
+    /// No copy of the data is on a running server (every copy's SDS is down). The
+    /// initiator sees a MEDIUM ERROR at once rather than a command that hangs until it
+    /// aborts; the data comes back with its server. The text says which and what to do.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A read-modify-write the backend performs atomically: no other atomic operation and

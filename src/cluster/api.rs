@@ -536,6 +536,9 @@ pub enum MdmRequest {
     },
 }
 
+// A reply is built once and serialised at once; boxing the large admin replies would
+// only add allocations (and change the contract's types).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MdmReply {
     Admin(AdminReply),

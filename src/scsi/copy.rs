@@ -216,6 +216,11 @@ fn copy_sense(e: BackendError, at: usize) -> Sense {
             SenseKey::DataProtect,
             asc::SPACE_ALLOCATION_FAILED_WRITE_PROTECT,
         ),
+        // Every copy of some source or destination data is on a failed server.
+        BackendError::Unavailable(why) => {
+            tracing::debug!(error = %why, "EXTENDED COPY segment has no copy to use");
+            aborted(asc::COPY_TARGET_DEVICE_NOT_REACHABLE, at)
+        }
         other => {
             tracing::warn!(error = %other, "EXTENDED COPY segment failed");
             aborted(asc::THIRD_PARTY_DEVICE_FAILURE, at)

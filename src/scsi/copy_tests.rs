@@ -335,6 +335,34 @@ async fn copy_status_is_held_per_nexus_and_list_id() {
     );
 }
 
+/// A destination whose data has no copy on a running server: the copy target is
+/// not reachable, not a generic third-party failure.
+#[tokio::test]
+async fn unavailable_data_aborts_the_copy_as_an_unreachable_target() {
+    let (src, a) = unit(1, false);
+    let gone: Arc<dyn BlockBackend> = Arc::new(super::tests::Failing(|| {
+        crate::backend::BackendError::Unavailable("no copy on a running SDS".into())
+    }));
+    let dst = Arc::new(LogicalUnit::new(
+        gone,
+        Identity::from_volume_id("gone", 2),
+        false,
+        Arc::new(super::shared::LocalStore::new()),
+    ));
+    let mut luns = LunMap::new();
+    luns.insert(0, src);
+    luns.insert(1, dst);
+    fill(&a, 0, &pattern(1, 4)).await;
+    let t = [target_desc(&naa(1)), target_desc(&naa(2))];
+    let r = xcopy(
+        &luns,
+        &nexus(1),
+        list(3, 0, &t, &[segment_desc(0, 1, 4, 0, 0)]),
+    )
+    .await;
+    assert_eq!(sense_of(&r), (0x0A, 0x0D, 0x02));
+}
+
 #[tokio::test]
 async fn failed_segment_details_return_the_sense_once() {
     // A destination whose writes fail after the checks pass.

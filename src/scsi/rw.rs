@@ -11,17 +11,30 @@ pub(crate) const MAX_TRANSFER_BLOCKS: u32 = 8 * 1024 * 1024 / BLOCK_SIZE;
 
 const BS: usize = BLOCK_SIZE as usize;
 
-/// Maps a backend failure to the sense the initiator should see.
+/// Maps a backend failure to the sense the initiator should see. `writing`: the
+/// command changes data (or makes it durable); otherwise it only reads it (READ,
+/// VERIFY, GET LBA STATUS).
 pub(crate) fn io_sense(e: BackendError, writing: bool) -> Sense {
+    let medium = |writing| {
+        let code = if writing {
+            asc::WRITE_ERROR
+        } else {
+            asc::UNRECOVERED_READ_ERROR
+        };
+        Sense::new(SenseKey::MediumError, code)
+    };
     match e {
         BackendError::Io(err) => {
             tracing::warn!(error = %err, writing, "backend I/O failed");
-            let code = if writing {
-                asc::WRITE_ERROR
-            } else {
-                asc::UNRECOVERED_READ_ERROR
-            };
-            Sense::new(SenseKey::MediumError, code)
+            medium(writing)
+        }
+        // Unreadable until a server returns: a medium error the initiator reports at
+        // once (and multipath does not retry on another path, which has no copy either).
+        // Logged at debug: every command on such data fails alike, and the gateway has
+        // already warned, once, about the SDS.
+        BackendError::Unavailable(why) => {
+            tracing::debug!(error = %why, writing, "no copy of the data is available");
+            medium(writing)
         }
         BackendError::NoSpace => Sense::new(
             SenseKey::DataProtect,

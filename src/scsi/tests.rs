@@ -931,6 +931,41 @@ async fn backend_errors_map_to_sense() {
     );
 }
 
+/// Data with no copy on a running server fails at once as a medium error: an
+/// unrecovered read error for commands that read, a write error for those that write
+/// or make writes durable.
+#[tokio::test]
+async fn unavailable_data_is_a_medium_error() {
+    let gone = unit_with(
+        Arc::new(Failing(|| {
+            BackendError::Unavailable("chunk 3 of volume 9 has no copy on a running SDS".into())
+        })),
+        false,
+    );
+    const READ_ERROR: (u8, u8, u8) = (0x03, 0x11, 0x00);
+    const WRITE_ERROR: (u8, u8, u8) = (0x03, 0x0C, 0x00);
+    let table = [
+        ("READ(10)", rw10(0x28, 0, 0, 1), vec![], READ_ERROR),
+        ("WRITE(10)", rw10(0x2A, 0, 0, 1), vec![0; 512], WRITE_ERROR),
+        (
+            "SYNCHRONIZE CACHE",
+            rw10(0x35, 0, 0, 0),
+            vec![],
+            WRITE_ERROR,
+        ),
+        ("WRITE SAME(10)", ws10(0, 0, 8), vec![0; 512], WRITE_ERROR),
+        (
+            "COMPARE AND WRITE",
+            caw(0, 0, 1),
+            vec![0; 1024],
+            WRITE_ERROR,
+        ),
+    ];
+    for (name, cdb, data, want) in table {
+        assert_eq!(sense_of(&cmd(&gone, &cdb, data).await), want, "{name}");
+    }
+}
+
 /// No CDB, however malformed, may panic the engine.
 #[tokio::test]
 async fn random_cdbs_never_panic() {

@@ -1,7 +1,7 @@
 //! Routing a byte range of a volume to chunk copies: pure arithmetic over a cached
 //! [`Layout`], kept apart from the I/O so it can be tested exhaustively.
 
-use crate::cluster::api::{DeviceLoc, Layout, CHUNK_SIZE};
+use crate::cluster::api::{DeviceLoc, Layout, CHUNK_SIZE, NO_COPY};
 use crate::cluster::chunk::{ChunkRef, Mirror};
 
 /// The part of a request that falls in one chunk.
@@ -72,7 +72,8 @@ pub fn copy_pieces(src: u64, dst: u64, len: u64) -> impl Iterator<Item = CopyPie
 }
 
 /// Where one chunk's I/O goes: the primary copy, and the secondary the primary
-/// forwards writes to.
+/// forwards writes to (none while the chunk is degraded: writes then land on the
+/// primary alone, which the MDM's rebuild later copies whole).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route<'a> {
     pub primary: &'a DeviceLoc,
@@ -86,8 +87,16 @@ pub enum RouteError {
     PastEnd { chunk: u64, chunks: usize },
     #[error("layout of volume {volume:016x} names device index {index}, which it does not list; the MDM sent a corrupt layout")]
     BadIndex { volume: u64, index: u32 },
+    /// Every copy of the chunk is on a failed SDS (the MDM keeps the last one in the
+    /// layout, marked down): nothing can serve it until that SDS returns.
+    #[error("chunk {chunk} of volume {volume:016x} has no copy on a running SDS; bring its SDS back (scli --query_all_sds shows which is down)")]
+    Unavailable { volume: u64, chunk: u64 },
 }
 
+/// The route of `chunk` in `layout`. A degraded chunk (secondary `NO_COPY`) routes
+/// with no mirror; a chunk whose primary is `NO_COPY` or on a down SDS has no readable
+/// copy and is [`RouteError::Unavailable`], so the caller answers at once instead of
+/// sending I/O that can only time out.
 pub fn route(layout: &Layout, chunk: u64) -> Result<Route<'_>, RouteError> {
     let [p, s] = *layout
         .chunks
@@ -97,15 +106,23 @@ pub fn route(layout: &Layout, chunk: u64) -> Result<Route<'_>, RouteError> {
             chunks: layout.chunks.len(),
         })?;
     let dev = |index: u32| {
+        if index == NO_COPY {
+            return Ok(None);
+        }
         layout
             .devices
             .get(index as usize)
+            .map(Some)
             .ok_or(RouteError::BadIndex {
                 volume: layout.volume_id,
                 index,
             })
     };
     let (primary, secondary) = (dev(p)?, dev(s)?);
+    let primary = primary.filter(|d| !d.down).ok_or(RouteError::Unavailable {
+        volume: layout.volume_id,
+        chunk,
+    })?;
     Ok(Route {
         primary,
         at: ChunkRef {
@@ -114,10 +131,12 @@ pub fn route(layout: &Layout, chunk: u64) -> Result<Route<'_>, RouteError> {
             device: primary.device_id,
             epoch: layout.epoch,
         },
-        mirror: (secondary.sds_id != primary.sds_id).then_some(Mirror {
-            sds: secondary.sds_id,
-            device: secondary.device_id,
-        }),
+        mirror: secondary
+            .filter(|s| s.sds_id != primary.sds_id)
+            .map(|s| Mirror {
+                sds: s.sds_id,
+                device: s.device_id,
+            }),
     })
 }
 
@@ -238,5 +257,101 @@ mod tests {
             route(&l, 0),
             Err(RouteError::BadIndex { index: 7, .. })
         ));
+    }
+
+    #[test]
+    fn a_degraded_chunk_routes_to_its_primary_without_a_mirror() {
+        let mut l = layout();
+        l.chunks[1] = [1, NO_COPY];
+        let r = route(&l, 1).unwrap();
+        assert_eq!((r.primary.sds_id, r.at.device, r.mirror), (2, 20, None));
+        // The secondary's SDS being down changes nothing for the route: the MDM
+        // takes it out (NO_COPY) when it commits the degraded layout.
+        l.chunks[1] = [1, 0];
+        l.devices[0].down = true;
+        let r = route(&l, 1).unwrap();
+        assert_eq!(r.mirror, Some(Mirror { sds: 1, device: 10 }));
+    }
+
+    #[test]
+    fn a_chunk_without_a_running_copy_is_unavailable() {
+        let unavailable = |chunk| RouteError::Unavailable { volume: 9, chunk };
+        // Primary on a down SDS (the MDM kept the chunk's last copy), with or without
+        // a secondary.
+        for secondary in [0, NO_COPY] {
+            let mut l = layout();
+            l.devices[1].down = true;
+            l.chunks[1] = [1, secondary];
+            assert_eq!(route(&l, 1), Err(unavailable(1)));
+            // Chunk 0's primary is up: unaffected.
+            assert_eq!(route(&l, 0).unwrap().primary.sds_id, 1);
+        }
+        // No primary at all.
+        for secondary in [0, 1, NO_COPY] {
+            let mut l = layout();
+            l.chunks[0] = [NO_COPY, secondary];
+            assert_eq!(route(&l, 0), Err(unavailable(0)));
+        }
+        let msg = unavailable(4).to_string();
+        assert!(
+            msg.contains("chunk 4 of volume 0000000000000009") && msg.contains("--query_all_sds"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn every_pair_of_indices_routes_or_says_why() {
+        // Devices: 0 (SDS 1), 1 (SDS 2), 2 (SDS 1 again, another device), 3 (SDS 3,
+        // down); indices 4 and NO_COPY are not devices.
+        let mut l = layout();
+        l.devices.push(DeviceLoc {
+            sds_id: 1,
+            device_id: 11,
+            addr: l.devices[0].addr,
+            down: false,
+        });
+        l.devices.push(DeviceLoc {
+            sds_id: 3,
+            device_id: 30,
+            addr: "127.0.0.1:7074".parse().unwrap(),
+            down: true,
+        });
+        let indices = [0, 1, 2, 3, 4, NO_COPY];
+        for p in indices {
+            for s in indices {
+                l.chunks[0] = [p, s];
+                let got = route(&l, 0);
+                let bad = [p, s].into_iter().find(|&i| i == 4);
+                match (bad, p) {
+                    (Some(index), _) => {
+                        assert_eq!(got, Err(RouteError::BadIndex { volume: 9, index }))
+                    }
+                    (None, 3 | NO_COPY) => {
+                        assert_eq!(
+                            got,
+                            Err(RouteError::Unavailable {
+                                volume: 9,
+                                chunk: 0
+                            })
+                        )
+                    }
+                    (None, _) => {
+                        let r = got.unwrap();
+                        let primary = &l.devices[p as usize];
+                        assert_eq!(r.primary, primary);
+                        assert_eq!(r.at.device, primary.device_id);
+                        let mirror = match s {
+                            NO_COPY => None,
+                            s if l.devices[s as usize].sds_id == primary.sds_id => None,
+                            s => Some(Mirror {
+                                sds: l.devices[s as usize].sds_id,
+                                device: l.devices[s as usize].device_id,
+                            }),
+                        };
+                        assert_eq!(r.mirror, mirror, "[{p}, {s}]");
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,12 +1,16 @@
 //! A pool volume as a [`BlockBackend`]: block I/O cut into chunk I/O and sent to the
 //! SDS holding each chunk's primary copy, which mirrors writes to the secondary.
 //!
-//! The layout is cached from the MDM. When an SDS says the cached epoch is stale, or
-//! cannot be reached (it may have restarted at a new address), the layout is fetched
-//! again and the piece retried once on the new route.
+//! The layout is cached from the MDM. A failed chunk request fails over within
+//! [`FAILOVER_DEADLINE`] (see [`failover`] for which errors are retried): a stale
+//! epoch refetches the layout; an SDS that does not serve is reported to the MDM,
+//! which commits layouts without it if it is down, and the request follows the
+//! refetched layout, or waits and tries again if the layout has not moved.
 
+use super::failover::{self, Backoff, Next, FAILOVER_DEADLINE};
 use super::route::{copy_pieces, pieces, route, CopyPiece, Piece, RouteError};
 use super::sds_pool::SdsPool;
+use super::single_flight::SingleFlight;
 use crate::backend::{
     copy_through, overlapping, AtomicOp, AtomicOutcome, BackendError, BlockBackend, Provisioning,
     SgList, BLOCK_SIZE,
@@ -21,7 +25,8 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tokio::time::Instant;
+use tracing::{debug, info};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
@@ -39,6 +44,8 @@ pub enum VolumeError {
         chunk: u64,
         source: ChunkError,
     },
+    #[error("flushing SDS {sds:016x} failed: {source}")]
+    Flush { sds: u64, source: ChunkError },
 }
 
 impl From<VolumeError> for BackendError {
@@ -48,6 +55,9 @@ impl From<VolumeError> for BackendError {
                 source: ChunkError::NoSpace,
                 ..
             } => BackendError::NoSpace,
+            e @ VolumeError::Route(RouteError::Unavailable { .. }) => {
+                BackendError::Unavailable(e.to_string())
+            }
             other => BackendError::Io(std::io::Error::other(other.to_string())),
         }
     }
@@ -55,16 +65,22 @@ impl From<VolumeError> for BackendError {
 
 /// Asks the MDM for a volume's current layout.
 pub async fn fetch_layout(mdm: &str, volume: u64) -> Result<Layout, VolumeError> {
-    let err = |reason: String| VolumeError::Layout {
-        volume,
-        mdm: mdm.to_string(),
-        reason,
-    };
+    ask_layout(mdm, volume)
+        .await
+        .map_err(|reason| VolumeError::Layout {
+            volume,
+            mdm: mdm.to_string(),
+            reason,
+        })
+}
+
+/// [`fetch_layout`] with the reason of a failure alone.
+async fn ask_layout(mdm: &str, volume: u64) -> Result<Layout, String> {
     let req = MdmRequest::GetLayout { volume_id: volume };
     match mdm_client::ask(mdm, &req, Duration::from_secs(30)).await {
         Ok(MdmReply::Layout(l)) => Ok(l),
-        Ok(other) => Err(err(format!("unexpected reply {other:?}"))),
-        Err(e) => Err(err(e.to_string())),
+        Ok(other) => Err(format!("unexpected reply {other:?}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -74,6 +90,8 @@ struct Inner {
     mdm: String,
     sds: Arc<SdsPool>,
     layout: RwLock<Arc<Layout>>,
+    /// The layout fetch in flight, shared by every request that needs it.
+    fetch: SingleFlight<(), Result<Arc<Layout>, String>>,
 }
 
 /// A pool volume seen from a gateway. Cheap to clone.
@@ -87,6 +105,7 @@ impl PoolVolume {
             mdm,
             sds,
             layout: RwLock::new(Arc::new(layout)),
+            fetch: SingleFlight::new(Duration::ZERO),
         }))
     }
 
@@ -137,8 +156,8 @@ impl Inner {
             .clone()
     }
 
-    /// Runs one chunk operation on the chunk's current route; on a stale epoch or an
-    /// unreachable SDS, refreshes the layout and retries once if the route moved.
+    /// Runs one chunk operation on the chunk's current route, failing over as
+    /// [`failover::next`] says until [`FAILOVER_DEADLINE`].
     async fn on_chunk<T, F, Fut>(&self, chunk: u64, op: F) -> Result<T, VolumeError>
     where
         F: Fn(Arc<crate::cluster::chunk::ChunkClient>, crate::sdc::route::Route<'_>) -> Fut,
@@ -147,57 +166,135 @@ impl Inner {
         self.on_chunk_retrying(chunk, true, op).await
     }
 
-    /// [`Inner::on_chunk`] for an operation that is not idempotent when
-    /// `retry_unreachable` is false: an unreachable SDS may have executed it before the
-    /// answer was lost (a repeated compare-and-write would then miscompare against its
-    /// own result), so only a stale epoch, which the SDS refuses before executing
-    /// anything, is retried.
+    /// [`Inner::on_chunk`] for an operation that is not idempotent when `idempotent`
+    /// is false (compare-and-write): only refusals made before executing anything are
+    /// retried (see [`failover::next`]).
     async fn on_chunk_retrying<T, F, Fut>(
         &self,
         chunk: u64,
-        retry_unreachable: bool,
+        idempotent: bool,
         op: F,
     ) -> Result<T, VolumeError>
     where
         F: Fn(Arc<crate::cluster::chunk::ChunkClient>, crate::sdc::route::Route<'_>) -> Fut,
         Fut: Future<Output = Result<T, ChunkError>>,
     {
-        let layout = self.layout();
-        let r = route(&layout, chunk)?;
-        let first = op(self.sds.client(r.primary.addr), r).await;
-        let err = match first {
-            Ok(v) => return Ok(v),
-            Err(e @ ChunkError::StaleEpoch { .. }) => e,
-            Err(e @ ChunkError::Unreachable { .. }) if retry_unreachable => e,
-            Err(source) => {
-                return Err(VolumeError::Chunk {
-                    volume: self.id,
-                    chunk,
-                    source,
-                })
+        let mut retry = Retry::new();
+        loop {
+            let layout = self.layout();
+            let r = route(&layout, chunk)?;
+            let client = self.sds.client(r.primary.addr);
+            let (primary, epoch) = (r.primary.sds_id, layout.epoch);
+            let err = match retry.bounded(client.addr(), op(client.clone(), r)).await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            self.recover(
+                &mut retry,
+                chunk,
+                err,
+                primary,
+                idempotent,
+                &[(self, epoch)],
+            )
+            .await?;
+        }
+    }
+
+    /// After a chunk request routed with `routed` (each volume involved and the
+    /// epoch it was routed with) failed with `err` at the SDS `primary`: reports,
+    /// refetches and waits as [`failover::next`] says. `Ok` means try again now, on
+    /// the then current layout.
+    async fn recover(
+        &self,
+        retry: &mut Retry,
+        chunk: u64,
+        err: ChunkError,
+        primary: u64,
+        idempotent: bool,
+        routed: &[(&Inner, u64)],
+    ) -> Result<(), VolumeError> {
+        let give_up = |source| VolumeError::Chunk {
+            volume: self.id,
+            chunk,
+            source,
+        };
+        let retrying = match failover::next(&err, primary, idempotent) {
+            Next::Fail => return Err(give_up(err)),
+            Next::Refetch => true,
+            Next::Report { sds, retry: again } => {
+                let verdict = retry
+                    .within(self.sds.report(&self.mdm, sds, err.to_string()))
+                    .await;
+                debug!(volume = %format!("{:016x}", self.id), chunk, error = %err, ?verdict, "chunk request failed; SDS reported");
+                again
             }
         };
-        let before = (r.at, r.primary.addr);
-        let fresh = fetch_layout(&self.mdm, self.id).await?;
-        *self.layout.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
-        let layout = self.layout();
-        let r = route(&layout, chunk)?;
-        if (r.at, r.primary.addr) == before {
-            warn!(volume = %format!("{:016x}", self.id), chunk, error = %err, "chunk I/O failed and the layout has not moved");
-            return Err(VolumeError::Chunk {
-                volume: self.id,
-                chunk,
-                source: err,
-            });
+        let mut moved = false;
+        for (vol, epoch) in routed {
+            if let Some(Ok(())) = retry.within(vol.refresh(*epoch)).await {
+                moved |= vol.layout().epoch > *epoch;
+            }
         }
-        info!(volume = %format!("{:016x}", self.id), chunk, epoch = layout.epoch, "retrying chunk I/O on the refreshed layout");
-        op(self.sds.client(r.primary.addr), r)
-            .await
-            .map_err(|source| VolumeError::Chunk {
-                volume: self.id,
-                chunk,
-                source,
+        if !retrying || retry.expired() {
+            return Err(give_up(err));
+        }
+        if !moved {
+            retry.pause().await;
+            if retry.expired() {
+                return Err(give_up(err));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One request's failover: its deadline, and its wait before retrying a route that
+/// did not move.
+struct Retry {
+    deadline: Instant,
+    backoff: Backoff,
+}
+
+impl Retry {
+    fn new() -> Self {
+        Self {
+            deadline: Instant::now() + FAILOVER_DEADLINE,
+            backoff: Backoff::default(),
+        }
+    }
+
+    fn expired(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+
+    /// `fut`, or `None` once the deadline has passed.
+    async fn within<T>(&self, fut: impl Future<Output = T>) -> Option<T> {
+        tokio::time::timeout_at(self.deadline, fut).await.ok()
+    }
+
+    /// A chunk request to the SDS at `addr`, cut off at the deadline (it may have
+    /// started just before it): the initiator must have its answer in time.
+    async fn bounded<T>(
+        &self,
+        addr: std::net::SocketAddr,
+        fut: impl Future<Output = Result<T, ChunkError>>,
+    ) -> Result<T, ChunkError> {
+        self.within(fut).await.unwrap_or_else(|| {
+            Err(ChunkError::Unreachable {
+                addr,
+                reason: format!(
+                    "no answer within the {} s failover deadline",
+                    FAILOVER_DEADLINE.as_secs()
+                ),
             })
+        })
+    }
+
+    /// Waits the next backoff step, never past the deadline.
+    async fn pause(&mut self) {
+        let until = (Instant::now() + self.backoff.step()).min(self.deadline);
+        tokio::time::sleep_until(until).await;
     }
 }
 
@@ -205,18 +302,41 @@ impl Inner {
 const COPY_PARALLEL: usize = 32;
 
 impl Inner {
-    /// Fetches the volume's layout from the MDM and installs it.
-    async fn refresh(&self) -> Result<(), VolumeError> {
-        let fresh = fetch_layout(&self.mdm, self.id).await?;
-        *self.layout.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+    /// Makes sure the installed layout is the MDM's latest if it is no newer than
+    /// `routed` (the epoch a failed request was routed with): fetches it, one fetch
+    /// per volume at a time, unless another request already installed a newer one.
+    async fn refresh(&self, routed: u64) -> Result<(), VolumeError> {
+        if self.layout().epoch > routed {
+            return Ok(());
+        }
+        let (mdm, id) = (self.mdm.clone(), self.id);
+        let fresh = self
+            .fetch
+            .run((), move || async move {
+                ask_layout(&mdm, id).await.map(Arc::new)
+            })
+            .await
+            .unwrap_or_else(|| Err("the layout fetch task panicked".into()))
+            .map_err(|reason| VolumeError::Layout {
+                volume: self.id,
+                mdm: self.mdm.clone(),
+                reason,
+            })?;
+        let mut cur = self.layout.write().unwrap_or_else(|p| p.into_inner());
+        if fresh.epoch > cur.epoch {
+            info!(volume = %format!("{:016x}", self.id), from = cur.epoch, to = fresh.epoch, "installed the volume's new layout");
+        }
+        if fresh.epoch >= cur.epoch {
+            *cur = fresh;
+        }
         Ok(())
     }
 
     /// One Copy request to the primary SDS of the destination chunk (this volume's),
-    /// naming both copies of the source chunk (of `src`). On a stale epoch or an
-    /// unreachable SDS both layouts are refetched and the piece is sent once more.
+    /// naming both copies of the source chunk (of `src`), failing over like
+    /// [`Inner::on_chunk`] (both layouts are refetched).
     async fn copy_piece(&self, src: &Inner, p: CopyPiece, unmap: bool) -> Result<(), VolumeError> {
-        let mut retried = false;
+        let mut retry = Retry::new();
         loop {
             let (dl, sl) = (self.layout(), src.layout());
             let d = route(&dl, p.dst_chunk)?;
@@ -238,27 +358,89 @@ impl Inner {
                 ],
             };
             let client = self.sds.client(d.primary.addr);
-            let r = client
-                .copy(d.at, p.dst_offset, p.len, &source, false, unmap, d.mirror)
-                .await;
-            match r {
+            let copy = client.copy(d.at, p.dst_offset, p.len, &source, false, unmap, d.mirror);
+            let err = match retry.bounded(client.addr(), copy).await {
                 Ok(()) => return Ok(()),
-                Err(ChunkError::StaleEpoch { .. } | ChunkError::Unreachable { .. }) if !retried => {
-                    info!(volume = %format!("{:016x}", self.id), chunk = p.dst_chunk, "copy failed on a stale route; refetching both layouts");
-                    self.refresh().await?;
-                    if src.id != self.id {
-                        src.refresh().await?;
-                    }
-                    retried = true;
-                }
-                Err(source) => {
-                    return Err(VolumeError::Chunk {
-                        volume: self.id,
-                        chunk: p.dst_chunk,
-                        source,
-                    })
+                Err(e) => e,
+            };
+            let routed = [(self, dl.epoch), (src, sl.epoch)];
+            let routed = if src.id == self.id {
+                &routed[..1]
+            } else {
+                &routed[..]
+            };
+            self.recover(&mut retry, p.dst_chunk, err, d.primary.sds_id, true, routed)
+                .await?;
+        }
+    }
+
+    /// Makes every acknowledged write of the volume durable: flushes every running SDS
+    /// of its layout. An SDS that fails is reported, and the flush repeated on the
+    /// refetched layout's SDS (its chunks' surviving copies are elsewhere), until
+    /// [`FAILOVER_DEADLINE`].
+    async fn flush(&self) -> Result<(), VolumeError> {
+        let mut retry = Retry::new();
+        loop {
+            let layout = self.layout();
+            let mut sds: Vec<_> = layout
+                .devices
+                .iter()
+                .filter(|d| !d.down)
+                .map(|d| (d.sds_id, d.addr))
+                .collect();
+            sds.sort();
+            sds.dedup();
+            let mut set = JoinSet::new();
+            for (id, addr) in sds {
+                let c = self.sds.client(addr);
+                let deadline = retry.deadline;
+                set.spawn(async move {
+                    let r = Retry {
+                        deadline,
+                        backoff: Backoff::default(),
+                    };
+                    (id, r.bounded(addr, c.flush()).await)
+                });
+            }
+            let mut failed = Vec::new();
+            while let Some(joined) = set.join_next().await {
+                let (id, r) = joined.map_err(|e| VolumeError::Layout {
+                    volume: self.id,
+                    mdm: self.mdm.clone(),
+                    reason: format!("flush task failed: {e}"),
+                })?;
+                if let Err(e) = r {
+                    failed.push((id, e));
                 }
             }
+            let Some((id, err)) = failed.pop() else {
+                return Ok(());
+            };
+            // Every other failed SDS is reported too; the last one goes through the
+            // common path (report, refetch, wait or give up).
+            for (other, e) in failed {
+                if failover::next(&e, other, true) == Next::Fail {
+                    return Err(VolumeError::Flush {
+                        sds: other,
+                        source: e,
+                    });
+                }
+                retry
+                    .within(self.sds.report(&self.mdm, other, e.to_string()))
+                    .await;
+            }
+            if failover::next(&err, id, true) == Next::Fail {
+                return Err(VolumeError::Flush {
+                    sds: id,
+                    source: err,
+                });
+            }
+            self.recover(&mut retry, 0, err, id, true, &[(self, layout.epoch)])
+                .await
+                .map_err(|e| match e {
+                    VolumeError::Chunk { source, .. } => VolumeError::Flush { sds: id, source },
+                    other => other,
+                })?;
         }
     }
 }
@@ -382,20 +564,7 @@ impl BlockBackend for PoolVolume {
     }
 
     async fn flush(&self) -> Result<(), BackendError> {
-        let layout = self.0.layout();
-        let mut addrs: Vec<_> = layout.devices.iter().map(|d| d.addr).collect();
-        addrs.sort();
-        addrs.dedup();
-        let mut set = JoinSet::new();
-        for a in addrs {
-            let c = self.0.sds.client(a);
-            set.spawn(async move { c.flush().await });
-        }
-        while let Some(r) = set.join_next().await {
-            r.map_err(|e| BackendError::Io(std::io::Error::other(e.to_string())))?
-                .map_err(|e| BackendError::Io(std::io::Error::other(e.to_string())))?;
-        }
-        Ok(())
+        Ok(self.0.flush().await?)
     }
 
     async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> Result<(), BackendError> {
@@ -501,7 +670,7 @@ impl BlockBackend for PoolVolume {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::api::{ClaimDevice, DeviceLoc, SdsControl};
+    use crate::cluster::api::{ClaimDevice, DeviceLoc, SdsControl, NO_COPY};
     use crate::cluster::chunk::wire::{CopySource, SourceCopy};
     use crate::cluster::chunk::{ChunkClient, ChunkRef};
     use crate::sds::{self, SdsHandle, SdsOptions};
@@ -854,5 +1023,234 @@ mod tests {
             }
         }
         assert!(matches!(last, Err(BackendError::NoSpace)), "{last:?}");
+    }
+
+    /// A stand-in MDM on a real port: answers GetLayout with its current layout and
+    /// ReportSdsFailure with `down`, first switching to `after_report` if set.
+    struct FakeMdm {
+        addr: String,
+        state: Arc<std::sync::Mutex<MdmState>>,
+    }
+
+    struct MdmState {
+        layout: Layout,
+        after_report: Option<Layout>,
+        down: bool,
+        reports: Vec<u64>,
+    }
+
+    impl FakeMdm {
+        async fn start(layout: Layout, after_report: Option<Layout>, down: bool) -> FakeMdm {
+            use crate::cluster::api::MdmResponse;
+            use crate::cluster::frame;
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap().to_string();
+            let state = Arc::new(std::sync::Mutex::new(MdmState {
+                layout,
+                after_report,
+                down,
+                reports: Vec::new(),
+            }));
+            let st = state.clone();
+            tokio::spawn(async move {
+                while let Ok((mut s, _)) = l.accept().await {
+                    let st = st.clone();
+                    tokio::spawn(async move {
+                        while let Ok(Some(req)) = frame::read::<_, MdmRequest>(&mut s).await {
+                            let reply = {
+                                let mut st = st.lock().unwrap();
+                                match req {
+                                    MdmRequest::GetLayout { .. } => {
+                                        MdmReply::Layout(st.layout.clone())
+                                    }
+                                    MdmRequest::ReportSdsFailure { sds_id, .. } => {
+                                        st.reports.push(sds_id);
+                                        if let Some(next) = st.after_report.take() {
+                                            st.layout = next;
+                                        }
+                                        MdmReply::SdsVerdict { down: st.down }
+                                    }
+                                    other => panic!("unexpected {other:?}"),
+                                }
+                            };
+                            let resp: MdmResponse = Ok(reply);
+                            if frame::write(&mut s, &resp).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            });
+            FakeMdm { addr, state }
+        }
+
+        fn reports(&self) -> Vec<u64> {
+            self.state.lock().unwrap().reports.clone()
+        }
+    }
+
+    /// `vol`'s layout after the MDM declared SDS 1 down: every chunk's copy on SDS 2
+    /// is its primary, with no secondary; chunks in `lost` have their only copy on SDS 1.
+    fn without_sds_1(vol: &PoolVolume, lost: &[usize]) -> Layout {
+        let mut l = (*vol.0.layout()).clone();
+        l.epoch += 1;
+        l.devices[0].down = true;
+        for (i, c) in l.chunks.iter_mut().enumerate() {
+            *c = if lost.contains(&i) {
+                [0, NO_COPY]
+            } else {
+                [1, NO_COPY]
+            };
+        }
+        l
+    }
+
+    /// The same volume, asking `mdm` for its layouts.
+    fn served_by(vol: &PoolVolume, mdm: &FakeMdm) -> PoolVolume {
+        PoolVolume::new(
+            (*vol.0.layout()).clone(),
+            mdm.addr.clone(),
+            vol.0.sds.clone(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_dead_primary_is_reported_once_and_io_follows_the_new_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, mut nodes) = setup(&dir).await;
+        let data = pattern(4 * MIB as usize, 1);
+        vol.write(0, SgList::from(data.clone()), false)
+            .await
+            .unwrap();
+        let mdm = FakeMdm::start(
+            (*vol.0.layout()).clone(),
+            Some(without_sds_1(&vol, &[])),
+            true,
+        )
+        .await;
+        let vol = served_by(&vol, &mdm);
+        nodes.remove(0).stop();
+        // Many requests fail on SDS 1 at once (chunks 0 and 2 have their primary
+        // there): one report, then all of them go to the copies on SDS 2.
+        let mut set = JoinSet::new();
+        for i in 0..32u64 {
+            let vol = vol.clone();
+            let lba = (i % 4) * 2048 + i;
+            let old = data[lba as usize * 512..][..512].to_vec();
+            set.spawn(async move {
+                if i % 2 == 0 {
+                    vol.write(lba, SgList::from(vec![i as u8; 512]), false)
+                        .await?;
+                    Ok::<_, BackendError>((lba, true))
+                } else {
+                    Ok((lba, vol.read(lba, 1).await? == old))
+                }
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            let (lba, ok) = r.unwrap().unwrap();
+            assert!(ok, "block {lba} read back wrong");
+        }
+        assert_eq!(mdm.reports(), vec![1]);
+        assert_eq!(vol.epoch(), 2);
+        for i in (0..32u64).step_by(2) {
+            let lba = (i % 4) * 2048 + i;
+            assert_eq!(vol.read(lba, 1).await.unwrap(), vec![i as u8; 512]);
+        }
+        // SYNCHRONIZE CACHE skips the down SDS.
+        vol.flush().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn compare_and_write_on_a_dead_primary_fails_but_the_next_one_is_routed_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, mut nodes) = setup(&dir).await;
+        vol.write(0, SgList::from(vec![5u8; 512]), false)
+            .await
+            .unwrap();
+        let mdm = FakeMdm::start(
+            (*vol.0.layout()).clone(),
+            Some(without_sds_1(&vol, &[])),
+            true,
+        )
+        .await;
+        let vol = served_by(&vol, &mdm);
+        nodes.remove(0).stop();
+        let caw = || AtomicOp::CompareAndWrite {
+            compare: vec![5u8; 512].into(),
+            write: vec![6u8; 512].into(),
+        };
+        // It may have executed before the SDS died: not repeated, but reported.
+        let e = vol.atomic(0, caw(), false).await.unwrap_err();
+        assert!(matches!(e, BackendError::Io(_)), "{e}");
+        assert_eq!((mdm.reports(), vol.epoch()), (vec![1], 2));
+        assert_eq!(
+            vol.atomic(0, caw(), false).await.unwrap(),
+            AtomicOutcome::Done
+        );
+        assert_eq!(vol.read(0, 1).await.unwrap(), vec![6u8; 512]);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_whose_last_copy_is_down_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, mut nodes) = setup(&dir).await;
+        // Chunk 0 lost both copies' SDS but the first; it stays on SDS 1, marked down.
+        let mdm = FakeMdm::start(
+            (*vol.0.layout()).clone(),
+            Some(without_sds_1(&vol, &[0])),
+            true,
+        )
+        .await;
+        let vol = served_by(&vol, &mdm);
+        nodes.remove(0).stop();
+        let t = Instant::now();
+        let e = vol.read(0, 1).await.unwrap_err();
+        assert!(matches!(e, BackendError::Unavailable(_)), "{e}");
+        assert!(
+            e.to_string().contains("chunk 0 of volume 000000000000002a"),
+            "{e}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        // Known unavailable now: no more reports, no waiting.
+        let e = vol
+            .write(0, SgList::from(vec![1u8; 512]), false)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, BackendError::Unavailable(_)), "{e}");
+        assert_eq!(mdm.reports(), vec![1]);
+        // Chunk 2 (primary on SDS 1 too) has its copy on SDS 2.
+        vol.read(2 * 2048, 1).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_sds_that_comes_back_is_retried_after_a_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, mut nodes) = setup(&dir).await;
+        vol.write(0, SgList::from(vec![3u8; 512]), false)
+            .await
+            .unwrap();
+        // The MDM finds SDS 1 alive (it restarts) and changes nothing.
+        let mdm = FakeMdm::start((*vol.0.layout()).clone(), None, false).await;
+        let vol = served_by(&vol, &mdm);
+        let a = nodes.remove(0);
+        let addr = a.addr;
+        a.stop();
+        let data_dir = dir.path().join("sds1");
+        let back = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            sds::start(SdsOptions {
+                listen: addr,
+                data_dir,
+                mdm: None,
+            })
+            .await
+            .unwrap()
+        });
+        assert_eq!(vol.read(0, 1).await.unwrap(), vec![3u8; 512]);
+        assert!(!mdm.reports().is_empty());
+        assert!(mdm.reports().iter().all(|&s| s == 1));
+        assert_eq!(vol.epoch(), 1);
+        back.await.unwrap().stop();
     }
 }

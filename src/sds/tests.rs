@@ -402,9 +402,11 @@ async fn restart_keeps_data_and_announces_to_the_mdm() {
             addr: h.addr
         }
     );
-    frame::write(&mut s, &MdmResponse::Ok(MdmReply::Ok))
-        .await
-        .unwrap();
+    let lease = MdmReply::Lease {
+        lease_ms: 3000,
+        epochs: Vec::new(),
+    };
+    frame::write(&mut s, &MdmResponse::Ok(lease)).await.unwrap();
     let c = ChunkClient::new(h.addr);
     assert_eq!(
         c.read(at(3, 7, 40, 1), 100, 300).await.unwrap(),

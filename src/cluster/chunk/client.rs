@@ -21,16 +21,48 @@ use tokio::time::Instant;
 /// slow large transfer from delaying everything behind it.
 const POOL_SIZE: usize = 4;
 
-/// A request (including connecting) unanswered this long fails as unreachable, and the
-/// connection it was on is presumed dead.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A data request (including connecting) unanswered this long fails as unreachable,
+/// and the connection it was on is presumed dead. Short, so a hung or partitioned SDS
+/// is reported to the MDM well inside a gateway's failover deadline (25 s, below the
+/// 30 s initiators commonly wait for a command), leaving time for the MDM to take it
+/// out of the layouts and for the retry. A healthy SDS answers in milliseconds; 8 s
+/// only ever passes for an SDS that is gone or stuck.
+const DATA_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// A primary's write that names a mirror: the primary itself waits up to
+/// [`DATA_TIMEOUT`] for the secondary, and must still have time to answer that the
+/// mirror failed (so the gateway reports the secondary, not the primary).
+const MIRRORED_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// SYNCHRONIZE CACHE: an fdatasync of every device of an SDS, which can take seconds
+/// when much is dirty in its page cache, yet must leave room in the failover deadline
+/// to report a hung SDS and flush the rest again.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Control requests from the MDM (claiming and formatting devices, thick allocation,
+/// inventories), whole-chunk Replicate, and Copy (which may try two sources, each for
+/// up to [`DATA_TIMEOUT`], then mirror): slow by nature, and none is waited for by an
+/// initiator against a 30 s clock (EXTENDED COPY's own timeouts are longer).
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long `h` may go unanswered.
+fn timeout_for(h: &RequestHeader) -> Duration {
+    match h.op {
+        Op::Read | Op::Status => DATA_TIMEOUT,
+        Op::Write | Op::WriteZeroes | Op::Atomic if h.mirror.is_none() => DATA_TIMEOUT,
+        Op::Write | Op::WriteZeroes | Op::Atomic => MIRRORED_TIMEOUT,
+        Op::Flush => FLUSH_TIMEOUT,
+        Op::Control | Op::Copy | Op::Replicate => CONTROL_TIMEOUT,
+    }
+}
 
 /// A pipelined client for one SDS.
 pub struct ChunkClient {
     addr: SocketAddr,
     slots: Vec<Mutex<Option<Arc<Conn>>>>,
     next: AtomicUsize,
-    timeout: Duration,
+    /// Caps every request's timeout (tests shorten it); `Duration::MAX` otherwise.
+    cap: Duration,
 }
 
 impl std::fmt::Debug for ChunkClient {
@@ -48,7 +80,7 @@ impl ChunkClient {
             addr,
             slots: (0..POOL_SIZE).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
-            timeout: REQUEST_TIMEOUT,
+            cap: Duration::MAX,
         }
     }
 
@@ -240,10 +272,11 @@ impl ChunkClient {
     async fn call(&self, h: RequestHeader, payload: &SgList) -> Result<Reply, ChunkError> {
         h.check()
             .map_err(|e| ChunkError::Protocol(format!("request not sent: {e}")))?;
-        let deadline = Instant::now() + self.timeout;
+        let timeout = timeout_for(&h).min(self.cap);
+        let deadline = Instant::now() + timeout;
         let late = || ChunkError::Unreachable {
             addr: self.addr,
-            reason: format!("no answer within {} s", self.timeout.as_secs_f32()),
+            reason: format!("no answer within {} s", timeout.as_secs_f32()),
         };
         let conn = tokio::time::timeout_at(deadline, self.conn())
             .await
@@ -389,7 +422,7 @@ mod tests {
             while next_request(&mut s).await.is_some() {}
         });
         let mut c = ChunkClient::new(addr);
-        c.timeout = Duration::from_millis(200);
+        c.cap = Duration::from_millis(200);
         let e = c.flush().await.unwrap_err();
         assert!(e.to_string().contains("no answer"), "{e}");
     }
@@ -404,5 +437,27 @@ mod tests {
         assert!(matches!(e, ChunkError::Protocol(_)), "{e}");
         let e = c.flush().await.unwrap_err();
         assert!(matches!(e, ChunkError::Unreachable { .. }), "{e}");
+    }
+
+    #[test]
+    fn data_requests_time_out_well_before_an_initiator_gives_up() {
+        let h = |op, mirror: Option<Mirror>| {
+            let mut h = RequestHeader::new(op, 0);
+            h.mirror = mirror;
+            timeout_for(&h)
+        };
+        let m = Some(Mirror { sds: 2, device: 3 });
+        assert_eq!(h(Op::Read, None), DATA_TIMEOUT);
+        assert_eq!(h(Op::Write, None), DATA_TIMEOUT);
+        assert_eq!(h(Op::Write, m), MIRRORED_TIMEOUT);
+        assert_eq!(h(Op::Atomic, m), MIRRORED_TIMEOUT);
+        assert_eq!(h(Op::Control, None), CONTROL_TIMEOUT);
+        // The primary's wait for its mirror ends before the gateway's wait for it, so
+        // the gateway hears which copy failed.
+        assert!(DATA_TIMEOUT + Duration::from_secs(2) < MIRRORED_TIMEOUT);
+        // A failed request, its report and a retry fit in the failover deadline.
+        let deadline = crate::sdc::FAILOVER_DEADLINE;
+        assert!(MIRRORED_TIMEOUT + DATA_TIMEOUT < deadline);
+        assert!(FLUSH_TIMEOUT < deadline);
     }
 }
