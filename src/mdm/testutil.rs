@@ -171,12 +171,6 @@ impl SdsLink for FakeSds {
                 system_id: node.system_id,
                 sds_id: node.sds_id,
             },
-            SdsControl::FreeChunks { chunks } => {
-                node.chunks.retain(|c| !chunks.contains(&(c.1, c.2, c.0)));
-                SdsControlReply::Ok
-            }
-            SdsControl::Dirty { .. } => SdsControlReply::Dirty(Vec::new()),
-            SdsControl::Release => SdsControlReply::Ok,
         })
     }
 

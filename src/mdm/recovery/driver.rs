@@ -293,7 +293,7 @@ async fn sweep(mdm: &Arc<Mdm>) {
     let answers = link::fan_out(&mdm.link, calls, CONTROL_TIMEOUT).await;
     let st = mdm.current();
     let named = named_copies(&st);
-    let mut frees: BTreeMap<u64, (Peer, Vec<(u64, u64, u64)>)> = BTreeMap::new();
+    let mut frees: BTreeMap<u64, (Peer, Vec<CopyAt>)> = BTreeMap::new();
     let mut complete = true;
     for (peer, _, r) in answers {
         let Ok(crate::cluster::api::SdsControlReply::Inventory(inv)) = r else {
@@ -339,8 +339,11 @@ async fn sweep(mdm: &Arc<Mdm>) {
     }
 }
 
-/// Every (volume, chunk, device) a layout names: copies and remembered copies.
-fn named_copies(st: &State) -> HashSet<(u64, u64, u64)> {
+/// A chunk copy: (volume, chunk, device).
+type CopyAt = (u64, u64, u64);
+
+/// Every copy a layout names: copies and remembered copies.
+fn named_copies(st: &State) -> HashSet<CopyAt> {
     let mut out = HashSet::new();
     for v in st.volumes.values() {
         for c in 0..v.chunks.len() {
