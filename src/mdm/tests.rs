@@ -532,7 +532,7 @@ async fn a_restarted_sds_reports_its_new_address() {
     let AdminReply::Sds(sds) = env.ok(AdminRequest::QuerySds { sds: by("sds1") }).await else {
         panic!()
     };
-    let hello = |system_id, addr: &str| MdmRequest::SdsHello {
+    let hello = |system_id, addr: &str| MdmRequest::SdsHeartbeat {
         sds_id: sds.id,
         system_id,
         addr: addr.parse().unwrap(),
@@ -541,7 +541,10 @@ async fn a_restarted_sds_reports_its_new_address() {
     assert!(e.contains("belongs to system 0000000000000001"), "{e}");
     assert_eq!(
         env.call(hello(env.mdm.system_id, "0.0.0.0:17003")).await,
-        Ok(MdmReply::Ok)
+        Ok(MdmReply::Lease {
+            lease_ms: 3000,
+            epochs: Vec::new()
+        })
     );
     let AdminReply::Sds(moved) = env.ok(AdminRequest::QuerySds { sds: by("sds1") }).await else {
         panic!()

@@ -158,7 +158,10 @@ impl SdsLink for FakeSds {
                     })
                     .collect(),
             }),
-            SdsControl::Peers { .. } => SdsControlReply::Ok,
+            SdsControl::Peers { .. } | SdsControl::FreeChunks { .. } | SdsControl::Release => {
+                SdsControlReply::Ok
+            }
+            SdsControl::Dirty { .. } => SdsControlReply::Dirty(Vec::new()),
             SdsControl::Ping => SdsControlReply::Pong {
                 system_id: node.system_id,
                 sds_id: node.sds_id,

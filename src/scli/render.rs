@@ -722,6 +722,11 @@ mod tests {
             used_bytes: 50 * GB,
             free_for_thick_bytes: 40 * GB,
             volumes: vec![(0x7a5a, "awsvol01".into())],
+            health: Default::default(),
+            rebuild: Default::default(),
+            rebalance: Default::default(),
+            rebuild_policy: Default::default(),
+            rebalance_policy: Default::default(),
         }
     }
 
@@ -1060,6 +1065,7 @@ mod tests {
             sdc: 2,
             raw_capacity_bytes: 400 * GB,
             used_bytes: 12 * GB,
+            events: Vec::new(),
         };
         assert_eq!(
             text(&AdminRequest::QueryCluster, &AdminReply::Cluster(c)),
@@ -1124,6 +1130,7 @@ mod tests {
             sdc: 0,
             raw_capacity_bytes: 0,
             used_bytes: 0,
+            events: Vec::new(),
         };
         let v: Value = serde_json::from_str(&json(&AdminReply::Cluster(c))).unwrap();
         assert_eq!(v["system_id"], "ffffffffffffffff");

@@ -200,6 +200,7 @@ mod tests {
             sds_id: sds,
             device_id: device,
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            down: false,
         };
         Layout {
             volume_id: 9,
