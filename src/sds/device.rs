@@ -300,7 +300,9 @@ impl Device {
                 self.mark_dirty(key, false)?;
                 continue;
             }
-            if !(unmap && whole && !slot.thick && !slot.dirty) {
+            // Only a whole thin clean chunk is freed; anything else is zeroed in place.
+            let frees = unmap && whole && !slot.thick && !slot.dirty;
+            if !frees {
                 let at = self.header.slot_offset(slot.index) + offset as u64;
                 let done = if unmap {
                     self.clear(at, len as u64)
