@@ -690,20 +690,23 @@ mod tests {
         })
         .await
         .unwrap();
-        ChunkClient::new(h.addr)
-            .control(&SdsControl::Claim {
-                system_id: 1,
-                sds_id: id,
-                sds_name: format!("s{id}"),
-                mdm_port: 1,
-                devices: vec![ClaimDevice {
-                    device_id: id * 10,
-                    path: dev.display().to_string(),
-                    pool_id: 5,
-                }],
-            })
-            .await
-            .unwrap();
+        // The SDS serves data only under a lease from an MDM.
+        let mdm = sds::testutil::FakeMdm::start(600_000).await;
+        let c = ChunkClient::new(h.addr);
+        c.control(&SdsControl::Claim {
+            system_id: 1,
+            sds_id: id,
+            sds_name: format!("s{id}"),
+            mdm_port: mdm.port,
+            devices: vec![ClaimDevice {
+                device_id: id * 10,
+                path: dev.display().to_string(),
+                pool_id: 5,
+            }],
+        })
+        .await
+        .unwrap();
+        sds::testutil::until_served(&c, id * 10).await;
         h
     }
 

@@ -5,6 +5,9 @@
 //! same device id is accepted as is (the MDM may repeat a claim it did not see
 //! answered). If formatting fails half way, the devices already formatted carry our
 //! header but are not recorded; repeating the claim accepts them.
+//!
+//! A successful claim starts the heartbeats (the claim names the MDM's port; its IP
+//! is the claiming connection's peer).
 
 use super::device::{Device, Probe};
 use super::format::{Header, Owner};
@@ -85,6 +88,8 @@ pub fn claim(
             pool: *pool,
         }));
     state::save(&sds.data_dir, &next)?;
+    // Serving needs a lease: heartbeat to the claiming MDM at once.
+    sds.start_heartbeat(&next);
     *current = Some(next);
     info!(
         system = %fmt_id(c.system_id), sds = %fmt_id(c.sds_id), name = %c.sds_name,

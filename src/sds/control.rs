@@ -35,6 +35,11 @@ impl Sds {
             ),
             SdsControl::Peers { peers } => {
                 let s = current.as_mut().ok_or(SdsError::NotClaimed)?;
+                if s.peers == peers {
+                    // The MDM repeats the table often (on every heartbeat today): an
+                    // unchanged table costs no state write.
+                    return Ok(SdsControlReply::Ok);
+                }
                 let mut next = s.clone();
                 next.peers.clone_from(&peers);
                 state::save(&self.data_dir, &next)?;
@@ -62,14 +67,42 @@ impl Sds {
                     devices: self.store.inventory(),
                 }))
             }
-            SdsControl::FreeChunks { .. } | SdsControl::Dirty { .. } | SdsControl::Release => {
-                Err(SdsError::NotClaimed)
+            SdsControl::FreeChunks { chunks } => {
+                let freed = self.store.free_chunks(&chunks)?;
+                info!(asked = chunks.len(), freed, "freed chunk copies");
+                Ok(SdsControlReply::Ok)
             }
+            SdsControl::Dirty { volume, .. } => {
+                Ok(SdsControlReply::Dirty(self.store.dirty(volume)))
+            }
+            SdsControl::Release => self.release(&mut current),
             SdsControl::Ping => {
                 let (system_id, sds_id) = ids(&current);
                 Ok(SdsControlReply::Pong { system_id, sds_id })
             }
         }
+    }
+}
+
+impl Sds {
+    /// `Release`: stop heartbeating and serving, make every device blank again (its
+    /// header zeroed, so it can be added to a system anew; the chunk data stays but
+    /// belongs to no one), forget the claim and the devices. The SDS runs on bare and
+    /// can be claimed again. Repeating it is harmless.
+    fn release(&self, current: &mut Option<state::SdsState>) -> Result<SdsControlReply, SdsError> {
+        self.heartbeat.stop();
+        self.lease.revoke();
+        for dev in self.store.all() {
+            dev.wipe_header()?;
+        }
+        state::remove(&self.data_dir)?;
+        let devices = self.store.clear();
+        self.peers.set(&[]);
+        self.epochs.clear();
+        if let Some(s) = current.take() {
+            info!(system = %fmt_id(s.system_id), sds = %fmt_id(s.sds_id), devices = devices.len(), "released by the MDM; running bare");
+        }
+        Ok(SdsControlReply::Ok)
     }
 }
 

@@ -71,10 +71,23 @@ impl Probe {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot {
     index: u64,
     thick: bool,
+    /// Format's dirty bit: written as primary without its mirror.
+    dirty: bool,
+}
+
+impl Slot {
+    fn entry(&self, key: ChunkKey) -> Entry {
+        Entry::Used {
+            volume: key.0,
+            chunk: key.1,
+            thick: self.thick,
+            dirty: self.dirty,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -166,10 +179,16 @@ impl Device {
                 volume,
                 chunk,
                 thick,
+                dirty,
             }) => {
-                let taken = table
-                    .chunks
-                    .insert((volume, chunk), Slot { index: slot, thick });
+                let taken = table.chunks.insert(
+                    (volume, chunk),
+                    Slot {
+                        index: slot,
+                        thick,
+                        dirty,
+                    },
+                );
                 if let Some(other) = taken {
                     error!(
                         path = %self.path, slot, other = other.index, volume = %fmt_id(volume), chunk,
@@ -217,13 +236,15 @@ impl Device {
         }
     }
 
-    /// Writes into a chunk, allocating its slot on first write.
+    /// Writes into a chunk, allocating its slot on first write. With `dirty` the
+    /// chunk's dirty bit is set (see `mark_dirty`) before any data is written.
     pub fn write(
         &self,
         key: ChunkKey,
         offset: u32,
         data: &SgList,
         fua: bool,
+        dirty: bool,
     ) -> Result<(), SdsError> {
         if data.is_empty() {
             return self.sync_if(fua);
@@ -232,6 +253,11 @@ impl Device {
             {
                 let table = self.lock();
                 if let Some(slot) = table.chunks.get(&key) {
+                    if dirty && !slot.dirty {
+                        drop(table);
+                        self.mark_dirty(key, false)?;
+                        continue;
+                    }
                     let mut at = self.header.slot_offset(slot.index) + offset as u64;
                     for seg in data.segments() {
                         self.file
@@ -246,12 +272,14 @@ impl Device {
             // A write covering the whole chunk overwrites whatever the slot held.
             let whole = offset == 0 && data.len() as u64 == CHUNK_SIZE;
             let guard = self.alloc_guard();
-            self.allocate(&guard, key, false, !whole)?;
+            self.allocate_as(&guard, key, false, dirty, !whole)?;
         }
     }
 
     /// Zeroes a range of a chunk. A chunk not allocated here reads as zeros already and
-    /// stays unallocated; `unmap` of a whole thin chunk frees its slot.
+    /// stays unallocated; `unmap` of a whole thin chunk frees its slot, unless the chunk
+    /// is dirty: freeing would drop the mark with the entry, so its data is punched and
+    /// the slot kept until the chunk is replicated.
     pub fn write_zeroes(
         &self,
         key: ChunkKey,
@@ -259,14 +287,22 @@ impl Device {
         len: u32,
         unmap: bool,
         fua: bool,
+        dirty: bool,
     ) -> Result<(), SdsError> {
         let whole = offset == 0 && len as u64 == CHUNK_SIZE;
-        {
+        loop {
             let table = self.lock();
             let Some(slot) = table.chunks.get(&key).copied() else {
                 return Ok(());
             };
-            if !(unmap && whole && !slot.thick) {
+            if dirty && !slot.dirty {
+                drop(table);
+                self.mark_dirty(key, false)?;
+                continue;
+            }
+            // Only a whole thin clean chunk is freed; anything else is zeroed in place.
+            let frees = unmap && whole && !slot.thick && !slot.dirty;
+            if !frees {
                 let at = self.header.slot_offset(slot.index) + offset as u64;
                 let done = if unmap {
                     self.clear(at, len as u64)
@@ -277,6 +313,7 @@ impl Device {
                 done?;
                 return self.sync_if(fua);
             }
+            break;
         }
         self.free(key)?;
         self.sync_if(fua)
@@ -331,26 +368,36 @@ impl Device {
     /// publish. With `thick` an existing thin slot is marked thick.
     pub fn allocate(
         &self,
-        _guard: &MutexGuard<'_, ()>,
+        guard: &MutexGuard<'_, ()>,
         key: ChunkKey,
         thick: bool,
         zero: bool,
     ) -> Result<(), SdsError> {
+        self.allocate_as(guard, key, thick, false, zero)
+    }
+
+    /// `allocate`, with the dirty bit of a new entry.
+    fn allocate_as(
+        &self,
+        _guard: &MutexGuard<'_, ()>,
+        key: ChunkKey,
+        thick: bool,
+        dirty: bool,
+        zero: bool,
+    ) -> Result<(), SdsError> {
+        let existing = self.lock().chunks.get(&key).copied();
+        if existing.is_some() {
+            if thick {
+                self.update_slot(key, |s| s.thick = true)?;
+            }
+            return Ok(());
+        }
         let entry = Entry::Used {
             volume: key.0,
             chunk: key.1,
             thick,
+            dirty,
         };
-        let existing = self.lock().chunks.get(&key).copied();
-        if let Some(slot) = existing {
-            if thick && !slot.thick {
-                self.write_entry(slot.index, entry)?;
-                if let Some(s) = self.lock_mut().chunks.get_mut(&key) {
-                    s.thick = true;
-                }
-            }
-            return Ok(());
-        }
         let index = self
             .lock_mut()
             .free
@@ -367,7 +414,14 @@ impl Device {
         let mut table = self.lock_mut();
         match prepared {
             Ok(()) => {
-                table.chunks.insert(key, Slot { index, thick });
+                table.chunks.insert(
+                    key,
+                    Slot {
+                        index,
+                        thick,
+                        dirty,
+                    },
+                );
                 Ok(())
             }
             Err(e) => {
@@ -414,6 +468,73 @@ impl Device {
             freed += usize::from(self.free(k)?);
         }
         Ok(freed)
+    }
+
+    /// Sets the dirty bit of `key` (one entry write, skipped when already set), before
+    /// the write that makes it dirty is acknowledged. A chunk not held here is given a
+    /// zeroed slot when `allocate` (it is about to be written, or must keep the mark
+    /// for a mirror that may still hold data), else left alone: it reads as zeros and
+    /// a zeroing write changes nothing.
+    pub fn mark_dirty(&self, key: ChunkKey, allocate: bool) -> Result<(), SdsError> {
+        if self.is_dirty(key) {
+            return Ok(());
+        }
+        let guard = self.alloc_guard();
+        if self.update_slot(key, |s| s.dirty = true)? || !allocate {
+            return Ok(());
+        }
+        self.allocate_as(&guard, key, false, true, true)
+    }
+
+    /// Clears the dirty bit of `key` once the chunk has been replicated whole.
+    pub fn clear_dirty(&self, key: ChunkKey) -> Result<(), SdsError> {
+        let _guard = self.alloc_guard();
+        self.update_slot(key, |s| s.dirty = false).map(drop)
+    }
+
+    /// Chunk indices of `volume` with the dirty bit set, sorted.
+    pub fn dirty(&self, volume: u64) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .lock()
+            .chunks
+            .iter()
+            .filter(|(k, s)| k.0 == volume && s.dirty)
+            .map(|(k, _)| k.1)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Whether `key`'s dirty bit is set.
+    pub fn is_dirty(&self, key: ChunkKey) -> bool {
+        self.lock().chunks.get(&key).is_some_and(|s| s.dirty)
+    }
+
+    /// Makes the device blank again (header zeroed and synced), so it can be added to
+    /// a system anew: what `Release` leaves behind.
+    pub fn wipe_header(&self) -> Result<(), SdsError> {
+        self.file
+            .write_all_at(&[0u8; HEADER_LEN as usize], 0)
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| self.io_err(e))
+    }
+
+    /// Rewrites the entry of `key`'s slot with `change` applied (if that changes it),
+    /// under the table's write lock so a concurrent `free` cannot clear the entry in
+    /// between and have it resurrected; one small write, rare (a state change).
+    /// Returns whether `key` has a slot.
+    fn update_slot(&self, key: ChunkKey, change: impl Fn(&mut Slot)) -> Result<bool, SdsError> {
+        let mut table = self.lock_mut();
+        let Some(slot) = table.chunks.get_mut(&key) else {
+            return Ok(false);
+        };
+        let mut next = *slot;
+        change(&mut next);
+        if next != *slot {
+            self.write_entry(next.index, next.entry(key))?;
+            *slot = next;
+        }
+        Ok(true)
     }
 
     fn write_entry(&self, slot: u64, entry: Entry) -> Result<(), SdsError> {
@@ -490,7 +611,8 @@ mod tests {
         let dev = formatted(&blank(&dir, "d", 8 << 20));
         assert_eq!(dev.free_slots(), 7);
         assert_eq!(dev.read((1, 0), 0, 16).unwrap(), vec![0u8; 16]);
-        dev.write((1, 0), 4096, &sg(&[5u8; 4096]), false).unwrap();
+        dev.write((1, 0), 4096, &sg(&[5u8; 4096]), false, false)
+            .unwrap();
         assert_eq!(dev.free_slots(), 6);
         let r = dev.read((1, 0), 0, 8192).unwrap();
         assert!(r[..4096].iter().all(|&b| b == 0));
@@ -506,16 +628,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dev = formatted(&blank(&dir, "d", 4 << 20));
         let slots = dev.free_slots();
-        dev.write((1, 0), 0, &sg(&[7u8; 512]), true).unwrap();
-        dev.write_zeroes((1, 0), 0, 512, true, false).unwrap();
+        dev.write((1, 0), 0, &sg(&[7u8; 512]), true, false).unwrap();
+        dev.write_zeroes((1, 0), 0, 512, true, false, false)
+            .unwrap();
         assert_eq!(dev.read((1, 0), 0, 512).unwrap(), vec![0u8; 512]);
         assert_eq!(dev.free_slots(), slots - 1);
-        dev.write_zeroes((1, 0), 0, CHUNK_SIZE as u32, true, false)
+        dev.write_zeroes((1, 0), 0, CHUNK_SIZE as u32, true, false, false)
             .unwrap();
         assert_eq!(dev.free_slots(), slots);
         assert!(dev.chunks().is_empty());
         // The reused slot reads zeros beyond what its new chunk wrote.
-        dev.write((2, 0), 0, &sg(&[1u8; 16]), false).unwrap();
+        dev.write((2, 0), 0, &sg(&[1u8; 16]), false, false).unwrap();
         assert_eq!(dev.read((2, 0), 0, 1024).unwrap()[16..], [0u8; 1008][..]);
     }
 
@@ -529,10 +652,10 @@ mod tests {
             dev.allocate(&g, (1, 0), true, true).unwrap();
             dev.allocate(&g, (1, 0), true, true).unwrap();
         }
-        dev.write((2, 0), 0, &sg(&[1]), false).unwrap();
-        let e = dev.write((2, 1), 0, &sg(&[1]), false).unwrap_err();
+        dev.write((2, 0), 0, &sg(&[1]), false, false).unwrap();
+        let e = dev.write((2, 1), 0, &sg(&[1]), false, false).unwrap_err();
         assert!(matches!(e, SdsError::NoSpace { .. }), "{e}");
-        dev.write_zeroes((1, 0), 0, CHUNK_SIZE as u32, true, false)
+        dev.write_zeroes((1, 0), 0, CHUNK_SIZE as u32, true, false, false)
             .unwrap();
         assert!(dev.holds((1, 0), true));
         assert_eq!(dev.free_volume(2).unwrap(), 1);
@@ -545,8 +668,10 @@ mod tests {
         let path = blank(&dir, "d", 8 << 20);
         let header = {
             let dev = formatted(&path);
-            dev.write((1, 0), 0, &sg(&[1u8; 100]), false).unwrap();
-            dev.write((1, 1), 0, &sg(&[2u8; 100]), false).unwrap();
+            dev.write((1, 0), 0, &sg(&[1u8; 100]), false, false)
+                .unwrap();
+            dev.write((1, 1), 0, &sg(&[2u8; 100]), false, false)
+                .unwrap();
             *dev.header()
         };
         let probe = Probe::open(&path).unwrap();
@@ -590,5 +715,47 @@ mod tests {
         assert!(matches!(e, SdsError::Shrunk { .. }), "{e}");
         let tiny = blank(&dir, "t", 1000);
         assert_eq!(Probe::open(&tiny).unwrap().header, None);
+    }
+
+    #[test]
+    fn dirty_marks_survive_reload_and_keep_their_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = blank(&dir, "d", 8 << 20);
+        let header = {
+            let dev = formatted(&path);
+            // A degraded first write allocates the chunk already dirty.
+            dev.write((1, 0), 0, &sg(&[1u8; 512]), false, true).unwrap();
+            // An existing clean chunk is marked before its data is written.
+            dev.write((1, 1), 0, &sg(&[2u8; 512]), false, false)
+                .unwrap();
+            assert!(!dev.is_dirty((1, 1)));
+            dev.write_zeroes((1, 1), 0, 512, false, false, true)
+                .unwrap();
+            // Zeroing a chunk not held changes nothing and marks nothing.
+            dev.write_zeroes((1, 2), 0, 512, false, false, true)
+                .unwrap();
+            // A mirror failure marks even a chunk this copy does not hold.
+            dev.mark_dirty((2, 0), true).unwrap();
+            assert_eq!(dev.dirty(1), vec![0, 1]);
+            // A dirty thin chunk keeps its slot (and mark) through a whole unmap.
+            dev.write_zeroes((1, 0), 0, CHUNK_SIZE as u32, true, false, false)
+                .unwrap();
+            assert!(dev.holds((1, 0), false));
+            assert_eq!(dev.read((1, 0), 0, 512).unwrap(), vec![0u8; 512]);
+            *dev.header()
+        };
+        let dev = Device::load(Probe::open(&path).unwrap(), header).unwrap();
+        assert_eq!(dev.dirty(1), vec![0, 1]);
+        assert_eq!(dev.dirty(2), vec![0]);
+        dev.clear_dirty((1, 1)).unwrap();
+        // Marking the thick flag keeps the dirty bit.
+        {
+            let g = dev.alloc_guard();
+            dev.allocate(&g, (1, 0), true, true).unwrap();
+        }
+        let dev = Device::load(Probe::open(&path).unwrap(), header).unwrap();
+        assert_eq!(dev.dirty(1), vec![0]);
+        assert!(dev.holds((1, 0), true));
+        assert_eq!(dev.read((1, 1), 0, 512).unwrap(), vec![0u8; 512]);
     }
 }

@@ -1,7 +1,13 @@
 //! Epoch fencing: the highest layout epoch seen per volume. A request routed with an
 //! older layout is refused, so a gateway that missed a failover cannot read or write a
-//! copy the MDM has since replaced. Kept in memory only: after a restart the first
-//! request of each volume sets the mark again.
+//! copy the MDM has since replaced.
+//!
+//! The mark rises from two sources: the requests themselves, and the MDM's answers to
+//! this SDS's heartbeats (`MdmReply::Lease` lists every volume's current epoch). That
+//! second source is why the marks live in memory only and need not be durable: a
+//! restarted SDS serves nothing until its first lease (`lease`), and that lease has
+//! already raised every mark to the MDM's current epoch, so a gateway still routing
+//! with an older layout is refused even if no newer request reached this SDS before.
 
 use crate::cluster::chunk::ChunkError;
 use std::collections::HashMap;
@@ -26,6 +32,18 @@ impl Epochs {
         }
         *current = epoch;
         Ok(())
+    }
+
+    /// Raises `volume`'s mark to `epoch` (never lowers it): the MDM's word from a lease.
+    pub fn raise(&self, volume: u64, epoch: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let current = seen.entry(volume).or_insert(epoch);
+        *current = (*current).max(epoch);
+    }
+
+    /// Forgets every volume (the SDS was released).
+    pub fn clear(&self) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Forgets a removed volume.
@@ -58,5 +76,20 @@ mod tests {
         assert!(e.admit(1, 6).is_err());
         e.forget(1);
         e.admit(1, 1).unwrap();
+    }
+
+    #[test]
+    fn leases_raise_marks_but_never_lower_them() {
+        let e = Epochs::default();
+        e.raise(3, 4);
+        assert!(e.admit(3, 3).is_err());
+        e.admit(3, 6).unwrap();
+        e.raise(3, 5);
+        assert!(matches!(
+            e.admit(3, 5),
+            Err(ChunkError::StaleEpoch { current: 6, .. })
+        ));
+        e.clear();
+        e.admit(3, 1).unwrap();
     }
 }

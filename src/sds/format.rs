@@ -29,10 +29,16 @@
 //! A device whose first 8 bytes are not the magic is blank and may be claimed.
 //!
 //! Table entry (32 bytes): volume id u64, chunk index u64, state u32 (bit 0 used,
-//! bit 1 thick: reserved by a thick volume, so unmapping keeps the slot), 8 reserved
-//! zero bytes, CRC32C of bytes 0..28. An all-zero entry is a free slot (so a freshly
+//! bit 1 thick: reserved by a thick volume, so unmapping keeps the slot; bit 2 dirty:
+//! this copy, as primary, took a write its mirror did not get since it was last
+//! replicated whole), 8 reserved zero bytes, CRC32C of bytes 0..28. An all-zero entry is a free slot (so a freshly
 //! zeroed or sparse table is all free); any other entry must carry a valid checksum.
 //! Entries are 32-byte aligned inside a sector, so one is never torn by a crash.
+//!
+//! The dirty bit is persistent because it outlives the SDS that holds the other copy:
+//! when that SDS returns after a failure, the MDM asks the survivor which chunks it
+//! wrote alone (`SdsControl::Dirty`) and copies back only those, even if the survivor
+//! restarted meanwhile.
 
 use crate::cluster::api::CHUNK_SIZE;
 
@@ -45,6 +51,8 @@ const TABLE_ALIGN: u64 = 4096;
 const CRC_AT: usize = 80;
 const STATE_USED: u32 = 0x1;
 const STATE_THICK: u32 = 0x2;
+const STATE_DIRTY: u32 = 0x4;
+const STATE_KNOWN: u32 = STATE_USED | STATE_THICK | STATE_DIRTY;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
@@ -205,6 +213,8 @@ pub enum Entry {
         volume: u64,
         chunk: u64,
         thick: bool,
+        /// Written as primary without its mirror since last replicated whole.
+        dirty: bool,
     },
 }
 
@@ -215,9 +225,12 @@ impl Entry {
             volume,
             chunk,
             thick,
+            dirty,
         } = *self
         {
-            let state = STATE_USED | if thick { STATE_THICK } else { 0 };
+            let state = STATE_USED
+                | if thick { STATE_THICK } else { 0 }
+                | if dirty { STATE_DIRTY } else { 0 };
             b[0..8].copy_from_slice(&volume.to_be_bytes());
             b[8..16].copy_from_slice(&chunk.to_be_bytes());
             b[16..20].copy_from_slice(&state.to_be_bytes());
@@ -236,13 +249,14 @@ impl Entry {
             return Err(FormatError::EntryChecksum);
         }
         let state = u32::from_be_bytes(b[16..20].try_into().expect("4 bytes"));
-        if state & !(STATE_USED | STATE_THICK) != 0 || state & STATE_USED == 0 {
+        if state & !STATE_KNOWN != 0 || state & STATE_USED == 0 {
             return Err(FormatError::EntryState(state));
         }
         Ok(Entry::Used {
             volume: be64(&b[0..]),
             chunk: be64(&b[8..]),
             thick: state & STATE_THICK != 0,
+            dirty: state & STATE_DIRTY != 0,
         })
     }
 }
@@ -337,11 +351,19 @@ mod tests {
                 volume: 5,
                 chunk: 1 << 40,
                 thick: false,
+                dirty: false,
             },
             Entry::Used {
                 volume: u64::MAX,
                 chunk: 0,
                 thick: true,
+                dirty: false,
+            },
+            Entry::Used {
+                volume: 3,
+                chunk: 4,
+                thick: true,
+                dirty: true,
             },
         ] {
             assert_eq!(Entry::decode(&e.encode()).unwrap(), e);
@@ -355,6 +377,7 @@ mod tests {
             volume: 5,
             chunk: 6,
             thick: false,
+            dirty: true,
         };
         let mut b = e.encode();
         b[3] ^= 0x40;
@@ -363,9 +386,9 @@ mod tests {
         b[31] = 1;
         assert_eq!(Entry::decode(&b), Err(FormatError::EntryChecksum));
         let mut b = e.encode();
-        b[16..20].copy_from_slice(&0x4u32.to_be_bytes());
+        b[16..20].copy_from_slice(&0x8u32.to_be_bytes());
         let crc = crc32c::crc32c(&b[..28]);
         b[28..32].copy_from_slice(&crc.to_be_bytes());
-        assert_eq!(Entry::decode(&b), Err(FormatError::EntryState(4)));
+        assert_eq!(Entry::decode(&b), Err(FormatError::EntryState(8)));
     }
 }

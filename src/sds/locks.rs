@@ -1,15 +1,17 @@
 //! Ordering on a primary: a striped table of read-write locks keyed by chunk.
 //!
 //! An Atomic request (compare-and-write, or-write, atomic write) holds its chunk's lock
-//! exclusively from reading the current bytes until both copies hold the result; reads
-//! and the primary's ordinary writes (those that name a mirror) hold it shared, a write
-//! until both copies are written. So no write slips between a compare and its write,
-//! no read sees half of an atomic write, and both copies apply the writes of one chunk
-//! in the same order.
+//! exclusively from reading the current bytes until both copies hold the result, and a
+//! Replicate from its first read until the target holds the whole chunk; reads and the
+//! primary's ordinary writes (mirrored or degraded) hold it shared, a write until both
+//! copies are written. So no write slips between a compare and its write, no read sees
+//! half of an atomic write, both copies apply the writes of one chunk in the same
+//! order, and no write reaches only the old copies while a new one is being filled.
+//! Requests are admitted (lease, epoch) only once they hold the lock (see `ops`).
 //!
-//! A forwarded copy (a write without a mirror) takes no lock: its primary already holds
-//! one for it, and a secondary waiting on a stripe that a CAW of its own holds while
-//! that CAW waits on the first SDS's forward would deadlock two primaries.
+//! A forwarded copy (FLAG_FORWARDED) takes no lock: its primary already holds one for
+//! it, and a secondary waiting on a stripe that a CAW of its own holds while that CAW
+//! waits on the first SDS's forward would deadlock two primaries.
 //!
 //! Stripes, not one lock per chunk: a fixed table costs no allocation or map lookup per
 //! request, and an uncontended shared acquisition is one compare-and-swap. Two chunks
@@ -48,6 +50,14 @@ impl ChunkLocks {
     pub async fn exclusive(&self, volume: u64, chunk: u64) -> RwLockWriteGuard<'_, ()> {
         self.stripe(volume, chunk).write().await
     }
+
+    /// Waits until every request holding a chunk lock when it was called has let go:
+    /// each stripe is taken exclusively in turn and released at once.
+    pub async fn drain(&self) {
+        for s in self.stripes.iter() {
+            drop(s.write().await);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -55,6 +65,15 @@ mod tests {
     use super::*;
     use std::time::Duration;
     use tokio::time::timeout;
+
+    #[tokio::test]
+    async fn drain_waits_for_holders() {
+        let l = std::sync::Arc::new(ChunkLocks::default());
+        let held = l.shared(1, 2).await;
+        assert!(timeout(Duration::from_millis(50), l.drain()).await.is_err());
+        drop(held);
+        timeout(Duration::from_secs(1), l.drain()).await.unwrap();
+    }
 
     const SHORT: Duration = Duration::from_millis(50);
 

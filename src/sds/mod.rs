@@ -3,24 +3,29 @@
 //!
 //! An SDS starts bare and waits for an MDM to claim it (`SdsControl::Claim`), which
 //! names the system, the SDS and its devices. From then on it remembers who it
-//! belongs to (`state`), and after a restart verifies every device header before
-//! serving and announces itself to the MDM (`hello`).
+//! belongs to (`state`), after a restart verifies every device header before serving,
+//! and heartbeats to the MDM for as long as it runs (`heartbeat`); it serves chunk
+//! data only while the MDM's answers keep its lease valid (`lease`). `Release` undoes
+//! the claim.
 //!
 //! Modules: `format` (pure on-disk encoding, documented there), `device` (one
 //! device's chunk table and I/O), `store` (all devices), `claim` and `control` (MDM
-//! messages), `ops` (one chunk request, mirroring), `locks` (per-chunk ordering of
-//! atomic ops against writes), `server` (connections), `epoch` (fencing), `peers`
-//! (mirror targets), `state` (persistence), `hello`.
+//! messages), `ops` (one chunk request, mirroring), `replicate` (copying a whole
+//! chunk for rebuild and rebalance), `locks` (per-chunk ordering of atomic ops and
+//! replication against writes), `server` (connections), `epoch` (fencing), `lease`
+//! and `heartbeat` (liveness), `peers` (mirror targets), `state` (persistence).
 
 mod claim;
 mod control;
 mod device;
 mod epoch;
 mod format;
-mod hello;
+mod heartbeat;
+mod lease;
 mod locks;
 mod ops;
 mod peers;
+mod replicate;
 mod server;
 mod state;
 mod store;
@@ -30,6 +35,8 @@ use crate::cluster::chunk::ChunkError;
 use device::{Device, Probe};
 use epoch::Epochs;
 use format::FormatError;
+use heartbeat::{Heartbeat, Identity};
+use lease::Lease;
 use locks::ChunkLocks;
 use peers::Peers;
 use state::SdsState;
@@ -55,7 +62,7 @@ pub struct SdsHandle {
     /// The bound address (the real port when asked for port 0).
     pub addr: SocketAddr,
     server: JoinHandle<()>,
-    hello: Option<JoinHandle<()>>,
+    heartbeat: Arc<Heartbeat>,
 }
 
 impl SdsHandle {
@@ -64,13 +71,11 @@ impl SdsHandle {
         let _ = self.server.await;
     }
 
-    /// Stops accepting, closes every connection and stops announcing. Requests already
-    /// executing finish on their own.
+    /// Stops accepting, closes every connection and stops heartbeating. Requests
+    /// already executing finish on their own.
     pub fn stop(self) {
         self.server.abort();
-        if let Some(h) = self.hello {
-            h.abort();
-        }
+        self.heartbeat.stop();
     }
 }
 
@@ -164,18 +169,28 @@ impl SdsError {
 /// What every connection of this SDS shares.
 struct Sds {
     data_dir: PathBuf,
+    /// Where this SDS listens (what heartbeats advertise).
+    listen: SocketAddr,
+    /// `SdsOptions::mdm`: heartbeat there rather than to the claiming MDM.
+    mdm_override: Option<String>,
     /// Who claimed us; also serialises control messages.
     state: Mutex<Option<SdsState>>,
     store: Store,
-    epochs: Epochs,
+    epochs: Arc<Epochs>,
+    lease: Arc<Lease>,
+    heartbeat: Arc<Heartbeat>,
     peers: Peers,
     locks: ChunkLocks,
 }
 
 impl Sds {
     /// Loads the saved state and opens every device, refusing to start if one no
-    /// longer carries the header it was given.
-    fn open(data_dir: &Path) -> Result<Self, SdsError> {
+    /// longer carries the header it was given. Heartbeats start with `start_heartbeat`.
+    fn open(
+        data_dir: &Path,
+        listen: SocketAddr,
+        mdm_override: Option<String>,
+    ) -> Result<Self, SdsError> {
         state::prepare_dir(data_dir)?;
         let saved = state::load(data_dir)?;
         let store = Store::default();
@@ -209,24 +224,39 @@ impl Sds {
             }
             peers.set(&s.peers);
         }
+        let epochs = Arc::new(Epochs::default());
+        let lease = Arc::new(Lease::default());
         Ok(Self {
             data_dir: data_dir.to_path_buf(),
+            listen,
+            mdm_override,
             state: Mutex::new(saved),
             store,
-            epochs: Epochs::default(),
+            heartbeat: Arc::new(Heartbeat::new(lease.clone(), epochs.clone())),
+            epochs,
+            lease,
             peers,
             locks: ChunkLocks::default(),
         })
     }
+
+    /// Heartbeats as the SDS `s` names, to its MDM (or the overriding one).
+    fn start_heartbeat(&self, s: &SdsState) {
+        self.heartbeat.start(Identity {
+            mdm: self
+                .mdm_override
+                .clone()
+                .unwrap_or_else(|| s.mdm_addr.clone()),
+            system_id: s.system_id,
+            sds_id: s.sds_id,
+            listen: self.listen,
+        });
+    }
 }
 
-/// Loads the state, binds the port and starts serving in the background.
+/// Binds the port, loads the state and starts serving (and heartbeating, if claimed)
+/// in the background.
 pub async fn start(opts: SdsOptions) -> Result<SdsHandle, SdsError> {
-    let dir = opts.data_dir.clone();
-    let sds = match tokio::task::spawn_blocking(move || Sds::open(&dir)).await {
-        Ok(r) => r?,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    };
     let listener = TcpListener::bind(opts.listen)
         .await
         .map_err(|source| SdsError::Bind {
@@ -237,22 +267,30 @@ pub async fn start(opts: SdsOptions) -> Result<SdsHandle, SdsError> {
         addr: opts.listen,
         source,
     })?;
+    let dir = opts.data_dir.clone();
+    let mdm = opts.mdm.clone();
+    let sds = match tokio::task::spawn_blocking(move || Sds::open(&dir, addr, mdm)).await {
+        Ok(r) => r?,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
     let claimed = sds.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let hello = claimed.map(|s| {
-        let mdm = opts.mdm.clone().unwrap_or(s.mdm_addr);
-        info!(%addr, system = %fmt_id(s.system_id), sds = %fmt_id(s.sds_id), devices = s.devices.len(), "SDS started");
-        tokio::spawn(hello::announce(mdm, s.system_id, s.sds_id, addr))
-    });
-    if hello.is_none() {
-        info!(%addr, "SDS started bare; waiting for an MDM to claim it");
+    match claimed {
+        Some(s) => {
+            info!(%addr, system = %fmt_id(s.system_id), sds = %fmt_id(s.sds_id), devices = s.devices.len(), "SDS started; serving once the MDM grants a lease");
+            sds.start_heartbeat(&s);
+        }
+        None => info!(%addr, "SDS started bare; waiting for an MDM to claim it"),
     }
+    let heartbeat = sds.heartbeat.clone();
     let server = tokio::spawn(server::run(listener, Arc::new(sds)));
     Ok(SdsHandle {
         addr,
         server,
-        hello,
+        heartbeat,
     })
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod testutil;

@@ -1,6 +1,14 @@
-//! Executing one chunk request: epoch fencing, the chunk lock (`locks`), the device
-//! operation on a blocking thread, and for a primary write the forward to the mirror
-//! SDS, run concurrently.
+//! Executing one chunk request: admission (the lease, then the epoch), the chunk lock
+//! (`locks`), the device operation on a blocking thread, and for a primary write the
+//! forward to the mirror SDS, run concurrently; dirty marking of writes the mirror did
+//! not get.
+//!
+//! Admission comes *after* the chunk lock for every op of a primary that takes one
+//! (shared: Read, Write and WriteZeroes, Copy's destination; exclusive: Atomic,
+//! Replicate). Replicate raises the epoch under the exclusive lock, so a write that
+//! was admitted under the old epoch has finished (on every copy of the old layout)
+//! before the new copy is filled, and one still waiting for the lock is refused
+//! rather than writing only the old copies after it.
 
 use super::device::{ChunkKey, Device};
 use super::{Sds, SdsError};
@@ -8,7 +16,8 @@ use crate::backend::fileops::runs_inline;
 use crate::backend::{AtomicOp, SgList};
 use crate::cluster::api::{fmt_id, SdsControl};
 use crate::cluster::chunk::wire::{
-    AtomicKind, CopySource, Op, RequestHeader, SourceCopy, FLAG_FUA, FLAG_MAPPED, FLAG_MISCOMPARE,
+    AtomicKind, CopySource, Op, RequestHeader, SourceCopy, FLAG_FORWARDED, FLAG_FUA, FLAG_MAPPED,
+    FLAG_MISCOMPARE,
 };
 use crate::cluster::chunk::{ChunkError, ChunkRef, Mirror};
 use bytes::Bytes;
@@ -24,7 +33,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn data(payload: Bytes) -> Self {
+    pub(super) fn data(payload: Bytes) -> Self {
         Self {
             payload,
             ..Self::default()
@@ -46,17 +55,20 @@ pub async fn execute(
             Ok(Answer::default())
         }
         Op::Read | Op::Write | Op::WriteZeroes | Op::Status | Op::Atomic => {
-            sds.epochs.admit(h.at.volume, h.at.epoch)?;
+            // Refused early too: a fenced SDS answers at once rather than after a lock.
+            sds.lease.check()?;
             let dev = sds.store.device(h.at.device).map_err(|e| e.to_chunk())?;
             let key = (h.at.volume, h.at.chunk);
             match h.op {
                 Op::Read => {
                     let _order = sds.locks.shared(h.at.volume, h.at.chunk).await;
+                    admit(sds, h.at)?;
                     let small = runs_inline(h.length as usize, false);
                     let data = run(small, move || dev.read(key, h.offset, h.length)).await?;
                     Ok(Answer::data(data))
                 }
                 Op::Status => {
+                    admit(sds, h.at)?;
                     let (mapped, run) = blocking(move || dev.status(key, h.offset)).await?;
                     Ok(Answer {
                         flags: if mapped { FLAG_MAPPED } else { 0 },
@@ -66,26 +78,36 @@ pub async fn execute(
                 }
                 Op::Atomic => atomic(sds, h, dev, key, payload).await,
                 _ => {
-                    // The primary's write (it names a mirror) is ordered against Atomic
-                    // ops; a forwarded copy is ordered by its primary (see `locks`).
-                    let _order = match h.mirror {
-                        Some(_) => Some(sds.locks.shared(h.at.volume, h.at.chunk).await),
-                        None => None,
+                    // A primary's write (naming a mirror, or degraded) is ordered against
+                    // Atomic ops and Replicate; a forwarded copy is ordered by its
+                    // primary (see `locks`).
+                    let _order = match h.forwarded() {
+                        false => Some(sds.locks.shared(h.at.volume, h.at.chunk).await),
+                        true => None,
                     };
+                    admit(sds, h.at)?;
                     write_copies(sds, h, dev, key, SgList::from(payload)).await?;
                     Ok(Answer::default())
                 }
             }
         }
         Op::Copy => copy(sds, h, payload).await,
-        Op::Replicate => Err(ChunkError::Refused(
-            "Replicate is not implemented yet".into(),
-        )),
+        Op::Replicate => super::replicate::replicate(sds, h).await,
     }
 }
 
+/// Admits a data request: this SDS holds a lease, and the request's epoch is not
+/// older than the volume's mark (raising it if newer).
+pub(super) fn admit(sds: &Sds, at: ChunkRef) -> Result<(), ChunkError> {
+    sds.lease.check()?;
+    sds.epochs.admit(at.volume, at.epoch)
+}
+
 /// Writes (or zeroes) the local copy and, when the request names a mirror, forwards
-/// the same request there concurrently; both must succeed.
+/// the same request there concurrently; both must succeed. A primary write without a
+/// mirror (degraded) marks the chunk dirty before its data is written; one whose
+/// forward failed marks it before answering: either way the local copy holds a write
+/// the other copy lacks, which is what the MDM asks for when that copy returns.
 async fn write_copies(
     sds: &Sds,
     h: RequestHeader,
@@ -93,13 +115,15 @@ async fn write_copies(
     key: ChunkKey,
     data: SgList,
 ) -> Result<(), ChunkError> {
+    let degraded = h.mirror.is_none() && !h.forwarded();
     let forward = data.clone();
     let small = runs_inline(h.length as usize, h.fua());
+    let local_dev = dev.clone();
     let local = run(small, move || {
         if h.op == Op::Write {
-            dev.write(key, h.offset, &data, h.fua())
+            local_dev.write(key, h.offset, &data, h.fua(), degraded)
         } else {
-            dev.write_zeroes(key, h.offset, h.length, h.unmap(), h.fua())
+            local_dev.write_zeroes(key, h.offset, h.length, h.unmap(), h.fua(), degraded)
         }
     });
     match h.mirror {
@@ -107,7 +131,13 @@ async fn write_copies(
         Some(m) => {
             let (l, r) = tokio::join!(local, mirror(sds, h, forward, m));
             l?;
-            r
+            if let Err(e) = r {
+                if let Err(mark) = blocking(move || dev.mark_dirty(key, true)).await {
+                    tracing::error!(volume = %fmt_id(key.0), chunk = key.1, error = %mark, "cannot mark a chunk dirty after its mirror failed; a returning mirror may miss this write");
+                }
+                return Err(e);
+            }
+            Ok(())
         }
     }
 }
@@ -129,6 +159,7 @@ async fn atomic(
         .ok_or_else(|| ChunkError::Protocol("Atomic request without a kind".into()))?;
     let len = h.length as usize;
     let _exclusive = sds.locks.exclusive(h.at.volume, h.at.chunk).await;
+    admit(sds, h.at)?;
     let result = match kind {
         AtomicKind::Write => payload,
         AtomicKind::CompareAndWrite | AtomicKind::Or => {
@@ -172,7 +203,8 @@ async fn atomic(
 async fn copy(sds: &Arc<Sds>, h: RequestHeader, payload: Bytes) -> Result<Answer, ChunkError> {
     let src =
         CopySource::decode(&payload, h.length).map_err(|e| ChunkError::Protocol(e.to_string()))?;
-    sds.epochs.admit(h.at.volume, h.at.epoch)?;
+    // Early, so a stale or fenced copy reads no source; checked again under the lock.
+    admit(sds, h.at)?;
     let dev = sds.store.device(h.at.device).map_err(|e| e.to_chunk())?;
     // The source is read before the destination's lock is taken: a copy never holds
     // two chunk locks at once, so two copies in opposite directions cannot deadlock.
@@ -192,11 +224,10 @@ async fn copy(sds: &Arc<Sds>, h: RequestHeader, payload: Bytes) -> Result<Answer
             SgList::new()
         }
     };
-    // Ordered against Atomic ops on the destination chunk like any primary write.
-    let _order = match w.mirror {
-        Some(_) => Some(sds.locks.shared(h.at.volume, h.at.chunk).await),
-        None => None,
-    };
+    // Ordered against Atomic ops and Replicate on the destination chunk like any
+    // primary write.
+    let _order = sds.locks.shared(h.at.volume, h.at.chunk).await;
+    admit(sds, h.at)?;
     write_copies(sds, w, dev, key, data).await?;
     Ok(Answer::default())
 }
@@ -239,8 +270,14 @@ async fn read_copy(
     if let Some(dev) = sds.store.get(copy.device) {
         // Two copies of a chunk never share an SDS: a device of ours is that copy.
         // Read like a Read: not in the middle of an Atomic op on the chunk.
-        sds.epochs.admit(src.volume, src.epoch)?;
         let _order = sds.locks.shared(src.volume, src.chunk).await;
+        let src_at = ChunkRef {
+            volume: src.volume,
+            chunk: src.chunk,
+            device: copy.device,
+            epoch: src.epoch,
+        };
+        admit(sds, src_at)?;
         return blocking(move || {
             let (mapped, run) = dev.status(key, offset)?;
             if !mapped && run >= len {
@@ -279,6 +316,7 @@ async fn mirror(sds: &Sds, h: RequestHeader, data: SgList, m: Mirror) -> Result<
     })?;
     let mut fwd = h;
     fwd.mirror = None;
+    fwd.flags |= FLAG_FORWARDED;
     fwd.at = ChunkRef {
         device: m.device,
         ..h.at
@@ -292,6 +330,13 @@ async fn mirror(sds: &Sds, h: RequestHeader, data: SgList, m: Mirror) -> Result<
 async fn control(sds: &Arc<Sds>, payload: Bytes, peer: SocketAddr) -> Result<Answer, ChunkError> {
     let msg: SdsControl = serde_json::from_slice(&payload)
         .map_err(|e| ChunkError::Protocol(format!("unreadable control message: {e}")))?;
+    if let SdsControl::Dirty { volume, epoch } = msg {
+        // A barrier before the answer: with the mark raised, no write routed by an
+        // older layout is admitted any more, and every one admitted before has set
+        // its chunk's bit by the time its lock is let go.
+        sds.epochs.raise(volume, epoch);
+        sds.locks.drain().await;
+    }
     let sds = sds.clone();
     let reply = tokio::task::spawn_blocking(move || sds.control(msg, peer))
         .await
@@ -305,7 +350,7 @@ async fn control(sds: &Arc<Sds>, payload: Bytes, peer: SocketAddr) -> Result<Ans
 }
 
 /// Runs device work inline when `small`, else on a blocking thread.
-async fn run<T: Send + 'static>(
+pub(super) async fn run<T: Send + 'static>(
     small: bool,
     f: impl FnOnce() -> Result<T, SdsError> + Send + 'static,
 ) -> Result<T, ChunkError> {
@@ -323,7 +368,7 @@ fn device_error(e: SdsError) -> ChunkError {
 }
 
 /// Runs device work on a blocking thread.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SdsError> + Send + 'static,
 ) -> Result<T, ChunkError> {
     tokio::task::spawn_blocking(f)

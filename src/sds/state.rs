@@ -55,6 +55,18 @@ pub fn save(dir: &Path, state: &SdsState) -> Result<(), SdsError> {
     crate::durable::replace(&path, &body).map_err(|source| SdsError::StateWrite { path, source })
 }
 
+/// Forgets the state (the SDS was released): the next start is bare.
+pub fn remove(dir: &Path) -> Result<(), SdsError> {
+    let path = dir.join(FILE_NAME);
+    match std::fs::remove_file(&path) {
+        Ok(()) => std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| SdsError::StateWrite { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(SdsError::StateWrite { path, source }),
+    }
+}
+
 /// Creates the data directory if needed; fails early if it cannot be used.
 pub fn prepare_dir(dir: &Path) -> Result<(), SdsError> {
     std::fs::create_dir_all(dir).map_err(|source| SdsError::DataDir {

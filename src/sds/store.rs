@@ -91,6 +91,33 @@ impl Store {
         Ok(freed)
     }
 
+    /// Frees the listed copies (volume, chunk, device) that are held here; copies or
+    /// devices not here are skipped (already freed, or a repeated request). Returns
+    /// how many were freed.
+    pub fn free_chunks(&self, chunks: &[(u64, u64, u64)]) -> Result<usize, SdsError> {
+        let mut freed = 0;
+        for &(volume, chunk, device) in chunks {
+            if let Some(dev) = self.get(device) {
+                freed += usize::from(dev.free((volume, chunk))?);
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Chunk indices of `volume` marked dirty on any device, sorted.
+    pub fn dirty(&self, volume: u64) -> Vec<u64> {
+        let mut v: Vec<u64> = self.all().iter().flat_map(|d| d.dirty(volume)).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Forgets every device (after `Release`); I/O already running on one finishes.
+    pub fn clear(&self) -> Vec<Arc<Device>> {
+        let mut devices = self.devices.write().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *devices).into_values().collect()
+    }
+
     /// fdatasync on every device.
     pub fn sync_all(&self) -> Result<(), SdsError> {
         self.all().iter().try_for_each(|d| d.sync())

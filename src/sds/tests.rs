@@ -1,23 +1,57 @@
 //! End-to-end tests: real SDS on loopback with sparse device files, driven through
-//! `ChunkClient` as the MDM and a gateway would.
+//! `ChunkClient` as the MDM and a gateway would, each heartbeating to a small fake MDM
+//! (`FakeMdm`) that grants leases.
 
+use super::testutil::{until_served, FakeMdm};
 use super::*;
 use crate::backend::SgList;
 use crate::cluster::api::{
     ClaimDevice, MdmReply, MdmRequest, MdmResponse, SdsControl, SdsControlReply, SdsInventory,
     CHUNK_SIZE,
 };
-use crate::cluster::chunk::wire::{AtomicKind, Op, RequestHeader, ResponseHeader, Status};
+use crate::cluster::chunk::wire::{
+    AtomicKind, Op, RequestHeader, ResponseHeader, Status, FLAG_FORWARDED,
+};
 use crate::cluster::chunk::{ChunkClient, ChunkRef, Mirror};
 use crate::cluster::frame;
 use bytes::Bytes;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::time::Duration;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SYSTEM: u64 = 0x5157;
 const MIB: u64 = 1 << 20;
+
+fn fenced(e: ChunkError) -> String {
+    match e {
+        ChunkError::Fenced(m) => m,
+        other => panic!("expected fencing, got {other:?}"),
+    }
+}
+
+async fn dirty(c: &ChunkClient, volume: u64) -> Vec<u64> {
+    match c
+        .control(&SdsControl::Dirty { volume, epoch: 0 })
+        .await
+        .unwrap()
+    {
+        SdsControlReply::Dirty(v) => v,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A write as a primary forwards it to its mirror (FLAG_FORWARDED, no mirror).
+async fn forwarded_write(c: &ChunkClient, a: ChunkRef, offset: u32, data: Vec<u8>) {
+    let mut h = RequestHeader::new(Op::Write, 0);
+    h.at = a;
+    h.offset = offset;
+    h.length = data.len() as u32;
+    h.payload_len = h.length;
+    h.flags = FLAG_FORWARDED;
+    c.send(h, &SgList::from(data)).await.unwrap();
+}
 
 fn device_file(dir: &TempDir, name: &str, size: u64) -> String {
     let p = dir.path().join(name);
@@ -52,23 +86,30 @@ fn claim_msg(system_id: u64, sds_id: u64, mdm_port: u16, devices: &[(u64, &str)]
     }
 }
 
-/// A claimed SDS with one 64 MiB device (id `sds_id * 10`).
+/// A claimed SDS with one 64 MiB device (id `sds_id * 10`), holding a lease from its
+/// own fake MDM.
 struct Node {
     dir: TempDir,
     handle: SdsHandle,
     client: ChunkClient,
     device: u64,
     path: String,
+    mdm: FakeMdm,
 }
 
 async fn node(sds_id: u64) -> Node {
+    node_with_lease(sds_id, 60_000).await
+}
+
+async fn node_with_lease(sds_id: u64, lease_ms: u64) -> Node {
+    let mdm = FakeMdm::start(lease_ms).await;
     let dir = tempfile::tempdir().unwrap();
     let path = device_file(&dir, "dev0", 64 * MIB);
     let handle = start_at(&dir.path().join("data"), None).await;
     let client = ChunkClient::new(handle.addr);
     let device = sds_id * 10;
     let reply = client
-        .control(&claim_msg(SYSTEM, sds_id, 6611, &[(device, &path)]))
+        .control(&claim_msg(SYSTEM, sds_id, mdm.port, &[(device, &path)]))
         .await
         .unwrap();
     match reply {
@@ -80,12 +121,14 @@ async fn node(sds_id: u64) -> Node {
         }
         other => panic!("{other:?}"),
     }
+    until_served(&client, device).await;
     Node {
         dir,
         handle,
         client,
         device,
         path,
+        mdm,
     }
 }
 
@@ -144,11 +187,21 @@ async fn write_read_status_flush_and_inventory() {
     assert_eq!((inv.system_id, inv.sds_id), (SYSTEM, 1));
     assert_eq!(inv.devices[0].chunks, vec![(5, 3)]);
     assert_eq!(inv.devices[0].slots, 63);
-    // Unmapping the whole chunk releases it.
+    // Without a mirror these were degraded writes: the chunk is dirty, and unmapping
+    // it whole punches it but keeps the slot, which carries the mark.
+    assert_eq!(dirty(c, 5).await, vec![3]);
     c.write_zeroes(a, 0, CHUNK_SIZE as u32, true, None)
         .await
         .unwrap();
+    assert_eq!(inventory(c).await.devices[0].chunks, vec![(5, 3)]);
+    assert_eq!(c.status(a, 0).await.unwrap(), (false, CHUNK_SIZE as u32));
+    // The MDM frees copies it no longer needs; unknown ones are skipped.
+    let free = SdsControl::FreeChunks {
+        chunks: vec![(5, 3, n.device), (5, 9, n.device), (5, 3, 999)],
+    };
+    assert_eq!(c.control(&free).await.unwrap(), SdsControlReply::Ok);
     assert!(inventory(c).await.devices[0].chunks.is_empty());
+    assert_eq!(dirty(c, 5).await, Vec::<u64>::new());
     match c.control(&SdsControl::Ping).await.unwrap() {
         SdsControlReply::Pong { system_id, sds_id } => assert_eq!((system_id, sds_id), (SYSTEM, 1)),
         other => panic!("{other:?}"),
@@ -259,9 +312,11 @@ async fn a_full_device_answers_no_space() {
     let path = device_file(&dir, "small", 3 * MIB);
     let h = start_at(&dir.path().join("data"), None).await;
     let c = ChunkClient::new(h.addr);
-    c.control(&claim_msg(SYSTEM, 1, 6611, &[(10, &path)]))
+    let mdm = FakeMdm::start(60_000).await;
+    c.control(&claim_msg(SYSTEM, 1, mdm.port, &[(10, &path)]))
         .await
         .unwrap();
+    until_served(&c, 10).await;
     let one = || SgList::from(vec![1u8; 512]);
     c.write(at(1, 0, 10, 1), 0, one(), false, None)
         .await
@@ -284,9 +339,10 @@ async fn a_full_device_answers_no_space() {
     };
     assert!(refused(c.control(&thick).await.unwrap_err()).contains("needs 1 more"));
 
-    c.write_zeroes(at(1, 0, 10, 1), 0, CHUNK_SIZE as u32, true, None)
-        .await
-        .unwrap();
+    let free = SdsControl::FreeChunks {
+        chunks: vec![(1, 0, 10)],
+    };
+    assert_eq!(c.control(&free).await.unwrap(), SdsControlReply::Ok);
     assert_eq!(c.control(&thick).await.unwrap(), SdsControlReply::Ok);
     assert_eq!(c.control(&thick).await.unwrap(), SdsControlReply::Ok);
     let inv = inventory(&c).await;
@@ -351,10 +407,10 @@ async fn claims_are_checked_before_anything_is_written() {
     assert!(m.contains("already device"), "{m}");
 
     // Repeating the claim is harmless; a later claim adds devices.
-    let again = claim_msg(SYSTEM, 1, 6611, &[(10, &n.path)]);
+    let again = claim_msg(SYSTEM, 1, n.mdm.port, &[(10, &n.path)]);
     n.client.control(&again).await.unwrap();
     let second = device_file(&n.dir, "dev1", 8 * MIB);
-    let more = claim_msg(SYSTEM, 1, 6611, &[(11, &second)]);
+    let more = claim_msg(SYSTEM, 1, n.mdm.port, &[(11, &second)]);
     match n.client.control(&more).await.unwrap() {
         SdsControlReply::Claimed { devices } => assert_eq!(devices[0].slots, 7),
         other => panic!("{other:?}"),
@@ -368,8 +424,23 @@ async fn claims_are_checked_before_anything_is_written() {
     assert!(refused(n.client.control(&dup).await.unwrap_err()).contains("twice"));
 }
 
+/// Accepts the SDS's heartbeat connection and reads its first heartbeat, unanswered.
+async fn next_heartbeat(mdm: &tokio::net::TcpListener) -> (tokio::net::TcpStream, MdmRequest) {
+    let (mut s, _) = mdm.accept().await.unwrap();
+    let req: MdmRequest = frame::read(&mut s).await.unwrap().unwrap();
+    (s, req)
+}
+
+async fn grant(s: &mut tokio::net::TcpStream, epochs: Vec<(u64, u64)>) {
+    let lease = MdmReply::Lease {
+        lease_ms: 60_000,
+        epochs,
+    };
+    frame::write(s, &MdmResponse::Ok(lease)).await.unwrap();
+}
+
 #[tokio::test]
-async fn restart_keeps_data_and_announces_to_the_mdm() {
+async fn restart_keeps_data_and_serves_only_once_the_mdm_answers() {
     let mdm = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mdm_port = mdm.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
@@ -380,6 +451,10 @@ async fn restart_keeps_data_and_announces_to_the_mdm() {
     c.control(&claim_msg(SYSTEM, 4, mdm_port, &[(40, &path)]))
         .await
         .unwrap();
+    // The claim starts the heartbeats at once.
+    let (mut first, _) = next_heartbeat(&mdm).await;
+    grant(&mut first, Vec::new()).await;
+    until_served(&c, 40).await;
     let peers = vec![(5, "127.0.0.1:9".parse().unwrap())];
     c.control(&SdsControl::Peers {
         peers: peers.clone(),
@@ -392,8 +467,7 @@ async fn restart_keeps_data_and_announces_to_the_mdm() {
     h.stop();
 
     let h = start_at(&data, None).await;
-    let (mut s, _) = mdm.accept().await.unwrap();
-    let hello: MdmRequest = frame::read(&mut s).await.unwrap().unwrap();
+    let (mut s, hello) = next_heartbeat(&mdm).await;
     assert_eq!(
         hello,
         MdmRequest::SdsHeartbeat {
@@ -402,16 +476,27 @@ async fn restart_keeps_data_and_announces_to_the_mdm() {
             addr: h.addr
         }
     );
-    let lease = MdmReply::Lease {
-        lease_ms: 3000,
-        epochs: Vec::new(),
-    };
-    frame::write(&mut s, &MdmResponse::Ok(lease)).await.unwrap();
+    // Restarted: nothing is served until the MDM answers, but control is.
     let c = ChunkClient::new(h.addr);
+    let m = fenced(c.read(at(3, 7, 40, 1), 100, 300).await.unwrap_err());
+    assert!(m.contains(&format!("MDM at 127.0.0.1:{mdm_port}")), "{m}");
+    c.flush().await.unwrap();
+    assert_eq!(inventory(&c).await.devices[0].chunks, vec![(3, 7)]);
+    // The lease brings the current epochs: the old layout's epoch is refused.
+    grant(&mut s, vec![(3, 2)]).await;
+    until_served(&c, 40).await;
+    let e = c.read(at(3, 7, 40, 1), 100, 300).await.unwrap_err();
+    assert!(
+        matches!(e, ChunkError::StaleEpoch { current: 2, .. }),
+        "{e}"
+    );
     assert_eq!(
-        c.read(at(3, 7, 40, 1), 100, 300).await.unwrap(),
+        c.read(at(3, 7, 40, 2), 100, 300).await.unwrap(),
         vec![9u8; 300]
     );
+    // Heartbeats go on, on the same connection.
+    let again: MdmRequest = frame::read(&mut s).await.unwrap().unwrap();
+    assert_eq!(again, hello);
     let saved = state::load(&data).unwrap().unwrap();
     assert_eq!(saved.peers, peers);
     assert_eq!(saved.mdm_addr, format!("127.0.0.1:{mdm_port}"));
@@ -449,8 +534,7 @@ async fn the_mdm_address_can_be_overridden() {
         .unwrap();
     h.stop();
     let h = start_at(&data, Some(mdm.local_addr().unwrap().to_string())).await;
-    let (mut s, _) = mdm.accept().await.unwrap();
-    let hello: MdmRequest = frame::read(&mut s).await.unwrap().unwrap();
+    let (_s, hello) = next_heartbeat(&mdm).await;
     assert!(matches!(hello, MdmRequest::SdsHeartbeat { sds_id: 4, .. }));
     h.stop();
 }
@@ -462,9 +546,11 @@ async fn a_corrupt_table_entry_keeps_its_slot_out_of_use() {
     let data = dir.path().join("data");
     let h = start_at(&data, None).await;
     let c = ChunkClient::new(h.addr);
-    c.control(&claim_msg(SYSTEM, 1, 6611, &[(10, &path)]))
+    let mdm = FakeMdm::start(60_000).await;
+    c.control(&claim_msg(SYSTEM, 1, mdm.port, &[(10, &path)]))
         .await
         .unwrap();
+    until_served(&c, 10).await;
     for chunk in 0..2 {
         let fill = vec![chunk as u8 + 1; 512];
         c.write(at(1, chunk, 10, 1), 0, fill.into(), false, None)
@@ -481,6 +567,7 @@ async fn a_corrupt_table_entry_keeps_its_slot_out_of_use() {
 
     let h = start_at(&data, None).await;
     let c = ChunkClient::new(h.addr);
+    until_served(&c, 10).await;
     assert_eq!(inventory(&c).await.devices[0].chunks, vec![(1, 0)]);
     assert_eq!(
         c.read(at(1, 1, 10, 1), 0, 512).await.unwrap(),
@@ -722,22 +809,24 @@ async fn concurrent_compare_and_writes_never_both_win() {
     assert_eq!(p.client.read(a, 0, 64 << 10).await.unwrap(), mirror);
 }
 
-/// While a chunk's lock is held exclusively (as an Atomic op holds it), the primary's
-/// mirrored writes and its reads of that chunk wait; other chunks and forwarded copies
-/// (writes without a mirror) do not.
+/// While a chunk's lock is held exclusively (as an Atomic op or a Replicate holds it),
+/// the primary's writes (mirrored or degraded) and its reads of that chunk wait; other
+/// chunks and forwarded copies do not. The waiters are admitted only once they hold
+/// the lock: an epoch raised meanwhile (as Replicate raises it) refuses them.
 #[tokio::test]
 async fn writes_and_reads_wait_for_an_atomic_op_on_their_chunk() {
-    use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
     let path = device_file(&dir, "dev0", 64 * MIB);
-    let sds = Arc::new(Sds::open(&dir.path().join("data")).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let sds = Arc::new(Sds::open(&dir.path().join("data"), addr, None).unwrap());
     let server = tokio::spawn(server::run(listener, sds.clone()));
     let c = Arc::new(ChunkClient::new(addr));
-    c.control(&claim_msg(SYSTEM, 1, 6611, &[(10, &path)]))
+    let mdm = FakeMdm::start(60_000).await;
+    c.control(&claim_msg(SYSTEM, 1, mdm.port, &[(10, &path)]))
         .await
         .unwrap();
+    until_served(&c, 10).await;
     let s = node(2).await;
     c.control(&SdsControl::Peers {
         peers: vec![(2, s.handle.addr)],
@@ -750,36 +839,303 @@ async fn writes_and_reads_wait_for_an_atomic_op_on_their_chunk() {
     });
     let a = at(8, 3, 10, 1);
 
+    let wait_for = |held_back: bool| {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let w = c.write(a, 0, vec![1u8; 512].into(), false, m).await;
+            let d = c.write(a, 1024, vec![4u8; 512].into(), false, None).await;
+            let r = c.read(a, 0, 512).await;
+            (held_back, w, d, r)
+        })
+    };
     let held = sds.locks.exclusive(8, 3).await;
-    let w = {
-        let c = c.clone();
-        tokio::spawn(async move { c.write(a, 0, vec![1u8; 512].into(), false, m).await })
-    };
-    let r = {
-        let c = c.clone();
-        tokio::spawn(async move { c.read(a, 0, 512).await })
-    };
-    // Unrelated work goes on meanwhile: another chunk, and a copy without a mirror.
+    let waiting = [wait_for(true)];
+    // Unrelated work goes on meanwhile: another chunk, and a forwarded copy.
     let other = at(8, 4, 10, 1);
     tokio::time::timeout(Duration::from_secs(5), async {
         c.write(other, 0, vec![2u8; 512].into(), false, m)
             .await
             .unwrap();
         c.read(other, 0, 512).await.unwrap();
-        c.write(at(8, 3, 10, 1), 512, vec![3u8; 512].into(), false, None)
-            .await
-            .unwrap();
+        forwarded_write(&c, a, 512, vec![3u8; 512]).await;
     })
     .await
     .expect("other chunks and forwarded copies do not wait");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        !w.is_finished() && !r.is_finished(),
-        "held back by the lock"
-    );
+    assert!(!waiting[0].is_finished(), "held back by the lock");
     drop(held);
-    w.await.unwrap().unwrap();
-    r.await.unwrap().unwrap();
+    for t in waiting {
+        let (_, w, d, r) = t.await.unwrap();
+        w.unwrap();
+        d.unwrap();
+        r.unwrap();
+    }
     assert_eq!(c.read(a, 0, 512).await.unwrap(), vec![1u8; 512]);
+
+    // The epoch is raised while a write waits for the lock: it is refused.
+    let held = sds.locks.exclusive(8, 3).await;
+    let late = {
+        let c = c.clone();
+        tokio::spawn(async move { c.write(a, 0, vec![9u8; 512].into(), false, m).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sds.epochs.raise(8, 2);
+    drop(held);
+    let e = late.await.unwrap().unwrap_err();
+    assert!(
+        matches!(e, ChunkError::StaleEpoch { current: 2, .. }),
+        "{e}"
+    );
+    assert_eq!(
+        c.read(at(8, 3, 10, 2), 0, 512).await.unwrap(),
+        vec![1u8; 512]
+    );
     server.abort();
+}
+
+#[tokio::test]
+async fn a_lapsed_lease_refuses_io_until_a_heartbeat_is_answered() {
+    // A bare SDS serves no data: no MDM has claimed it.
+    let dir = tempfile::tempdir().unwrap();
+    let bare = start_at(&dir.path().join("data"), None).await;
+    let m = fenced(
+        ChunkClient::new(bare.addr)
+            .read(at(1, 0, 1, 1), 0, 512)
+            .await
+            .unwrap_err(),
+    );
+    assert!(m.contains("not been claimed"), "{m}");
+
+    let n = node_with_lease(1, 300).await;
+    let c = &n.client;
+    let a = at(1, 0, n.device, 1);
+    c.write(a, 0, vec![7u8; 512].into(), false, None)
+        .await
+        .unwrap();
+    n.mdm.script().silent = true;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let m = fenced(c.read(a, 0, 512).await.unwrap_err());
+    assert!(
+        m.contains(&format!(
+            "no lease from the MDM at 127.0.0.1:{}",
+            n.mdm.port
+        )) && m.contains("check that the MDM runs"),
+        "{m}"
+    );
+    fenced(
+        c.write(a, 0, vec![1u8; 512].into(), false, None)
+            .await
+            .unwrap_err(),
+    );
+    fenced(c.status(a, 0).await.unwrap_err());
+    // Flush and control are always served.
+    c.flush().await.unwrap();
+    assert_eq!(inventory(c).await.devices[0].chunks, vec![(1, 0)]);
+    n.mdm.script().silent = false;
+    until_served(c, n.device).await;
+    assert_eq!(c.read(a, 0, 512).await.unwrap(), vec![7u8; 512]);
+}
+
+#[tokio::test]
+async fn epochs_from_the_lease_refuse_older_layouts() {
+    let n = node(1).await;
+    let c = &n.client;
+    n.mdm.script().epochs = vec![(5, 10)];
+    let old = at(5, 0, n.device, 9);
+    for _ in 0..100 {
+        if c.read(old, 0, 512).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e = c.read(old, 0, 512).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ChunkError::StaleEpoch {
+                sent: 9,
+                current: 10
+            }
+        ),
+        "{e}"
+    );
+    c.read(at(5, 0, n.device, 10), 0, 512).await.unwrap();
+    // A lease never lowers a mark.
+    c.read(at(5, 0, n.device, 12), 0, 512).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(c.read(at(5, 0, n.device, 11), 0, 512).await.is_err());
+}
+
+/// Two SDS that know each other: (primary, secondary).
+async fn pair() -> (Node, Node) {
+    let p = node(1).await;
+    let s = node(2).await;
+    for n in [&p, &s] {
+        let peers = SdsControl::Peers {
+            peers: vec![(1, p.handle.addr), (2, s.handle.addr)],
+        };
+        n.client.control(&peers).await.unwrap();
+    }
+    (p, s)
+}
+
+#[tokio::test]
+async fn replicate_copies_data_and_holes_exactly_and_clears_dirty() {
+    let (p, s) = pair().await;
+    let (pc, sc) = (&p.client, &s.client);
+    let target = Mirror {
+        sds: 2,
+        device: s.device,
+    };
+    // Degraded writes on the primary (no mirror): data at 0 and across a piece edge.
+    let a = at(7, 0, p.device, 1);
+    pc.write(a, 0, vec![1u8; 4096].into(), false, None)
+        .await
+        .unwrap();
+    let big: Vec<u8> = (0..300u32 << 10).map(|i| (i % 253) as u8).collect();
+    pc.write(a, 200 << 10, big.clone().into(), false, None)
+        .await
+        .unwrap();
+    assert_eq!(dirty(pc, 7).await, vec![0]);
+    // The target holds a stale copy (backward rebuild) with data where the source
+    // has a hole, and a stale copy of a chunk the source no longer holds.
+    let on_target = at(7, 0, s.device, 1);
+    forwarded_write(sc, on_target, 900 << 10, vec![0xEE; 8192]).await;
+    forwarded_write(sc, at(7, 1, s.device, 1), 0, vec![0xEE; 512]).await;
+    assert_eq!(
+        dirty(sc, 7).await,
+        Vec::<u64>::new(),
+        "forwarded: never dirty"
+    );
+
+    let sent = pc.replicate(at(7, 0, p.device, 2), target).await.unwrap();
+    assert!(
+        (4096 + (300 << 10)..CHUNK_SIZE).contains(&sent),
+        "sent {sent}"
+    );
+    let t = at(7, 0, s.device, 2);
+    let copied = sc.read(t, 0, CHUNK_SIZE as u32).await.unwrap();
+    let source = pc.read(at(7, 0, p.device, 2), 0, CHUNK_SIZE as u32).await;
+    assert_eq!(copied, source.unwrap());
+    // Holes stayed holes: the stale bytes were deallocated, nothing else allocated.
+    assert!(!sc.status(t, 900 << 10).await.unwrap().0);
+    assert!(!sc.status(t, 8192).await.unwrap().0);
+    assert_eq!(dirty(pc, 7).await, Vec::<u64>::new());
+    // Replication raised the epoch: the old layout is refused on both.
+    let e = pc.read(a, 0, 1).await.unwrap_err();
+    assert!(
+        matches!(e, ChunkError::StaleEpoch { current: 2, .. }),
+        "{e}"
+    );
+    assert!(sc.read(on_target, 0, 1).await.is_err());
+
+    // A chunk the source does not hold frees the target's thin slot.
+    let sent = pc.replicate(at(7, 1, p.device, 2), target).await.unwrap();
+    assert_eq!(sent, 0);
+    assert_eq!(inventory(sc).await.devices[0].chunks, vec![(7, 0)]);
+
+    // A target that is not a peer: a mirror failure, and the dirty bit stays.
+    pc.write(at(7, 2, p.device, 2), 0, vec![3u8; 512].into(), false, None)
+        .await
+        .unwrap();
+    let e = pc
+        .replicate(at(7, 2, p.device, 2), Mirror { sds: 42, device: 1 })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ChunkError::Mirror { sds: 42, .. }), "{e}");
+    assert_eq!(dirty(pc, 7).await, vec![2]);
+}
+
+#[tokio::test]
+async fn degraded_and_failed_mirror_writes_are_dirty_across_restarts() {
+    let (p, s) = pair().await;
+    let pc = &p.client;
+    let m = Some(Mirror {
+        sds: 2,
+        device: s.device,
+    });
+    // Mirrored writes and forwarded copies never mark.
+    pc.write(at(3, 0, p.device, 1), 0, vec![1u8; 512].into(), false, m)
+        .await
+        .unwrap();
+    forwarded_write(pc, at(3, 1, p.device, 1), 0, vec![1u8; 512]).await;
+    assert_eq!(dirty(pc, 3).await, Vec::<u64>::new());
+    // Degraded: a write, a zeroing of a held chunk, an atomic op.
+    pc.write(at(3, 2, p.device, 1), 0, vec![2u8; 512].into(), false, None)
+        .await
+        .unwrap();
+    pc.write_zeroes(at(3, 1, p.device, 1), 0, 512, false, None)
+        .await
+        .unwrap();
+    pc.atomic(
+        at(3, 4, p.device, 1),
+        0,
+        AtomicKind::Write,
+        vec![4u8; 512].into(),
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    // A forward that fails: the local copy took the write, so it is dirty.
+    s.handle.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let e = pc
+        .write(at(3, 5, p.device, 1), 0, vec![5u8; 512].into(), false, m)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ChunkError::Mirror { sds: 2, .. }), "{e}");
+    assert_eq!(dirty(pc, 3).await, vec![1, 2, 4, 5]);
+    assert_eq!(dirty(pc, 4).await, Vec::<u64>::new());
+
+    // The marks are on the device: they survive a restart.
+    let data = p.dir.path().join("data");
+    p.handle.stop();
+    let h = start_at(&data, None).await;
+    let c = ChunkClient::new(h.addr);
+    until_served(&c, p.device).await;
+    assert_eq!(dirty(&c, 3).await, vec![1, 2, 4, 5]);
+    h.stop();
+}
+
+#[tokio::test]
+async fn a_released_sds_runs_bare_and_can_be_claimed_again() {
+    let n = node(1).await;
+    let c = &n.client;
+    c.write(at(1, 0, n.device, 1), 0, vec![7u8; 512].into(), false, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.control(&SdsControl::Release).await.unwrap(),
+        SdsControlReply::Ok
+    );
+    assert_eq!(
+        c.control(&SdsControl::Release).await.unwrap(),
+        SdsControlReply::Ok
+    );
+    let inv = inventory(c).await;
+    assert_eq!((inv.system_id, inv.devices.len()), (0, 0));
+    let m = fenced(c.read(at(1, 0, n.device, 1), 0, 1).await.unwrap_err());
+    assert!(m.contains("not been claimed"), "{m}");
+    let data = n.dir.path().join("data");
+    assert!(state::load(&data).unwrap().is_none());
+    let mut head = [0u8; 4096];
+    File::open(&n.path)
+        .unwrap()
+        .read_exact_at(&mut head, 0)
+        .unwrap();
+    assert!(head.iter().all(|&b| b == 0), "the header is wiped");
+
+    // Claimed again (by any system): a blank device, formatted anew.
+    let claim = claim_msg(0xBEEF, 9, n.mdm.port, &[(90, &n.path)]);
+    match c.control(&claim).await.unwrap() {
+        SdsControlReply::Claimed { devices } => assert_eq!(devices[0].slots, 63),
+        other => panic!("{other:?}"),
+    }
+    until_served(c, 90).await;
+    assert_eq!(
+        c.read(at(1, 0, 90, 1), 0, 512).await.unwrap(),
+        vec![0u8; 512]
+    );
+    assert!(inventory(c).await.devices[0].chunks.is_empty());
 }

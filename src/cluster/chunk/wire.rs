@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | 0 | 2 | magic `0x4451` ("DQ") |
 //! | 2 | 1 | op: 1 Read, 2 Write, 3 WriteZeroes, 4 Flush, 5 Status, 6 Control, 7 Atomic, 8 Copy, 9 Replicate |
-//! | 3 | 1 | flags: 0x01 FUA (Write, WriteZeroes, Atomic, Copy), 0x02 UNMAP (WriteZeroes, Copy), bits 0x30 the Atomic kind: 0x10 compare-and-write, 0x20 or-write, 0x30 atomic write |
+//! | 3 | 1 | flags: 0x01 FUA (Write, WriteZeroes, Atomic, Copy), 0x02 UNMAP (WriteZeroes, Copy), bits 0x30 the Atomic kind: 0x10 compare-and-write, 0x20 or-write, 0x30 atomic write, 0x40 FORWARDED (Write, WriteZeroes; never with a mirror): sent by a primary SDS for its mirror copy, or by Replicate |
 //! | 4 | 4 | payload_len (Write, Atomic or-write and write: = length; Atomic compare-and-write: 2 × length, compare data then write data; Control: JSON; Copy: 64; others 0) |
 //! | 8 | 8 | tag, echoed in the response |
 //! | 16 | 8 | layout epoch |
@@ -45,12 +45,35 @@
 //! source read holds the source chunk's lock shared, like a Read; the destination
 //! write then holds the destination chunk's, like a Write; never both at once.
 //!
-//! Response (24 bytes): magic `0x4452` ("DR") u16, status u8, flags u8 (0x01 MAPPED in
+//! Response (24 bytes): magic `0x4452` ("DR") u16, status u8 (0 Ok, 1 StaleEpoch, 2
+//! NoSpace, 3 Io, 4 Refused, 5 Mirror, 6 Protocol, 7 Fenced: the SDS holds no lease
+//! from the MDM and serves no data; Flush and Control are always served), flags u8 (0x01 MAPPED in
 //! a Status reply, 0x02 MISCOMPARE in an Atomic reply), payload_len u32, tag u64, aux
 //! u64. The payload is the data of a Read, the JSON `Result<SdsControlReply, String>`
 //! of a Control, or UTF-8 error text. `aux` is the SDS's current epoch in a StaleEpoch
 //! reply, the failed SDS in a Mirror reply, the run length in bytes in a Status reply
 //! and the offset of the first differing byte in a MISCOMPARE reply.
+//!
+//! FORWARDED tells the receiving SDS the request is a copy its primary sends (a mirror
+//! write, or a piece of a Replicate): it takes no chunk lock (the sender holds one) and
+//! never marks the chunk dirty. A Write, WriteZeroes, Atomic or Copy with neither a
+//! mirror nor FORWARDED is a *degraded* primary write (the layout gives the chunk no
+//! secondary): the SDS sets the chunk's persistent dirty bit before acknowledging it,
+//! as it does when a forward to the mirror fails.
+//!
+//! Replicate (9) is sent by the MDM to the SDS holding a chunk copy, for rebuild,
+//! backward rebuild and rebalance: the header's chunk reference names that copy (volume,
+//! chunk, device, epoch), the mirror fields the target (SDS, device), offset 0 and
+//! length `CHUNK_SIZE`, no payload and no flags. Under the chunk's exclusive lock the
+//! SDS checks its lease, admits the epoch (raising its mark), and walks the copy's
+//! allocation: every allocated run is sent to the target as Writes of at most 256 KiB
+//! with FORWARDED, the same epoch and no mirror; every never-written run as a
+//! WriteZeroes with UNMAP and FORWARDED (a chunk not allocated at all is one WriteZeroes
+//! over the whole chunk, which frees a thin target's slot); the last request carries
+//! FUA. It then clears the copy's dirty bit and answers Ok with `aux` = bytes of data
+//! sent. A failure at the target answers Mirror (StaleEpoch passes through) and leaves
+//! the dirty bit set. The target treats the pieces like forwarded mirror writes (no
+//! lock, a slot allocated on first write).
 //!
 //! Atomic (7) is a read-modify-write the receiving primary performs under an exclusive
 //! lock on the chunk (ordinary writes that name a mirror, and reads, hold the same lock
@@ -78,6 +101,9 @@ pub const MAX_CONTROL_PAYLOAD: u32 = 64 << 20;
 pub const FLAG_FUA: u8 = 0x01;
 /// Request flag (WriteZeroes): the range may be deallocated.
 pub const FLAG_UNMAP: u8 = 0x02;
+/// Request flag (Write, WriteZeroes): a copy sent by the chunk's primary (a mirror write
+/// or a Replicate piece), not a write of the primary's own; see the module doc.
+pub const FLAG_FORWARDED: u8 = 0x40;
 /// Request flags (Atomic): which read-modify-write; exactly one of the three values.
 pub const ATOMIC_KIND_MASK: u8 = 0x30;
 pub const ATOMIC_COMPARE_AND_WRITE: u8 = 0x10;
@@ -169,8 +195,9 @@ impl Op {
 
     fn allowed_flags(self) -> u8 {
         match self {
-            Op::Write => FLAG_FUA,
-            Op::WriteZeroes | Op::Copy => FLAG_FUA | FLAG_UNMAP,
+            Op::Write => FLAG_FUA | FLAG_FORWARDED,
+            Op::WriteZeroes => FLAG_FUA | FLAG_UNMAP | FLAG_FORWARDED,
+            Op::Copy => FLAG_FUA | FLAG_UNMAP,
             Op::Atomic => FLAG_FUA | ATOMIC_KIND_MASK,
             _ => 0,
         }
@@ -216,6 +243,11 @@ impl RequestHeader {
 
     pub fn unmap(&self) -> bool {
         self.flags & FLAG_UNMAP != 0
+    }
+
+    /// Sent by the chunk's primary for its mirror copy (or by Replicate).
+    pub fn forwarded(&self) -> bool {
+        self.flags & FLAG_FORWARDED != 0
     }
 
     /// The kind of an Atomic request; `None` for other ops (and for an Atomic header
@@ -289,6 +321,13 @@ impl RequestHeader {
         }
         if op == Op::Atomic && self.atomic_kind().is_none() {
             return Err(WireError::NoAtomicKind(self.flags));
+        }
+        if self.forwarded() && self.mirror.is_some() {
+            // A forwarded copy is the last hop: it is never forwarded again.
+            return Err(WireError::BadFlags {
+                op,
+                flags: self.flags,
+            });
         }
         if self.mirror.is_some()
             && !matches!(
@@ -699,6 +738,28 @@ mod tests {
         let mut r = RequestHeader::new(Op::Read, 1);
         r.mirror = Some(Mirror { sds: 1, device: 1 });
         assert_eq!(r.check(), Err(WireError::MirrorNotWrite(Op::Read)));
+    }
+
+    #[test]
+    fn forwarded_copies_and_replicate_requests() {
+        let mut w = write_req();
+        w.flags = FLAG_FORWARDED | FLAG_FUA;
+        // A forwarded copy is never forwarded again.
+        assert!(matches!(w.check(), Err(WireError::BadFlags { .. })));
+        w.mirror = None;
+        assert!(RequestHeader::decode(&w.encode()).unwrap().forwarded());
+        let mut a = RequestHeader::new(Op::Atomic, 1);
+        a.flags = ATOMIC_WRITE | FLAG_FORWARDED;
+        assert!(matches!(a.check(), Err(WireError::BadFlags { .. })));
+
+        let mut r = RequestHeader::new(Op::Replicate, 3);
+        r.length = CHUNK_SIZE as u32;
+        assert_eq!(r.check(), Err(WireError::BadReplicate));
+        r.mirror = Some(Mirror { sds: 4, device: 5 });
+        assert_eq!(RequestHeader::decode(&r.encode()).unwrap(), r);
+        r.offset = 512;
+        r.length -= 512;
+        assert_eq!(r.check(), Err(WireError::BadReplicate));
     }
 
     #[test]
