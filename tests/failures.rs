@@ -241,7 +241,7 @@ fn sds_killed_mid_write_loses_nothing_and_rebuilds() {
         "killed {} (kill -9) after {acked_at_kill} acknowledged writes",
         Cluster::sds_name(VICTIM)
     );
-    let report = w.finish(Duration::from_secs(600));
+    let report = w.finish(Duration::from_secs(300));
     let (stall, from) = report.longest_stall();
     println!(
         "writer: {} acknowledged, {} errors in {:.1} s; longest stall {:.3} s, from +{:.3} s (kill at +{:.3} s)",
@@ -497,7 +497,7 @@ fn gateway_killed_mid_write_keeps_every_acknowledged_write() {
     assert_eq!(again, portal);
     gw.wait_for("pool volume online", Duration::from_secs(30));
     let restarted_at = Instant::now();
-    let report = w.finish(Duration::from_secs(600));
+    let report = w.finish(Duration::from_secs(300));
     let (stall, _) = report.longest_stall();
     println!(
         "writer: {} of {} acknowledged ({} after the restart), {} errors; gateway down {:.1} s, longest stall {:.1} s",
@@ -655,7 +655,7 @@ fn writer_on_a_healthy_cluster_never_stalls() {
     let (c, _gw, portal, vol) = cluster_with_volume(3, 2 << 30, "1", true, None);
     let ops = spread_writes(1024);
     let w = Writer::start(portal, 0, ops.clone(), 4);
-    let report = w.finish(Duration::from_secs(600));
+    let report = w.finish(Duration::from_secs(300));
     let (stall, _) = report.longest_stall();
     println!(
         "writer: {} acknowledged in {:.1} s, longest gap {:.3} s",
