@@ -3,8 +3,12 @@
 
 use super::proc::Proc;
 use super::Initiator;
-use dreadnought::cluster::api::{SdsControl, SdsControlReply};
+use dreadnought::cluster::api::{
+    Layout, MdmReply, MdmRequest, SdsControl, SdsControlReply, SdsInventory,
+};
 use dreadnought::cluster::chunk::ChunkClient;
+use dreadnought::cluster::mdm_client;
+use serde_json::Value;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +23,8 @@ pub struct Cluster {
     pub mdm_addr: SocketAddr,
     pub sds: Vec<Option<Proc>>,
     pub sds_addrs: Vec<SocketAddr>,
+    /// The network namespace each SDS runs in (None: the host's).
+    pub sds_netns: Vec<Option<String>>,
 }
 
 pub fn start_mdm(dir: &Path, listen: &str) -> (Proc, SocketAddr) {
@@ -38,17 +44,24 @@ pub fn start_mdm(dir: &Path, listen: &str) -> (Proc, SocketAddr) {
 }
 
 pub fn start_sds(dir: &Path, i: usize, listen: &str) -> (Proc, SocketAddr) {
+    start_sds_in(dir, i, listen, None)
+}
+
+/// SDS number `i` (data in `dir/sds{i}`), inside network namespace `netns` if given.
+pub fn start_sds_in(dir: &Path, i: usize, listen: &str, netns: Option<&str>) -> (Proc, SocketAddr) {
     let data = dir.join(format!("sds{i}"));
-    let p = Proc::dreadnought(
-        &[
-            "sds",
-            "--listen",
-            listen,
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        "ready: SDS listening",
-    );
+    let args = [
+        "sds",
+        "--listen",
+        listen,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let ready = "ready: SDS listening";
+    let p = match netns {
+        None => Proc::dreadnought(&args, ready),
+        Some(ns) => Proc::dreadnought_in_netns(ns, &args, ready),
+    };
     let a = p.addr("ready: SDS listening", "addr");
     (p, a)
 }
@@ -68,9 +81,85 @@ impl Cluster {
             dir,
             mdm: Some(mdm),
             mdm_addr,
+            sds_netns: vec![None; procs.len()],
             sds: procs,
             sds_addrs: addrs,
         }
+    }
+
+    /// An MDM listening on `mdm_listen` and no SDS yet (add them with
+    /// [`Cluster::spawn_sds`]).
+    pub fn start_empty(mdm_listen: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let (mdm, mdm_addr) = start_mdm(dir.path(), mdm_listen);
+        Cluster {
+            dir,
+            mdm: Some(mdm),
+            mdm_addr,
+            sds: Vec::new(),
+            sds_addrs: Vec::new(),
+            sds_netns: Vec::new(),
+        }
+    }
+
+    /// Starts one more SDS process (not yet added to the MDM) listening on `listen`,
+    /// inside `netns` if given; returns its index.
+    pub fn spawn_sds(&mut self, listen: &str, netns: Option<&str>) -> usize {
+        let i = self.sds.len();
+        let (p, a) = start_sds_in(self.dir.path(), i + 1, listen, netns);
+        self.sds.push(Some(p));
+        self.sds_addrs.push(a);
+        self.sds_netns.push(netns.map(str::to_string));
+        i
+    }
+
+    /// `sds` SDS in pd1/pool1 named sds1, sds2, ..., each with one sparse device of
+    /// `device_bytes`.
+    pub fn named_pool(sds: usize, device_bytes: u64) -> Cluster {
+        let c = Cluster::start(sds);
+        c.add_pool();
+        for i in 0..sds {
+            c.add_sds_to_pool(i, device_bytes);
+        }
+        c
+    }
+
+    /// Protection domain pd1 with storage pool pool1.
+    pub fn add_pool(&self) {
+        self.ok(&["--add_protection_domain", "--protection_domain_name", "pd1"]);
+        self.ok(&[
+            "--add_storage_pool",
+            "--protection_domain_name",
+            "pd1",
+            "--storage_pool_name",
+            "pool1",
+        ]);
+    }
+
+    /// The name [`Cluster::add_sds_to_pool`] gives SDS `i`.
+    pub fn sds_name(i: usize) -> String {
+        format!("sds{}", i + 1)
+    }
+
+    /// `--add_sds` of SDS process `i` to pd1/pool1 as `sds{i+1}` with one new sparse
+    /// device of `device_bytes`.
+    pub fn add_sds_to_pool(&self, i: usize, device_bytes: u64) {
+        let dev = self.device(&format!("dev{i}"), device_bytes);
+        let ip = self.sds_addrs[i].to_string();
+        let name = Self::sds_name(i);
+        self.ok(&[
+            "--add_sds",
+            "--sds_ip",
+            &ip,
+            "--protection_domain_name",
+            "pd1",
+            "--device_name",
+            dev.to_str().unwrap(),
+            "--storage_pool_name",
+            "pool1",
+            "--sds_name",
+            &name,
+        ]);
     }
 
     /// A sparse file to hand to an SDS as its device.
@@ -150,7 +239,12 @@ impl Cluster {
     }
 
     pub fn restart_sds(&mut self, i: usize) {
-        let (p, a) = start_sds(self.dir.path(), i + 1, &self.sds_addrs[i].to_string());
+        let (p, a) = start_sds_in(
+            self.dir.path(),
+            i + 1,
+            &self.sds_addrs[i].to_string(),
+            self.sds_netns.get(i).and_then(|n| n.as_deref()),
+        );
         assert_eq!(a, self.sds_addrs[i]);
         self.sds[i] = Some(p);
     }
@@ -164,6 +258,17 @@ impl Cluster {
     /// Another gateway (SDC `name`, its own config and data directory) exporting the
     /// same target name: several gateways serving the same volumes.
     pub fn gateway_named(&self, name: &str, demo: bool) -> (Proc, SocketAddr) {
+        self.gateway_at(name, demo, None)
+    }
+
+    /// As [`Cluster::gateway_named`], listening on `listen` when given (a gateway
+    /// restarted on the same portal).
+    pub fn gateway_at(
+        &self,
+        name: &str,
+        demo: bool,
+        listen: Option<SocketAddr>,
+    ) -> (Proc, SocketAddr) {
         // gw1 keeps the paths it always had.
         let (cfg, data) = match name {
             "gw1" => ("gateway.toml".to_string(), "gw".to_string()),
@@ -179,20 +284,22 @@ impl Cluster {
         )
         .unwrap();
         let mdm = self.mdm_addr.to_string();
-        let p = Proc::dreadnought(
-            &[
-                "target",
-                "--mdm",
-                &mdm,
-                "--name",
-                name,
-                "--sdc-ip",
-                "127.0.0.1",
-                "--config",
-                cfg.to_str().unwrap(),
-            ],
-            "ready: iSCSI target listening",
-        );
+        let listen = listen.map(|a| a.to_string());
+        let mut args = vec![
+            "target",
+            "--mdm",
+            &mdm,
+            "--name",
+            name,
+            "--sdc-ip",
+            "127.0.0.1",
+            "--config",
+            cfg.to_str().unwrap(),
+        ];
+        if let Some(l) = &listen {
+            args.extend(["--listen", l.as_str()]);
+        }
+        let p = Proc::dreadnought(&args, "ready: iSCSI target listening");
         let a = p.addr("ready: iSCSI target listening", "portals");
         (p, a)
     }
@@ -294,6 +401,170 @@ impl Cluster {
             })
             .collect()
     }
+}
+
+/// The pool every failure test uses.
+pub const POOL_ARGS: [&str; 4] = [
+    "--protection_domain_name",
+    "pd1",
+    "--storage_pool_name",
+    "pool1",
+];
+
+impl Cluster {
+    /// scli's `--json` answer to `args`, parsed.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let text = self.ok(&all);
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("scli {all:?} printed no JSON ({e}):\n{text}"))
+    }
+
+    /// `--query_storage_pool` of pd1/pool1 as JSON.
+    pub fn pool(&self) -> Value {
+        let mut args = vec!["--query_storage_pool"];
+        args.extend(POOL_ARGS);
+        self.json(&args)
+    }
+
+    /// The state (`Connected`, `Down`, ...) the MDM shows for the SDS named `name`,
+    /// or None when it no longer lists it.
+    pub fn sds_state(&self, name: &str) -> Option<String> {
+        let all = self.json(&["--query_all_sds"]);
+        all.as_array()
+            .expect("--query_all_sds --json is an array")
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["state"].as_str().unwrap_or("?").to_string())
+    }
+
+    /// The MDM's id of the SDS named `name`.
+    pub fn sds_id(&self, name: &str) -> u64 {
+        let all = self.json(&["--query_all_sds"]);
+        let s = all
+            .as_array()
+            .expect("--query_all_sds --json is an array")
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no SDS {name}: {all}"));
+        hex(&s["id"])
+    }
+
+    /// The MDM's id of volume `name`.
+    pub fn volume_id(&self, name: &str) -> u64 {
+        hex(&self.json(&["--query_volume", "--volume_name", name])["id"])
+    }
+
+    /// The volume's layout, as a gateway gets it.
+    pub fn layout(&self, volume_id: u64) -> Layout {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let reply = rt
+            .block_on(mdm_client::ask(
+                &self.mdm_addr.to_string(),
+                &MdmRequest::GetLayout { volume_id },
+                Duration::from_secs(10),
+            ))
+            .unwrap_or_else(|e| panic!("GetLayout: {e}"));
+        match reply {
+            MdmReply::Layout(l) => l,
+            other => panic!("GetLayout answered {other:?}"),
+        }
+    }
+
+    /// Sets the rebuild (`rebalance` false) or rebalance policy of pd1/pool1; `extra`
+    /// carries --concurrent_io_limit or --bandwidth_limit_kbps.
+    pub fn set_policy(&self, rebalance: bool, policy: &str, extra: &[&str]) {
+        let cmd = if rebalance {
+            "--set_rebalance_policy"
+        } else {
+            "--set_rebuild_policy"
+        };
+        let mut args = vec![cmd];
+        args.extend(POOL_ARGS);
+        args.extend(["--policy", policy]);
+        args.extend_from_slice(extra);
+        self.ok(&args);
+    }
+
+    /// What the MDM says of the SDS, the pool and its recent events: printed when a
+    /// wait times out.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        for args in [
+            vec!["--query_all_sds", "--json"],
+            [
+                vec!["--query_storage_pool"],
+                POOL_ARGS.to_vec(),
+                vec!["--json"],
+            ]
+            .concat(),
+            vec!["--query_cluster", "--json"],
+        ] {
+            let (_, text) = self.scli(&args);
+            out.push_str(&format!("scli {}:\n{text}\n", args.join(" ")));
+        }
+        out
+    }
+
+    /// Polls `ready` every 500 ms until it says yes; panics after `within` with
+    /// `what`, the last thing `ready` reported and the MDM's view.
+    pub fn wait_until(
+        &self,
+        what: &str,
+        within: Duration,
+        mut ready: impl FnMut(&Cluster) -> Result<(), String>,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            let last = match ready(self) {
+                Ok(()) => return start.elapsed(),
+                Err(why) => why,
+            };
+            if start.elapsed() > within {
+                panic!(
+                    "timed out after {within:?} waiting for {what}: {last}\n{}",
+                    self.diagnostics()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// One SDS's inventory from its own tables (Err if it cannot be asked or refuses,
+    /// e.g. after it was released).
+    pub fn inventory(&self, i: usize) -> Result<SdsInventory, String> {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let client = ChunkClient::new(self.sds_addrs[i]);
+        let ask = client.control(&SdsControl::Inventory);
+        match rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), ask).await }) {
+            Err(_) => Err("no answer within 5 s".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(SdsControlReply::Inventory(inv))) => Ok(inv),
+            Ok(Ok(other)) => Err(format!("unexpected inventory reply {other:?}")),
+        }
+    }
+}
+
+/// An id as scli's JSON prints it (16 hex digits).
+pub fn hex(v: &Value) -> u64 {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("{v} is not a hex id string"));
+    u64::from_str_radix(s, 16).unwrap_or_else(|e| panic!("{s} is not a hex id: {e}"))
+}
+
+/// The number at JSON pointer `ptr` (e.g. "/health/degraded_bytes") of `v`.
+pub fn num(v: &Value, ptr: &str) -> u64 {
+    v.pointer(ptr)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("no number at {ptr} in {v}"))
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; tests bind it right after).
+pub fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
 }
 
 /// Runs qemu-io commands (one per line) against a LUN; returns its output.

@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod netns;
 pub mod proc;
+pub mod writer;
 
 use bytes::{Bytes, BytesMut};
 use dreadnought::iscsi::pdu::{self, Digests, LoginRequest, Pdu, RESERVED_TAG};

@@ -22,9 +22,23 @@ impl Proc {
 
     /// As [`Proc::dreadnought`] with another `RUST_LOG` level.
     pub fn dreadnought_with_log(args: &[&str], ready: &str, level: &str) -> Proc {
+        Self::spawn(&[], args, ready, level)
+    }
+
+    /// As [`Proc::dreadnought`] inside network namespace `ns` (`ip netns exec`, which
+    /// execs the binary, so the pid and SIGKILL are still the binary's own).
+    pub fn dreadnought_in_netns(ns: &str, args: &[&str], ready: &str) -> Proc {
+        Self::spawn(&["ip", "netns", "exec", ns], args, ready, "info")
+    }
+
+    /// Runs `PREFIX... dreadnought ARGS` and waits for a log line containing `ready`.
+    fn spawn(prefix: &[&str], args: &[&str], ready: &str, level: &str) -> Proc {
         let bin = env!("CARGO_BIN_EXE_dreadnought");
-        let mut child = Command::new(bin)
-            .args(args)
+        let mut argv: Vec<&str> = prefix.to_vec();
+        argv.push(bin);
+        argv.extend_from_slice(args);
+        let mut child = Command::new(argv[0])
+            .args(&argv[1..])
             .env("RUST_LOG", level)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -43,7 +57,12 @@ impl Proc {
         let p = Proc {
             child,
             log,
-            name: format!("{} {}", Path::new(bin).display(), args.join(" ")),
+            name: format!(
+                "{}{} {}",
+                prefix.iter().map(|p| format!("{p} ")).collect::<String>(),
+                Path::new(bin).display(),
+                args.join(" ")
+            ),
         };
         p.wait_for(ready, Duration::from_secs(60));
         p
