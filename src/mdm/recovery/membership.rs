@@ -95,17 +95,26 @@ impl Mdm {
                 }) if system_id == st.system_id && id == sds_id => {
                     return Ok(MdmReply::SdsVerdict { down: false });
                 }
-                // Nothing listens there (or something else does): the SDS process is
-                // gone, so it serves no one and can be declared down at once.
-                Ok(_) | Err(LinkError::Failed { .. }) | Err(LinkError::Unexpected { .. }) => {
+                // Its host refuses the connection (nothing listens: the SDS process
+                // is gone) or something else answers there: it serves no one and can
+                // be declared down at once.
+                Ok(_) | Err(LinkError::Unexpected { .. }) => {
+                    let why = format!(
+                        "a gateway reported: {reason}; another process answers at its address"
+                    );
+                    self.declare_down(sds_id, &why).await?;
+                    return Ok(MdmReply::SdsVerdict { down: true });
+                }
+                Err(LinkError::Failed { reason: r, .. }) if refused(&r) => {
                     let why =
                         format!("a gateway reported: {reason}; the MDM cannot reach it either");
                     self.declare_down(sds_id, &why).await?;
                     return Ok(MdmReply::SdsVerdict { down: true });
                 }
-                // It may be alive behind a partition, serving on its lease: only its
-                // silence past the lease makes it safe to move on.
-                Err(LinkError::Timeout { .. }) => {
+                // It may be alive behind a partition (no answer, no route), serving
+                // on its lease: only its silence past the lease makes it safe to move
+                // on.
+                Err(_) => {
                     let l = &self.recovery.liveness;
                     if l.silent(sds_id) || l.unheard(sds_id) {
                         let why = format!("a gateway reported: {reason}; no heartbeat either");
@@ -378,4 +387,10 @@ impl Mdm {
             .get(&id)
             .map_or_else(|| fmt_id(id), |s| s.name.clone())
     }
+}
+
+/// A connection refused by the SDS's host: proof nothing listens there, unlike a
+/// timeout or an unreachable network, which a live SDS behind a partition also gives.
+fn refused(reason: &str) -> bool {
+    reason.contains("refused")
 }
