@@ -151,11 +151,18 @@ pub fn moves(st: &State, pool: u64, max: usize) -> Vec<Start> {
             break;
         };
         let deficit = |d: &Dev| fair[&d.id] - d.copies as f64;
+        // A device being drained must empty even if that leaves another one a copy
+        // over its share (the other copy of its last chunk may sit on the only device
+        // under its share); evening out is for open devices.
+        let draining = !devs[src].open;
         let mut moved = false;
         let mut targets: Vec<usize> = (0..devs.len())
             .filter(|&i| {
                 let d = &devs[i];
-                d.open && d.copies < d.slots && deficit(d) >= 1.0 && d.sds != devs[src].sds
+                d.open
+                    && d.copies < d.slots
+                    && (deficit(d) >= 1.0 || draining)
+                    && d.sds != devs[src].sds
             })
             .collect();
         targets.sort_by(|&a, &b| deficit(&devs[b]).total_cmp(&deficit(&devs[a])));
