@@ -16,7 +16,9 @@
 //! - an SDS cut off from the cluster, once the MDM has moved the layout past it, never
 //!   serves data for the old layout epoch when the link returns (fencing);
 //! - two SDS lost at once fail only the chunks whose both copies they held, with a
-//!   prompt MEDIUM ERROR, and lose nothing once they return.
+//!   prompt MEDIUM ERROR, and lose nothing once they return;
+//! - a device failing its writes (its filesystem full) is taken out like a partial SDS
+//!   failure without an initiator error, and `--remove_sds_device` then removes it.
 //!
 //! Every wait is bounded and prints the MDM's view of the SDS and the pool on timeout.
 
@@ -773,4 +775,122 @@ fn two_failures_fail_only_the_chunks_that_lost_both_copies() {
     wait_rebuilt(&c, Duration::from_secs(120), &mut rates);
     verify(portal, 0, &expected);
     assert_two_copies(&c, vol, &chunks_of(ops), &[0, 1, 2, 3]);
+}
+
+/// A tmpfs mount, unmounted when dropped: a small filesystem to put an SDS device on
+/// that runs out of space, which the SDS sees as the device failing writes.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: std::path::PathBuf, bytes: u64) -> Option<Tmpfs> {
+        std::fs::create_dir_all(&dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}")])
+            .args(["dntest", dir.to_str()?])
+            .status()
+            .ok()?
+            .success();
+        ok.then_some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// One SDS's device sits on a 24 MiB filesystem and fails its writes (ENOSPC) part
+/// way through filling a volume. The writer sees no error; the device is marked
+/// failed, its copies rebuilt on the other SDS (which stays up), and
+/// `--remove_sds_device` then forgets it; every write reads back.
+#[test]
+fn a_device_failing_writes_is_rebuilt_around_and_removed() {
+    require_tool("qemu-io");
+    let c = Cluster::start(4);
+    let Some(fs) = Tmpfs::mount(c.dir.path().join("small-fs"), 24 << 20) else {
+        println!("SKIP: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    c.add_pool();
+    for i in 0..3 {
+        c.add_sds_to_pool(i, 1 << 30);
+    }
+    let dev = fs.0.join("dev3");
+    std::fs::File::create(&dev)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    c.ok(&[
+        "--add_sds",
+        "--sds_ip",
+        &c.sds_addrs[3].to_string(),
+        "--protection_domain_name",
+        "pd1",
+        "--device_name",
+        dev.to_str().unwrap(),
+        "--storage_pool_name",
+        "pool1",
+        "--sds_name",
+        "sds4",
+    ]);
+    let (_gw, portal) = c.gateway_at("gw1", true, None);
+    c.add_volume("vol", "0.25", &["--thin_provisioned"]);
+    map_to_gw1(&c, "vol");
+    let vol = c.volume_id("vol");
+    let ops: Vec<WriteOp> = (0..256u64)
+        .map(|i| WriteOp {
+            offset: i * CHUNK_SIZE,
+            len: CHUNK_SIZE,
+            pattern: (i % 250) as u8 + 1,
+        })
+        .collect();
+    let report = Writer::start(portal, 0, ops.clone(), 4).finish(Duration::from_secs(300));
+    let (stall, _) = report.longest_stall();
+    println!(
+        "writer: {} of {} acknowledged, {} errors; longest stall {:.3} s",
+        report.acked.len(),
+        ops.len(),
+        report.errors.len(),
+        stall.as_secs_f64()
+    );
+    assert!(report.errors.is_empty(), "{}", report.error_summary());
+    assert!(stall < Duration::from_secs(10), "stalled {stall:?}");
+    let mut expected = Expected::default();
+    for (_, op) in &report.acked {
+        expected.record(*op);
+    }
+    let sds4 = c.json(&["--query_sds", "--sds_name", "sds4"]);
+    assert_eq!(sds4["devices"][0]["failed"], true, "{sds4}");
+    assert_eq!(
+        sds4["state"], "Connected",
+        "the SDS itself stays up: {sds4}"
+    );
+    let mut rates = Vec::new();
+    wait_rebuilt(&c, Duration::from_secs(120), &mut rates);
+    assert_two_copies(&c, vol, &chunks_of(ops.clone()), &[0, 1, 2]);
+    verify(portal, 0, &expected);
+    c.ok(&[
+        "--remove_sds_device",
+        "--sds_name",
+        "sds4",
+        "--device_name",
+        dev.to_str().unwrap(),
+    ]);
+    c.wait_until(
+        "the failed device to be removed",
+        Duration::from_secs(30),
+        |c| {
+            let s = c.json(&["--query_sds", "--sds_name", "sds4"]);
+            match s["devices"].as_array().map(Vec::len) {
+                Some(0) => Ok(()),
+                n => Err(format!("sds4 still lists {n:?} devices")),
+            }
+        },
+    );
+    verify(portal, 0, &expected);
+    drop(fs);
 }

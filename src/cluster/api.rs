@@ -93,6 +93,7 @@ pub enum AdminRequest {
     /// Like `RemoveSds` for one device.
     RemoveSdsDevice {
         sds: By,
+        /// The device's name or path.
         device: String,
     },
     /// How fast a pool may rebuild lost copies (`rebalance: false`) or move copies to
@@ -381,6 +382,12 @@ pub struct DeviceInfo {
     pub capacity_bytes: u64,
     /// Chunk copies stored, as the SDS reports them (None if it did not answer).
     pub used_chunks: Option<u64>,
+    /// Its SDS reported it failing I/O; its data was rebuilt elsewhere.
+    #[serde(default)]
+    pub failed: bool,
+    /// `--remove_sds_device` is draining it.
+    #[serde(default)]
+    pub removing: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -526,6 +533,9 @@ pub enum MdmRequest {
         sds_id: u64,
         system_id: u64,
         addr: SocketAddr,
+        /// Devices that failed I/O since the SDS started: the MDM moves their copies.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        failed_devices: Vec<u64>,
     },
     /// A gateway got no answer from an SDS (or a primary reported its mirror failed).
     /// The MDM checks the SDS; if it is down, the answer comes once layouts without
@@ -715,6 +725,11 @@ pub enum SdsControl {
     /// The MDM has removed this SDS: forget the claim and stop heartbeating. Its
     /// devices keep their data but no longer belong to the system.
     Release,
+    /// The MDM has removed one device (`--remove_sds_device`): stop using it and make
+    /// it blank again, like `Release` does for all of them.
+    ReleaseDevice {
+        device: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -31,8 +31,6 @@ pub enum AdminError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
-    Unsupported(&'static str),
     #[error("could not claim the devices: {0}; nothing was added")]
     Claim(LinkError),
     #[error("row {row} of the batch (SDS {sds}): {reason}; no SDS of the batch was added")]
@@ -98,8 +96,8 @@ impl Mdm {
             R::AddSds(req) => self.add_sds(req).await,
             R::AddSdsBatch(reqs) => self.add_sds_batch(reqs).await,
             R::RemoveSds { sds } => Ok(AdminReply::Done(self.remove_sds(&sds).await?)),
-            R::RemoveSdsDevice { .. } => Err(AdminError::Unsupported(
-                "removing a single device is not supported yet; remove its SDS with --remove_sds and add it back with the devices to keep",
+            R::RemoveSdsDevice { sds, device } => Ok(AdminReply::Done(
+                self.remove_sds_device(&sds, &device).await?,
             )),
             R::SetPolicy {
                 pd,

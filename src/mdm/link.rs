@@ -119,6 +119,7 @@ pub fn request_name(msg: &SdsControl) -> &'static str {
         SdsControl::FreeChunks { .. } => "FreeChunks",
         SdsControl::Dirty { .. } => "Dirty",
         SdsControl::Release => "Release",
+        SdsControl::ReleaseDevice { .. } => "ReleaseDevice",
     }
 }
 

@@ -238,6 +238,10 @@ pub struct Device {
     /// `--remove_sds_device` is draining it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub removing: bool,
+    /// Its SDS reported it failing I/O: its copies are out of the layouts (except a
+    /// chunk's last one) and it takes no new ones until it is removed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub failed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -773,6 +777,7 @@ pub(crate) mod tests {
                         capacity_bytes: 100 * CHUNK_SIZE,
                         slots: 100,
                         removing: false,
+                        failed: false,
                     }],
                     down: false,
                     removing: false,

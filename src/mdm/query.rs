@@ -97,6 +97,8 @@ pub fn sds(st: &State, sds: &Sds, obs: &Observed) -> SdsInfo {
                 pool_name: st.pool_name(d.pool),
                 capacity_bytes: d.capacity_bytes,
                 used_chunks: obs.used(sds.id, d.id),
+                failed: d.failed,
+                removing: d.removing,
             })
             .collect(),
     }
@@ -357,12 +359,12 @@ pub fn layout(st: &State, v: &Volume) -> Layout {
             .devices
             .iter()
             .map(|&d| {
-                let (sds, _) = st.device(d).expect("layout devices exist");
+                let (sds, dev) = st.device(d).expect("layout devices exist");
                 DeviceLoc {
                     sds_id: sds.id,
                     device_id: d,
                     addr: sds.addr(),
-                    down: sds.down,
+                    down: sds.down || dev.failed,
                 }
             })
             .collect(),

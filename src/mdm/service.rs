@@ -147,7 +147,11 @@ impl Mdm {
                 sds_id,
                 system_id,
                 addr,
-            } => self.sds_heartbeat(sds_id, system_id, addr, from).await,
+                failed_devices,
+            } => {
+                self.sds_heartbeat(sds_id, system_id, addr, &failed_devices, from)
+                    .await
+            }
             MdmRequest::ReportSdsFailure { sds_id, reason } => {
                 self.report_sds_failure(sds_id, &reason).await
             }

@@ -536,6 +536,7 @@ async fn a_restarted_sds_reports_its_new_address() {
         sds_id: sds.id,
         system_id,
         addr: addr.parse().unwrap(),
+        failed_devices: Vec::new(),
     };
     let e = env.call(hello(1, SDS[2])).await.unwrap_err();
     assert!(e.contains("belongs to system 0000000000000001"), "{e}");
@@ -1140,4 +1141,82 @@ async fn a_dead_sds_is_rebuilt_around_and_a_removed_one_drained() {
 
 fn at(addr: &str) -> SocketAddr {
     addr.parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_failed_device_is_rebuilt_around_then_removed() {
+    let env = Env::new().await;
+    env.cluster(3).await;
+    let v = env.volume("v", 30, false).await;
+    let before = layout(&env, v).await;
+    let victim = before.devices[0].clone();
+    let AdminReply::Sds(owner) = env
+        .ok(AdminRequest::QuerySds {
+            sds: By::Id(victim.sds_id),
+        })
+        .await
+    else {
+        panic!()
+    };
+    // Its SDS says so in a heartbeat; the SDS itself stays up.
+    let beat = MdmRequest::SdsHeartbeat {
+        sds_id: victim.sds_id,
+        system_id: env.mdm.system_id,
+        addr: victim.addr,
+        failed_devices: vec![victim.device_id],
+    };
+    assert!(matches!(env.call(beat).await, Ok(MdmReply::Lease { .. })));
+    let l = layout(&env, v).await;
+    assert!(l.epoch > before.epoch);
+    pool_until(&env, "rebuild", |p| {
+        p.health.degraded_bytes == 0 && p.rebuild.chunks_left == 0
+    })
+    .await;
+    let l = layout(&env, v).await;
+    for pair in &l.chunks {
+        for &i in pair {
+            assert_ne!(l.devices[i as usize].device_id, victim.device_id);
+        }
+    }
+    let AdminReply::Sds(s) = env
+        .ok(AdminRequest::QuerySds {
+            sds: By::Id(victim.sds_id),
+        })
+        .await
+    else {
+        panic!()
+    };
+    assert!(s.devices[0].failed);
+    assert_eq!(s.state, SdsState::Connected);
+    let text = env
+        .done(AdminRequest::RemoveSdsDevice {
+            sds: By::Name(owner.name.clone()),
+            device: "/dev/sdb".into(),
+        })
+        .await;
+    assert!(text.contains("being removed"), "{text}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let AdminReply::Sds(s) = env
+            .ok(AdminRequest::QuerySds {
+                sds: By::Id(victim.sds_id),
+            })
+            .await
+        else {
+            panic!()
+        };
+        if s.devices.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "device never left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let e = env
+        .admin(AdminRequest::RemoveSdsDevice {
+            sds: By::Name(owner.name),
+            device: "/dev/nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.contains("has no device named /dev/nope"), "{e}");
 }

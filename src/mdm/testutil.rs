@@ -167,6 +167,11 @@ impl SdsLink for FakeSds {
             }
             SdsControl::Dirty { .. } => SdsControlReply::Dirty(Vec::new()),
             SdsControl::Release => SdsControlReply::Ok,
+            SdsControl::ReleaseDevice { device } => {
+                node.chunks.retain(|c| c.0 != *device);
+                node.devices.retain(|d| d.0 != *device);
+                SdsControlReply::Ok
+            }
             SdsControl::Ping => SdsControlReply::Pong {
                 system_id: node.system_id,
                 sds_id: node.sds_id,

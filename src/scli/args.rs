@@ -206,6 +206,7 @@ pub enum Action {
     AddSds,
     AddSdsDevice,
     RemoveSds,
+    RemoveSdsDevice,
     SetRebuildPolicy,
     SetRebalancePolicy,
     AddSdsFromCsv,
@@ -320,6 +321,15 @@ const ACTIONS: &[ActionSpec] = &[
         usage: "(--sds_name NAME | --sds_id ID | --sds_ip IP)",
         summary: "Move an SDS's chunk copies to the other SDS of its pools, then remove it \
                   (refused if they cannot hold them); follow with --query_all_sds.",
+    },
+    ActionSpec {
+        action: Action::RemoveSdsDevice,
+        name: "remove_sds_device",
+        argument: None,
+        options: &[SdsName, SdsId, SdsIp, DeviceName, DevicePath],
+        usage: "(--sds_name NAME | --sds_id ID | --sds_ip IP) (--device_name NAME | --device_path PATH)",
+        summary: "Move a device's chunk copies to other devices, then remove it (a failed \
+                  device goes at once unless it holds a chunk's only copy).",
     },
     ActionSpec {
         action: Action::SetRebuildPolicy,

@@ -414,8 +414,14 @@ fn sds(s: &SdsInfo) -> Vec<String> {
         ),
     ];
     for (i, d) in s.devices.iter().enumerate() {
+        let state = match (d.failed, d.removing) {
+            (true, true) => "  State: Failed, Removing",
+            (true, false) => "  State: Failed (its data was rebuilt elsewhere; remove it with --remove_sds_device)",
+            (false, true) => "  State: Removing",
+            (false, false) => "",
+        };
         lines.push(format!(
-            "\t{}: Name: {}  Path: {}  ID: {}",
+            "\t{}: Name: {}  Path: {}  ID: {}{state}",
             i + 1,
             or_na(&d.name),
             d.path,
@@ -974,6 +980,8 @@ mod tests {
                 pool_name: "pool03".into(),
                 capacity_bytes: 100 * GB,
                 used_chunks: Some(12),
+                failed: false,
+                removing: false,
             },
             DeviceInfo {
                 id: 0xd2,
@@ -983,6 +991,8 @@ mod tests {
                 pool_name: "pool03".into(),
                 capacity_bytes: 50 * GB,
                 used_chunks: None,
+                failed: false,
+                removing: false,
             },
         ];
         let out = text(
@@ -1161,6 +1171,8 @@ mod tests {
             pool_name: "p".into(),
             capacity_bytes: GB,
             used_chunks: Some(3),
+            failed: false,
+            removing: false,
         });
         let v: Value = serde_json::from_str(&json(&AdminReply::AllSds(vec![s]))).unwrap();
         assert_eq!(v[0]["id"], "000000000000000b");

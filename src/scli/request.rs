@@ -87,6 +87,10 @@ pub fn build(inv: &Invocation) -> Result<Job, RequestError> {
             device: b.one_device()?,
         },
         Action::RemoveSds => AdminRequest::RemoveSds { sds: b.sds()? },
+        Action::RemoveSdsDevice => AdminRequest::RemoveSdsDevice {
+            sds: b.sds()?,
+            device: b.one_of_device()?,
+        },
         Action::SetRebuildPolicy | Action::SetRebalancePolicy => AdminRequest::SetPolicy {
             pd: b.pd()?,
             pool: b.pool()?,
@@ -371,6 +375,12 @@ impl Builder<'_> {
         self.optional(Opt::Lun)?
             .map(|v| value::lun(&v).map_err(|r| Self::bad(Opt::Lun, r)))
             .transpose()
+    }
+
+    /// The one device a removal names, by name or path.
+    fn one_of_device(&self) -> Result<String, RequestError> {
+        let opt = self.one_of(&[Opt::DeviceName, Opt::DevicePath])?;
+        self.required(opt)
     }
 
     /// `--policy` with the limit it needs (and no limit it does not use).
@@ -679,6 +689,18 @@ mod tests {
             sds.devices,
             [dev("/dev/sdb", "p1", None), dev("/dev/sdc", "p1", None)]
         );
+    }
+
+    #[test]
+    fn remove_sds_device() {
+        assert_eq!(
+            req("--remove_sds_device --sds_name s1 --device_path /dev/xvdg"),
+            AdminRequest::RemoveSdsDevice {
+                sds: By::Name("s1".into()),
+                device: "/dev/xvdg".into()
+            }
+        );
+        assert!(err("--remove_sds_device --sds_name s1").contains("--device_name"));
     }
 
     #[test]

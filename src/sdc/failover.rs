@@ -51,10 +51,13 @@ pub fn next(err: &ChunkError, primary_sds: u64, idempotent: bool) -> Next {
             sds: *sds,
             retry: idempotent,
         },
-        ChunkError::NoSpace
-        | ChunkError::Io(_)
-        | ChunkError::Refused(_)
-        | ChunkError::Protocol(_) => Next::Fail,
+        // A device failing I/O: its SDS tells the MDM (heartbeats list failed
+        // devices), which moves the layout off it; the report makes it look now.
+        ChunkError::Io(_) => Next::Report {
+            sds: primary_sds,
+            retry: idempotent,
+        },
+        ChunkError::NoSpace | ChunkError::Refused(_) | ChunkError::Protocol(_) => Next::Fail,
     }
 }
 
@@ -109,7 +112,11 @@ mod tests {
             (unreachable, report(3, true), report(3, false)),
             (mirror, report(7, true), report(7, false)),
             (ChunkError::NoSpace, Next::Fail, Next::Fail),
-            (ChunkError::Io("EIO".into()), Next::Fail, Next::Fail),
+            (
+                ChunkError::Io("EIO".into()),
+                report(3, true),
+                report(3, false),
+            ),
             (ChunkError::Refused("no".into()), Next::Fail, Next::Fail),
             (ChunkError::Protocol("bad".into()), Next::Fail, Next::Fail),
         ];

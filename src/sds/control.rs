@@ -76,6 +76,7 @@ impl Sds {
                 Ok(SdsControlReply::Dirty(self.store.dirty(volume)))
             }
             SdsControl::Release => self.release(&mut current),
+            SdsControl::ReleaseDevice { device } => self.release_device(&mut current, device),
             SdsControl::Ping => {
                 let (system_id, sds_id) = ids(&current);
                 Ok(SdsControlReply::Pong { system_id, sds_id })
@@ -101,6 +102,32 @@ impl Sds {
         self.epochs.clear();
         if let Some(s) = current.take() {
             info!(system = %fmt_id(s.system_id), sds = %fmt_id(s.sds_id), devices = devices.len(), "released by the MDM; running bare");
+        }
+        Ok(SdsControlReply::Ok)
+    }
+}
+
+impl Sds {
+    /// `ReleaseDevice`: stop using one device, make it blank again (header zeroed) and
+    /// forget it here and in the state file. Unknown devices are already released.
+    fn release_device(
+        &self,
+        current: &mut Option<state::SdsState>,
+        device: u64,
+    ) -> Result<SdsControlReply, SdsError> {
+        let s = current.as_mut().ok_or(SdsError::NotClaimed)?;
+        let mut next = s.clone();
+        next.devices.retain(|d| d.id != device);
+        if next != *s {
+            state::save(&self.data_dir, &next)?;
+            *s = next;
+        }
+        if let Some(dev) = self.store.remove(device) {
+            // A failed device may not take the wipe; it is forgotten either way.
+            if let Err(e) = dev.wipe_header() {
+                tracing::warn!(path = %dev.path, error = %e, "could not blank a released device");
+            }
+            info!(path = %dev.path, device = %fmt_id(device), "device released by the MDM");
         }
         Ok(SdsControlReply::Ok)
     }

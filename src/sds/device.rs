@@ -18,6 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tracing::{error, info};
 
@@ -106,6 +107,10 @@ pub struct Device {
     file: File,
     table: RwLock<Table>,
     alloc: Mutex<()>,
+    /// Set by the first I/O error: the device is not trusted again (a half-failed
+    /// disk or a full backing filesystem); heartbeats tell the MDM, which moves its
+    /// copies, and the admin removes it.
+    failed: AtomicBool,
 }
 
 impl Device {
@@ -167,7 +172,27 @@ impl Device {
             file: probe.file,
             table: RwLock::new(table),
             alloc: Mutex::new(()),
+            failed: AtomicBool::new(false),
         }
+    }
+
+    /// Whether an I/O error has put this device out of use.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Refuses I/O on a failed device, so one error is not followed by reads of
+    /// whatever it now returns.
+    fn usable(&self) -> Result<(), SdsError> {
+        if self.failed() {
+            return Err(SdsError::DeviceIo {
+                path: self.path.clone(),
+                source: std::io::Error::other(
+                    "the device failed an earlier I/O and is out of use; replace it and remove it with scli --remove_sds_device",
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn load_entry(&self, table: &mut Table, slot: u64, entry: Result<Entry, FormatError>) {
@@ -225,6 +250,7 @@ impl Device {
     }
 
     pub fn read(&self, key: ChunkKey, offset: u32, len: u32) -> Result<Bytes, SdsError> {
+        self.usable()?;
         let table = self.lock();
         match table.chunks.get(&key) {
             Some(slot) => {
@@ -246,6 +272,7 @@ impl Device {
         fua: bool,
         dirty: bool,
     ) -> Result<(), SdsError> {
+        self.usable()?;
         if data.is_empty() {
             return self.sync_if(fua);
         }
@@ -289,6 +316,7 @@ impl Device {
         fua: bool,
         dirty: bool,
     ) -> Result<(), SdsError> {
+        self.usable()?;
         let whole = offset == 0 && len as u64 == CHUNK_SIZE;
         loop {
             let table = self.lock();
@@ -322,6 +350,7 @@ impl Device {
     /// Whether the byte at `offset` is allocated and how far that state runs inside
     /// the chunk, from the file's holes inside the slot.
     pub fn status(&self, key: ChunkKey, offset: u32) -> Result<(bool, u32), SdsError> {
+        self.usable()?;
         let table = self.lock();
         let Some(slot) = table.chunks.get(&key) else {
             return Ok((false, (CHUNK_SIZE - offset as u64) as u32));
@@ -559,6 +588,10 @@ impl Device {
     }
 
     fn io_err(&self, source: std::io::Error) -> SdsError {
+        if !self.failed.swap(true, Ordering::Relaxed) {
+            error!(path = %self.path, device = %fmt_id(self.id), error = %source,
+                "device failed I/O; taking it out of use and telling the MDM");
+        }
         SdsError::DeviceIo {
             path: self.path.clone(),
             source,

@@ -10,6 +10,7 @@
 
 use super::epoch::Epochs;
 use super::lease::Lease;
+use super::store::Store;
 use crate::cluster::api::{fmt_id, MdmReply, MdmRequest, MdmResponse, HEARTBEAT_EVERY_MS};
 use crate::cluster::frame::{self, FrameError};
 use crate::cluster::mdm_client;
@@ -41,14 +42,17 @@ pub struct Identity {
 pub struct Heartbeat {
     lease: Arc<Lease>,
     epochs: Arc<Epochs>,
+    /// Where failed devices are found, to report them.
+    store: Arc<Store>,
     task: Mutex<Option<(Identity, JoinHandle<()>)>>,
 }
 
 impl Heartbeat {
-    pub fn new(lease: Arc<Lease>, epochs: Arc<Epochs>) -> Self {
+    pub fn new(lease: Arc<Lease>, epochs: Arc<Epochs>, store: Arc<Store>) -> Self {
         Self {
             lease,
             epochs,
+            store,
             task: Mutex::new(None),
         }
     }
@@ -67,7 +71,12 @@ impl Heartbeat {
         }
         self.lease.heartbeat_to(&who.mdm);
         info!(mdm = %who.mdm, sds = %fmt_id(who.sds_id), "heartbeating to the MDM");
-        let h = tokio::spawn(run(who.clone(), self.lease.clone(), self.epochs.clone()));
+        let h = tokio::spawn(run(
+            who.clone(),
+            self.lease.clone(),
+            self.epochs.clone(),
+            self.store.clone(),
+        ));
         *task = Some((who, h));
     }
 
@@ -79,7 +88,7 @@ impl Heartbeat {
     }
 }
 
-async fn run(who: Identity, lease: Arc<Lease>, epochs: Arc<Epochs>) {
+async fn run(who: Identity, lease: Arc<Lease>, epochs: Arc<Epochs>, store: Arc<Store>) {
     let mut tick = tokio::time::interval(Duration::from_millis(HEARTBEAT_EVERY_MS));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut conn = None;
@@ -97,6 +106,7 @@ async fn run(who: Identity, lease: Arc<Lease>, epochs: Arc<Epochs>) {
             sds_id: who.sds_id,
             system_id: who.system_id,
             addr: advertised,
+            failed_devices: store.failed(),
         };
         let sent = Instant::now();
         let problem = match beat(&mut conn, &who.mdm, &req, wait).await {
@@ -216,7 +226,7 @@ mod tests {
         });
         let lease = Arc::new(Lease::default());
         let epochs = Arc::new(Epochs::default());
-        let hb = Heartbeat::new(lease.clone(), epochs.clone());
+        let hb = Heartbeat::new(lease.clone(), epochs.clone(), Arc::default());
         hb.start(Identity {
             mdm: mdm_addr,
             system_id: 1,

@@ -175,7 +175,7 @@ struct Sds {
     mdm_override: Option<String>,
     /// Who claimed us; also serialises control messages.
     state: Mutex<Option<SdsState>>,
-    store: Store,
+    store: Arc<Store>,
     epochs: Arc<Epochs>,
     lease: Arc<Lease>,
     heartbeat: Arc<Heartbeat>,
@@ -193,7 +193,7 @@ impl Sds {
     ) -> Result<Self, SdsError> {
         state::prepare_dir(data_dir)?;
         let saved = state::load(data_dir)?;
-        let store = Store::default();
+        let store = Arc::new(Store::default());
         let peers = Peers::default();
         if let Some(s) = &saved {
             for rec in &s.devices {
@@ -231,8 +231,8 @@ impl Sds {
             listen,
             mdm_override,
             state: Mutex::new(saved),
-            store,
-            heartbeat: Arc::new(Heartbeat::new(lease.clone(), epochs.clone())),
+            store: store.clone(),
+            heartbeat: Arc::new(Heartbeat::new(lease.clone(), epochs.clone(), store.clone())),
             epochs,
             lease,
             peers,

@@ -11,6 +11,14 @@ pub struct Store {
     devices: RwLock<BTreeMap<u64, Arc<Device>>>,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("devices", &self.read().keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 impl Store {
     pub fn add(&self, dev: Device) {
         self.devices
@@ -116,6 +124,23 @@ impl Store {
     pub fn clear(&self) -> Vec<Arc<Device>> {
         let mut devices = self.devices.write().unwrap_or_else(|p| p.into_inner());
         std::mem::take(&mut *devices).into_values().collect()
+    }
+
+    /// Devices an I/O error put out of use.
+    pub fn failed(&self) -> Vec<u64> {
+        self.read()
+            .values()
+            .filter(|d| d.failed())
+            .map(|d| d.id)
+            .collect()
+    }
+
+    /// Forgets one device (after `ReleaseDevice`); I/O already running on it finishes.
+    pub fn remove(&self, id: u64) -> Option<Arc<Device>> {
+        self.devices
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
     }
 
     /// fdatasync on every device.

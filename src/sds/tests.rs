@@ -473,7 +473,8 @@ async fn restart_keeps_data_and_serves_only_once_the_mdm_answers() {
         MdmRequest::SdsHeartbeat {
             sds_id: 4,
             system_id: SYSTEM,
-            addr: h.addr
+            addr: h.addr,
+            failed_devices: Vec::new(),
         }
     );
     // Restarted: nothing is served until the MDM answers, but control is.

@@ -32,6 +32,26 @@ pub type ChunkId = (u64, u64);
 pub fn fail_sds(st: &mut State, sds: u64) -> Result<Failed, ChangeError> {
     st.sds_by(&By::Id(sds))?;
     st.sds.get_mut(&sds).expect("just found").down = true;
+    Ok(drop_down_copies(st))
+}
+
+/// Marks one device failed (its SDS said it fails I/O) and takes its copies out of
+/// every layout like `fail_sds` does for a whole SDS.
+pub fn fail_device(st: &mut State, device: u64) -> Result<Failed, ChangeError> {
+    let sds = st
+        .sds_of(device)
+        .ok_or_else(|| ChangeError::Refused(format!("no device {device:016x}")))?
+        .id;
+    let s = st.sds.get_mut(&sds).expect("found");
+    if let Some(d) = s.devices.iter_mut().find(|d| d.id == device) {
+        d.failed = true;
+    }
+    Ok(drop_down_copies(st))
+}
+
+/// Takes every copy on a down SDS or a failed device out of the layouts (a chunk's
+/// last copy excepted); idempotent.
+fn drop_down_copies(st: &mut State) -> Failed {
     let down: HashSet<u64> = down_devices(st);
     let mut out = Failed::default();
     let ids: Vec<u64> = st.volumes.keys().copied().collect();
@@ -77,7 +97,7 @@ pub fn fail_sds(st: &mut State, sds: u64) -> Result<Failed, ChangeError> {
             touch(st, id);
         }
     }
-    Ok(out)
+    out
 }
 
 /// Whether any device of the volume's layout is down (the layout shows which, so a
@@ -86,12 +106,12 @@ fn layout_names(v: &Volume, down: &HashSet<u64>) -> bool {
     v.devices.iter().any(|d| down.contains(d))
 }
 
-/// Devices of every SDS marked down.
-fn down_devices(st: &State) -> HashSet<u64> {
+/// Devices of every SDS marked down, and every failed device.
+pub fn down_devices(st: &State) -> HashSet<u64> {
     st.sds
         .values()
-        .filter(|s| s.down)
-        .flat_map(|s| s.devices.iter().map(|d| d.id))
+        .flat_map(|s| s.devices.iter().filter(move |d| s.down || d.failed))
+        .map(|d| d.id)
         .collect()
 }
 
@@ -125,7 +145,10 @@ pub fn return_sds(st: &mut State, sds: u64) -> Result<Vec<ChunkId>, ChangeError>
         for (c, x) in absent {
             let [p, s] = v.chunks[c as usize];
             let primary_up = !down.contains(&v.devices[p as usize]);
-            if s == NO_COPY && primary_up {
+            if down.contains(&v.devices[x as usize]) {
+                // Its device failed meanwhile: that copy never comes back.
+                v.absent.remove(&c);
+            } else if s == NO_COPY && primary_up {
                 v.chunks[c as usize][1] = x;
                 v.syncing.insert(c);
                 v.absent.remove(&c);

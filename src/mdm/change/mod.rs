@@ -11,8 +11,8 @@ mod sds;
 mod volume;
 
 pub use health::{
-    confirm_whole, fail_sds, finish_copies, forget_absent_on, referenced_devices, return_sds,
-    start_copies, ChunkId,
+    confirm_whole, down_devices, fail_device, fail_sds, finish_copies, forget_absent_on,
+    referenced_devices, return_sds, start_copies, ChunkId,
 };
 pub use initiator::{
     add_initiator, chap_words, map_to_initiator, remove_initiator, rename_initiator, set_chap,

@@ -166,6 +166,7 @@ fn new_device(
         capacity_bytes: 0,
         slots: 0,
         removing: false,
+        failed: false,
     })
 }
 

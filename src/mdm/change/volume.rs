@@ -25,7 +25,8 @@ fn place(st: &State, vol: &mut Volume, count: u64) -> Result<(), ChangeError> {
     let pool_name = st.pool_name(vol.pool);
     let devices: Vec<(u64, &Device)> = st.pool_devices(vol.pool).map(|(s, d)| (s.id, d)).collect();
     // Failed or draining SDS and devices get no new copies.
-    let open = |d: &Device| st.sds_of(d.id).is_some_and(|s| s.takes_copies()) && !d.removing;
+    let open =
+        |d: &Device| st.sds_of(d.id).is_some_and(|s| s.takes_copies()) && !d.removing && !d.failed;
     let index: HashMap<u64, usize> = devices
         .iter()
         .enumerate()

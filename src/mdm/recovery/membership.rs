@@ -27,6 +27,7 @@ impl Mdm {
         sds_id: u64,
         system_id: u64,
         addr: SocketAddr,
+        failed_devices: &[u64],
         from: SocketAddr,
     ) -> Result<MdmReply, ServiceError> {
         // An SDS bound to a wildcard address is reached where it connected from.
@@ -53,6 +54,12 @@ impl Mdm {
             if moved {
                 info!(sds = %fmt_id(sds_id), %addr, "SDS moved");
                 self.push_peers();
+            }
+        }
+        for &d in failed_devices {
+            let known = sds.devices.iter().find(|x| x.id == d);
+            if known.is_some_and(|x| !x.failed) {
+                self.declare_device_failed(sds_id, d).await?;
             }
         }
         if sds.down && self.recovery.tasks().returning.insert(sds_id) {
@@ -157,6 +164,109 @@ impl Mdm {
             self.recovery.poke();
         }
         Ok(())
+    }
+
+    /// Commits layouts without a device its SDS says fails I/O.
+    async fn declare_device_failed(&self, sds_id: u64, device: u64) -> Result<(), ServiceError> {
+        let failed = self
+            .apply::<_, ServiceError>(|st, _| {
+                let already = st
+                    .sds
+                    .get(&sds_id)
+                    .and_then(|s| s.devices.iter().find(|d| d.id == device))
+                    .is_none_or(|d| d.failed);
+                if already {
+                    return Ok(None);
+                }
+                change::fail_device(st, device).map(Some)
+            })
+            .await?;
+        if let Some(f) = failed {
+            let st = self.current();
+            let path = st
+                .device(device)
+                .map_or_else(|| fmt_id(device), |(_, d)| d.path.clone());
+            self.recovery.event(
+                true,
+                format!(
+                    "device {path} of SDS {} failed I/O: {} chunks degraded, {} with no other copy; rebuilding; replace it and remove it with --remove_sds_device",
+                    self.sds_name(sds_id),
+                    f.degraded,
+                    f.unavailable
+                ),
+            );
+            self.recovery.poke();
+        }
+        Ok(())
+    }
+
+    /// `--remove_sds_device`: like `--remove_sds` for one device. A failed device
+    /// goes at once unless it holds a chunk's last copy; a healthy one is drained
+    /// first, refused if the rest of its pool cannot hold its copies.
+    pub(in crate::mdm) async fn remove_sds_device(
+        &self,
+        sds: &By,
+        device: &str,
+    ) -> Result<String, AdminError> {
+        let (name, now) = self
+            .apply::<_, AdminError>(|st, _| {
+                let s = st.sds_by(sds)?.clone();
+                let d = s
+                    .devices
+                    .iter()
+                    .find(|d| d.name == device || d.path == device)
+                    .ok_or_else(|| {
+                        ChangeError::Refused(format!(
+                            "SDS {} has no device named {device} (--device_name); see its devices with --query_sds",
+                            s.name
+                        ))
+                    })?
+                    .clone();
+                let name = format!("{} of SDS {}", d.path, s.name);
+                if d.removing {
+                    return Ok((name, false));
+                }
+                let named = change::referenced_devices(st);
+                if d.failed || s.down {
+                    let last = st
+                        .volumes
+                        .values()
+                        .flat_map(|v| (0..v.chunks.len()).map(move |c| v.copies(c)[0]))
+                        .filter(|p| *p == Some(d.id))
+                        .count();
+                    if last > 0 {
+                        return Err(ChangeError::Refused(format!(
+                            "device {name} holds the only copy of {last} chunks; bring it back before removing it"
+                        ))
+                        .into());
+                    }
+                }
+                let dev = st
+                    .sds
+                    .get_mut(&s.id)
+                    .and_then(|s| s.devices.iter_mut().find(|x| x.id == d.id))
+                    .expect("found");
+                dev.removing = true;
+                if !d.failed && named.contains(&d.id) {
+                    plan::removal_fits(st, s.id, Some(d.id)).map_err(|e| {
+                        ChangeError::Refused(format!("device {name} cannot be removed: {e}"))
+                    })?;
+                }
+                Ok((name, !named.contains(&d.id) || d.failed))
+            })
+            .await?;
+        self.recovery.event(
+            false,
+            format!("removing device {name}: moving its chunk copies to other devices"),
+        );
+        self.recovery.poke();
+        Ok(if now {
+            format!("device {name} is being removed")
+        } else {
+            format!(
+                "device {name} is being removed: its chunk copies move to other devices; follow with --query_sds"
+            )
+        })
     }
 
     /// A down SDS heartbeats again. Its remembered copies of chunks still degraded
@@ -272,7 +382,7 @@ impl Mdm {
                     st.sds.remove(&sds.id);
                     return Ok((sds.name, 0, true));
                 }
-                plan::removal_fits(st, sds.id).map_err(|e| {
+                plan::removal_fits(st, sds.id, None).map_err(|e| {
                     ChangeError::Refused(format!("SDS {} cannot be removed: {e}", sds.name))
                 })?;
                 change::forget_absent_on(st, sds.id);
@@ -301,8 +411,10 @@ impl Mdm {
         ))
     }
 
-    /// Forgets every SDS being removed that no layout names any more, and releases it.
+    /// Forgets every SDS or device being removed that no layout names any more, and
+    /// releases it.
     pub(in crate::mdm) async fn finish_removals(&self) -> Result<(), ServiceError> {
+        self.finish_device_removals().await?;
         let st = self.current();
         let named = change::referenced_devices(&st);
         let done: Vec<_> = st
@@ -346,6 +458,51 @@ impl Mdm {
                 format!("SDS {} removed: its data moved away", sds.name),
             );
             self.push_peers();
+        }
+        Ok(())
+    }
+
+    async fn finish_device_removals(&self) -> Result<(), ServiceError> {
+        let st = self.current();
+        let named = change::referenced_devices(&st);
+        let done: Vec<(crate::mdm::model::Sds, u64, String)> = st
+            .sds
+            .values()
+            .filter(|s| !s.removing)
+            .flat_map(|s| {
+                s.devices
+                    .iter()
+                    .filter(|d| d.removing && !named.contains(&d.id))
+                    .map(move |d| (s.clone(), d.id, d.path.clone()))
+            })
+            .collect();
+        for (sds, device, path) in done {
+            let removed = self
+                .apply::<_, ServiceError>(|st, _| {
+                    let named = change::referenced_devices(st);
+                    if named.contains(&device) {
+                        return Ok(false);
+                    }
+                    for v in st.volumes.values_mut() {
+                        v.compact();
+                    }
+                    if let Some(s) = st.sds.get_mut(&sds.id) {
+                        s.devices.retain(|d| d.id != device);
+                    }
+                    Ok(true)
+                })
+                .await?;
+            if !removed {
+                continue;
+            }
+            let peer = change::peer(&sds);
+            let msg = SdsControl::ReleaseDevice { device };
+            let r = link::call(self.link.as_ref(), &peer, &msg, CONTROL_TIMEOUT).await;
+            if let Err(e) = link::expect_ok(&peer, &msg, r) {
+                tracing::warn!(sds = %sds.name, %path, error = %e, "removed device was not released by its SDS");
+            }
+            self.recovery
+                .event(false, format!("device {path} of SDS {} removed", sds.name));
         }
         Ok(())
     }

@@ -39,8 +39,8 @@ fn devices(st: &State, pool: u64) -> Vec<Dev> {
             id: d.id,
             sds: s.id,
             slots: d.slots,
-            open: s.takes_copies() && !d.removing && d.slots > 0,
-            down: s.down,
+            open: s.takes_copies() && !d.removing && !d.failed && d.slots > 0,
+            down: s.down || d.failed,
             copies: count.get(&d.id).copied().unwrap_or(0),
         })
         .collect()
@@ -191,14 +191,21 @@ pub fn moves(st: &State, pool: u64, max: usize) -> Vec<Start> {
     out
 }
 
-/// Whether `sds`'s copies fit on the rest of its pools, and the pools keep two SDS
-/// for the two copies. The error says what is missing.
-pub fn removal_fits(st: &State, sds: u64) -> Result<(), String> {
-    let pools: HashSet<u64> = st.sds[&sds].devices.iter().map(|d| d.pool).collect();
+/// Whether the copies of `sds` (or of its one `device`) fit on the rest of their
+/// pools, and the pools keep two SDS for the two copies. The error says what is
+/// missing.
+pub fn removal_fits(st: &State, sds: u64, device: Option<u64>) -> Result<(), String> {
+    let leaves = |d: &Dev| d.sds == sds && device.is_none_or(|x| x == d.id);
+    let pools: HashSet<u64> = st.sds[&sds]
+        .devices
+        .iter()
+        .filter(|d| device.is_none_or(|x| x == d.id))
+        .map(|d| d.pool)
+        .collect();
     for pool in pools {
         let devs = devices(st, pool);
-        let leaving: u64 = devs.iter().filter(|d| d.sds == sds).map(|d| d.copies).sum();
-        let rest: Vec<&Dev> = devs.iter().filter(|d| d.sds != sds && d.open).collect();
+        let leaving: u64 = devs.iter().filter(|d| leaves(d)).map(|d| d.copies).sum();
+        let rest: Vec<&Dev> = devs.iter().filter(|d| !leaves(d) && d.open).collect();
         let free: u64 = rest.iter().map(|d| d.slots.saturating_sub(d.copies)).sum();
         let mut others: Vec<u64> = rest.iter().map(|d| d.sds).collect();
         others.sort_unstable();
@@ -222,12 +229,7 @@ pub fn removal_fits(st: &State, sds: u64) -> Result<(), String> {
 
 /// Protection of a pool's data.
 pub fn health(st: &State, pool: u64) -> Health {
-    let down: HashSet<u64> = st
-        .sds
-        .values()
-        .filter(|s| s.down)
-        .flat_map(|s| s.devices.iter().map(|d| d.id))
-        .collect();
+    let down = crate::mdm::change::down_devices(st);
     let mut h = Health::default();
     for v in st.volumes.values().filter(|v| v.pool == pool) {
         for (c, &[p, s]) in v.chunks.iter().enumerate() {
@@ -338,9 +340,9 @@ mod tests {
             .collect();
         w.volume("v", 90, true);
         // 180 copies: two SDS hold 200 slots, so one may leave.
-        removal_fits(&w.st, sds[2]).unwrap();
+        removal_fits(&w.st, sds[2], None).unwrap();
         w.st.sds.get_mut(&sds[2]).unwrap().removing = true;
-        let e = removal_fits(&w.st, sds[1]).unwrap_err();
+        let e = removal_fits(&w.st, sds[1], None).unwrap_err();
         assert!(e.contains("two copies of a chunk need two"), "{e}");
         let pool = pool(&w);
         loop {
@@ -359,7 +361,7 @@ mod tests {
             .map(|i| w.sds(&format!("10.0.0.{i}"), &[100]))
             .collect();
         w.volume("v", 120, true);
-        let e = removal_fits(&w.st, sds[0]).unwrap_err();
+        let e = removal_fits(&w.st, sds[0], None).unwrap_err();
         assert!(e.contains("room for"), "{e}");
     }
 }
