@@ -237,8 +237,7 @@ impl Mdm {
                     if last > 0 {
                         return Err(ChangeError::Refused(format!(
                             "device {name} holds the only copy of {last} chunks; bring it back before removing it"
-                        ))
-                        .into());
+                        )));
                     }
                 }
                 let dev = st
