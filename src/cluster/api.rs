@@ -198,7 +198,8 @@ pub enum Policy {
     LimitConcurrentIo { chunks: u32 },
     /// At most this many KiB/s of chunk data.
     LimitBandwidth { kbps: u64 },
-    /// One chunk at a time, and pause while application I/O is heavy.
+    /// One chunk at a time: the least load background copying can put on the pool
+    /// while still making progress.
     FavorApplicationIo,
 }
 
