@@ -824,19 +824,7 @@ fn a_device_failing_writes_is_rebuilt_around_and_removed() {
         .unwrap()
         .set_len(1 << 30)
         .unwrap();
-    c.ok(&[
-        "--add_sds",
-        "--sds_ip",
-        &c.sds_addrs[3].to_string(),
-        "--protection_domain_name",
-        "pd1",
-        "--device_name",
-        dev.to_str().unwrap(),
-        "--storage_pool_name",
-        "pool1",
-        "--sds_name",
-        "sds4",
-    ]);
+    c.add_sds_with(3, &dev, Some("sds4"));
     let (_gw, portal) = c.gateway_at("gw1", true, None);
     c.add_volume("vol", "0.25", &["--thin_provisioned"]);
     map_to_gw1(&c, "vol");

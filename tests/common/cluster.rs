@@ -145,9 +145,14 @@ impl Cluster {
     /// device of `device_bytes`.
     pub fn add_sds_to_pool(&self, i: usize, device_bytes: u64) {
         let dev = self.device(&format!("dev{i}"), device_bytes);
+        self.add_sds_with(i, &dev, Some(&Self::sds_name(i)));
+    }
+
+    /// `--add_sds` of SDS process `i` to pd1/pool1 with the device at `dev`, named
+    /// `name` (or the MDM's default name).
+    pub fn add_sds_with(&self, i: usize, dev: &Path, name: Option<&str>) {
         let ip = self.sds_addrs[i].to_string();
-        let name = Self::sds_name(i);
-        self.ok(&[
+        let mut args = vec![
             "--add_sds",
             "--sds_ip",
             &ip,
@@ -157,9 +162,11 @@ impl Cluster {
             dev.to_str().unwrap(),
             "--storage_pool_name",
             "pool1",
-            "--sds_name",
-            &name,
-        ]);
+        ];
+        if let Some(n) = name {
+            args.extend(["--sds_name", n]);
+        }
+        self.ok(&args);
     }
 
     /// A sparse file to hand to an SDS as its device.
@@ -329,18 +336,7 @@ impl Cluster {
         ]);
         for i in 0..sds {
             let dev = c.device(&format!("dev{i}"), device_bytes);
-            let ip = c.sds_addrs[i].to_string();
-            c.ok(&[
-                "--add_sds",
-                "--sds_ip",
-                &ip,
-                "--protection_domain_name",
-                "pd1",
-                "--device_name",
-                dev.to_str().unwrap(),
-                "--storage_pool_name",
-                "pool1",
-            ]);
+            c.add_sds_with(i, &dev, None);
         }
         c
     }

@@ -20,7 +20,7 @@ pub use initiator::{
 };
 pub use initiator_map::{apply_map, MapError};
 pub use sdc::{map_volume, register_sdc, unmap_volume};
-pub use sds::{add_sds, add_sds_device, record_claim, sds_hello, Claim};
+pub use sds::{add_sds, add_sds_device, heartbeat_sds, record_claim, sds_hello, Claim};
 pub use volume::{add_volume, grow_volume, remove_volume, rename_volume, thick_allocations};
 
 use super::ids::IdGen;

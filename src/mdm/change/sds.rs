@@ -231,13 +231,8 @@ pub fn record_claim(
     Ok(())
 }
 
-/// Records where a restarted SDS listens now; returns whether it moved.
-pub fn sds_hello(
-    st: &mut State,
-    sds_id: u64,
-    system_id: u64,
-    addr: SocketAddr,
-) -> Result<bool, ChangeError> {
+/// The SDS a heartbeat names, if it belongs to this system.
+pub fn heartbeat_sds(st: &State, sds_id: u64, system_id: u64) -> Result<&Sds, ChangeError> {
     let sds = st.sds_by(&By::Id(sds_id))?;
     if system_id != st.system_id {
         return Err(ChangeError::OtherSystem {
@@ -246,6 +241,17 @@ pub fn sds_hello(
             ours: st.system_id,
         });
     }
+    Ok(sds)
+}
+
+/// Records where a restarted SDS listens now; returns whether it moved.
+pub fn sds_hello(
+    st: &mut State,
+    sds_id: u64,
+    system_id: u64,
+    addr: SocketAddr,
+) -> Result<bool, ChangeError> {
+    let sds = heartbeat_sds(st, sds_id, system_id)?;
     if sds.addr() == addr {
         return Ok(false);
     }

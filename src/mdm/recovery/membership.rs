@@ -37,15 +37,7 @@ impl Mdm {
             addr
         };
         let st = self.current();
-        let sds = st.sds_by(&By::Id(sds_id))?;
-        if system_id != st.system_id {
-            return Err(ChangeError::OtherSystem {
-                sds: sds.name.clone(),
-                theirs: system_id,
-                ours: st.system_id,
-            }
-            .into());
-        }
+        let sds = change::heartbeat_sds(&st, sds_id, system_id)?;
         self.recovery.liveness.beat(sds_id);
         if sds.addr() != addr {
             let moved = self

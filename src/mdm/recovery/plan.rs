@@ -264,6 +264,19 @@ mod tests {
         out
     }
 
+    /// Plans and completes moves, `batch` at a time, until none is left.
+    fn settle(w: &mut World, pool: u64, batch: usize) {
+        loop {
+            let m = moves(&w.st, pool, batch);
+            if m.is_empty() {
+                return;
+            }
+            start_copies(&mut w.st, &m);
+            let done: Vec<_> = m.iter().map(|&(c, _, t)| (c, t)).collect();
+            finish_copies(&mut w.st, &done);
+        }
+    }
+
     fn pool(w: &World) -> u64 {
         w.st.pools.values().find(|p| p.name == "pool1").unwrap().id
     }
@@ -311,15 +324,7 @@ mod tests {
         let fifth = w.sds("10.0.0.5", &[1000]);
         let pool = pool(&w);
         assert!(moves_left(&w.st, pool) >= 390);
-        loop {
-            let m = moves(&w.st, pool, 64);
-            if m.is_empty() {
-                break;
-            }
-            start_copies(&mut w.st, &m);
-            let done: Vec<_> = m.iter().map(|&(c, _, t)| (c, t)).collect();
-            finish_copies(&mut w.st, &done);
-        }
+        settle(&mut w, pool, 64);
         let per = copies_per_sds(&w.st);
         for (&s, &n) in &per {
             assert!(
@@ -345,15 +350,7 @@ mod tests {
         let e = removal_fits(&w.st, sds[1], None).unwrap_err();
         assert!(e.contains("two copies of a chunk need two"), "{e}");
         let pool = pool(&w);
-        loop {
-            let m = moves(&w.st, pool, 16);
-            if m.is_empty() {
-                break;
-            }
-            start_copies(&mut w.st, &m);
-            let done: Vec<_> = m.iter().map(|&(c, _, t)| (c, t)).collect();
-            finish_copies(&mut w.st, &done);
-        }
+        settle(&mut w, pool, 16);
         assert_eq!(copies_per_sds(&w.st).get(&sds[2]), None);
         w.st.check().unwrap();
         let mut w = World::new();
