@@ -35,6 +35,15 @@ impl Epochs {
     }
 
     /// Raises `volume`'s mark to `epoch` (never lowers it): the MDM's word from a lease.
+    /// The mark of `volume`, if any request or lease set one.
+    pub fn current(&self, volume: u64) -> Option<u64> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&volume)
+            .copied()
+    }
+
     pub fn raise(&self, volume: u64, epoch: u64) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let current = seen.entry(volume).or_insert(epoch);

@@ -58,7 +58,15 @@ pub async fn replicate(sds: &Arc<Sds>, h: RequestHeader) -> Result<Answer, Chunk
     let mut sent = 0u64;
     for (i, p) in pieces.iter().enumerate() {
         let mut w = RequestHeader::new(if p.data { Op::Write } else { Op::WriteZeroes }, 0);
-        w.at = at;
+        // Layout changes elsewhere in the volume move its epoch while this chunk is
+        // copied; under the exclusive lock the newest mark is as good as the one the
+        // MDM sent, and the target may already have seen it.
+        let epoch = sds
+            .epochs
+            .current(at.volume)
+            .unwrap_or(at.epoch)
+            .max(at.epoch);
+        w.at = ChunkRef { epoch, ..at };
         w.offset = p.offset;
         w.length = p.len;
         w.flags = FLAG_FORWARDED;

@@ -12,7 +12,7 @@
 use super::{touch, ChangeError};
 use crate::cluster::api::{By, NO_COPY};
 use crate::mdm::model::{State, Volume};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 
 /// What declaring an SDS down did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -120,7 +120,7 @@ pub fn down_devices(st: &State) -> HashSet<u64> {
 /// trusted (`confirm_whole`) or refilled once the primary says whether it wrote the
 /// chunk meanwhile. Remembered copies that rebuild already replaced are forgotten
 /// (their slots are swept later). Returns the chunks given back.
-pub fn return_sds(st: &mut State, sds: u64) -> Result<Vec<ChunkId>, ChangeError> {
+pub fn return_sds(st: &mut State, sds: u64) -> Result<Vec<(ChunkId, u64)>, ChangeError> {
     let devices: HashSet<u64> = st
         .sds_by(&By::Id(sds))?
         .devices
@@ -152,7 +152,7 @@ pub fn return_sds(st: &mut State, sds: u64) -> Result<Vec<ChunkId>, ChangeError>
                 v.chunks[c as usize][1] = x;
                 v.syncing.insert(c);
                 v.absent.remove(&c);
-                back.push((id, c));
+                back.push(((id, c), v.devices[x as usize]));
             } else if s != NO_COPY {
                 v.absent.remove(&c);
             }
@@ -165,12 +165,16 @@ pub fn return_sds(st: &mut State, sds: u64) -> Result<Vec<ChunkId>, ChangeError>
     Ok(back)
 }
 
-/// Copies that were given back by `return_sds` and that their primary did not write
-/// while they were away: whole already, no data moves.
-pub fn confirm_whole(st: &mut State, chunks: &[ChunkId]) {
-    for &(v, c) in chunks {
+/// Copies that were given back by `return_sds` (chunk, the device given back) and
+/// that their primary did not write while they were away: whole already, no data
+/// moves. A chunk whose secondary is no longer that device (a rebuild planned from an
+/// older state replaced it) is left syncing, to be filled.
+pub fn confirm_whole(st: &mut State, chunks: &[(ChunkId, u64)]) {
+    for &((v, c), device) in chunks {
         if let Some(v) = st.volumes.get_mut(&v) {
-            v.syncing.remove(&c);
+            if v.device_at(v.chunks[c as usize][1]) == Some(device) {
+                v.syncing.remove(&c);
+            }
         }
     }
 }
@@ -179,30 +183,57 @@ pub fn confirm_whole(st: &mut State, chunks: &[ChunkId]) {
 /// the device replacing fills a degraded chunk's missing secondary; a device gives the
 /// chunk a new copy in place of that one (a move): the other copy becomes (or stays)
 /// primary and the new one is its syncing secondary. Moves the volumes' epochs.
-pub fn start_copies(st: &mut State, starts: &[(ChunkId, Option<u64>, u64)]) {
-    let mut per_volume: BTreeMap<u64, Vec<(u64, Option<u64>, u64)>> = BTreeMap::new();
-    for &((v, c), from, to) in starts {
-        per_volume.entry(v).or_default().push((c, from, to));
-    }
-    for (id, list) in per_volume {
-        let Some(v) = st.volumes.get_mut(&id) else {
+///
+/// Plans are made from a snapshot; a start whose chunk no longer has the shape it was
+/// planned for (a failure, a returning SDS or another change came between) is
+/// skipped, so a stale plan can never drop a whole copy or bless an empty one.
+/// Returns the starts applied.
+pub fn start_copies(
+    st: &mut State,
+    starts: &[(ChunkId, Option<u64>, u64)],
+) -> Vec<(ChunkId, Option<u64>, u64)> {
+    let down = down_devices(st);
+    let open = |st: &State, d: u64| {
+        st.device(d)
+            .is_some_and(|(s, dev)| s.takes_copies() && !dev.removing && !dev.failed)
+    };
+    let sds_of = |st: &State, d: u64| st.sds_of(d).map(|s| s.id);
+    let mut applied = Vec::new();
+    for &((id, c), from, to) in starts {
+        let Some(v) = st.volumes.get(&id) else {
             continue;
         };
-        for (c, from, to) in list {
-            let t = v.index_of(to);
-            let [p, s] = v.chunks[c as usize];
-            let keep = match from {
-                None => p,
-                Some(d) if v.device_at(p) == Some(d) => s,
-                Some(_) => p,
-            };
-            v.chunks[c as usize] = [keep, t];
-            v.syncing.insert(c);
-            v.absent.remove(&c);
+        let Some(&[p, s]) = v.chunks.get(c as usize) else {
+            continue;
+        };
+        let (pd, sd) = (v.device_at(p), v.device_at(s));
+        let keep = match from {
+            None if sd.is_none() => pd,
+            Some(d) if pd == Some(d) && !v.syncing.contains(&c) => sd,
+            Some(d) if sd == Some(d) && !v.syncing.contains(&c) => pd,
+            _ => None,
+        };
+        let fits = keep
+            .is_some_and(|k| !down.contains(&k) && open(st, to) && sds_of(st, k) != sds_of(st, to));
+        if !fits {
+            continue;
         }
-        v.epoch += 1;
+        let keep = keep.expect("checked");
+        let v = st.volumes.get_mut(&id).expect("found");
+        let (k, t) = (v.index_of(keep), v.index_of(to));
+        v.chunks[c as usize] = [k, t];
+        v.syncing.insert(c);
+        v.absent.remove(&c);
+        applied.push(((id, c), from, to));
+    }
+    let touched: BTreeSet<u64> = applied.iter().map(|((v, _), _, _)| *v).collect();
+    for id in touched {
+        if let Some(v) = st.volumes.get_mut(&id) {
+            v.epoch += 1;
+        }
         touch(st, id);
     }
+    applied
 }
 
 /// Copies made whole by Replicate: `(chunk, target device)`. A chunk whose secondary
@@ -337,12 +368,57 @@ mod tests {
         assert_eq!(back.len(), degraded.len() - 1);
         let vol = &w.st.volumes[&v];
         assert!(vol.absent.is_empty());
-        for &(_, c) in &back {
+        for &((_, c), d) in &back {
             assert_eq!(sds_of(&w.st, v, c as usize, 1), Some(sds[0]));
+            assert_eq!(w.st.sds_of(d).unwrap().id, sds[0]);
             assert!(vol.syncing.contains(&c));
         }
+        // A copy confirmed after its chunk moved on to another secondary stays
+        // syncing: the stale confirmation names a device the chunk no longer uses.
+        let (moved, _) = back[0];
+        let other = if sds_of(&w.st, v, moved.1 as usize, 0) == Some(sds[1]) {
+            sds[2]
+        } else {
+            sds[1]
+        };
+        let elsewhere = w.st.sds[&other].devices[0].id;
+        let vol = w.st.volumes.get_mut(&v).unwrap();
+        let t = vol.index_of(elsewhere);
+        vol.chunks[moved.1 as usize][1] = t;
         confirm_whole(&mut w.st, &back);
-        assert_eq!(w.st.volumes[&v].syncing.len(), 1);
+        assert_eq!(w.st.volumes[&v].syncing.len(), 2);
+        assert!(w.st.volumes[&v].syncing.contains(&moved.1));
+        w.st.check().unwrap();
+    }
+
+    #[test]
+    fn stale_plans_are_skipped() {
+        let (mut w, v, sds) = world(4);
+        let [p, s] = w.st.volumes[&v].copies(0).map(Option::unwrap);
+        let third =
+            w.st.sds
+                .values()
+                .flat_map(|x| x.devices.iter().map(|d| d.id))
+                .find(|d| *d != p && *d != s)
+                .unwrap();
+        // A move planned before the other copy's SDS failed must not leave the
+        // chunk without a primary.
+        let other = w.st.sds_of(s).unwrap().id;
+        fail_sds(&mut w.st, other).unwrap();
+        let before = w.st.volumes[&v].chunks[0];
+        assert!(start_copies(&mut w.st, &[((v, 0), Some(p), third)]).is_empty());
+        assert_eq!(w.st.volumes[&v].chunks[0], before);
+        // A rebuild planned for a chunk that got its secondary back meanwhile too.
+        return_sds(&mut w.st, other).unwrap();
+        assert!(start_copies(&mut w.st, &[((v, 0), None, third)]).is_empty());
+        // A target on a failed SDS is refused.
+        let t = w.st.sds_of(third).unwrap().id;
+        fail_sds(&mut w.st, t).unwrap();
+        let c = (0..4)
+            .find(|&c| w.st.volumes[&v].chunks[c][1] == NO_COPY)
+            .unwrap() as u64;
+        assert!(start_copies(&mut w.st, &[((v, c), None, third)]).is_empty());
+        let _ = sds;
         w.st.check().unwrap();
     }
 

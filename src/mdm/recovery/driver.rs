@@ -260,26 +260,17 @@ fn spawn_replicate(mdm: &Arc<Mdm>, st: &State, key: ChunkId) {
     });
 }
 
-/// Once a pool is idle (nothing degraded, syncing or running), frees every copy an
-/// SDS holds that no layout names: copies replaced by a rebuild while their SDS was
-/// down, or moved away. Runs in the driver, which alone places new copies, so a copy
-/// it frees cannot have been named again meanwhile.
+/// Frees every copy an SDS holds that no layout names: copies replaced by a rebuild
+/// while their SDS was down, or moved away (a returning SDS full of them would
+/// otherwise have no room for the copies rebalance sends it). Holds the writer lock
+/// from the inventories to the last free, so no change can name a copy meanwhile (a
+/// thick volume reserves its slots before its commit, under that lock).
 async fn sweep(mdm: &Arc<Mdm>) {
-    {
-        let t = mdm.recovery.tasks();
-        if !t.sweep || !t.running.is_empty() || !t.checking.is_empty() {
-            return;
-        }
-    }
-    let st = mdm.current();
-    if st.volumes.values().any(|v| {
-        !v.syncing.is_empty()
-            || v.chunks
-                .iter()
-                .any(|c| c[1] == crate::cluster::api::NO_COPY)
-    }) {
+    if !mdm.recovery.tasks().sweep {
         return;
     }
+    let _writer = mdm.writer.lock().await;
+    let st = mdm.current();
     let up: Vec<Peer> = st
         .sds
         .values()
@@ -360,19 +351,51 @@ fn named_copies(st: &State) -> HashSet<CopyAt> {
 
 impl Mdm {
     /// Commits new copies (rebuild targets or moves) as syncing secondaries.
+    /// Commits new copies (rebuild targets or moves) as syncing secondaries.
+    ///
+    /// A move takes the copy it replaces out of the layout; if that copy was the
+    /// primary, gateways still holding the old layout would go on reading and
+    /// writing it. So before the commit its SDS is told the coming epoch (`Dirty`
+    /// raises the mark and lets admitted writes finish), and the commit moves every
+    /// such volume's epoch at least that far, whether or not its moves still apply.
     pub(in crate::mdm) async fn start_copies(
         &self,
         starts: &[Start],
         kind: Option<Kind>,
     ) -> Result<(), ServiceError> {
-        self.apply::<_, ServiceError>(|st, _| {
-            change::start_copies(st, starts);
-            Ok(())
-        })
-        .await?;
+        let st = self.current();
+        let mut fence: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+        for &((v, _), from, _) in starts {
+            let (Some(old), Some(vol)) = (from, st.volumes.get(&v)) else {
+                continue;
+            };
+            if let Some(sds) = st.sds_of(old).filter(|s| !s.down) {
+                fence.insert((sds.id, v), vol.epoch + 1);
+            }
+        }
+        for (&(sds, volume), &epoch) in &fence {
+            let peer = change::peer(&st.sds[&sds]);
+            let msg = SdsControl::Dirty { volume, epoch };
+            let r = link::call(self.link.as_ref(), &peer, &msg, CONTROL_TIMEOUT).await;
+            if let Err(e) = r {
+                // It cannot serve anyone it cannot answer either; its lease ends.
+                warn!(sds = %peer.name, error = %e, "could not fence the copy a move replaces");
+            }
+        }
+        let applied = self
+            .apply::<_, ServiceError>(|st, _| {
+                let applied = change::start_copies(st, starts);
+                for (&(_, volume), &epoch) in &fence {
+                    if let Some(v) = st.volumes.get_mut(&volume) {
+                        v.epoch = v.epoch.max(epoch);
+                    }
+                }
+                Ok(applied)
+            })
+            .await?;
         if kind == Some(Kind::Rebalance) {
             let mut t = self.recovery.tasks();
-            for &(chunk, from, _) in starts {
+            for (chunk, from, _) in applied {
                 if let Some(old) = from {
                     t.moving.insert(chunk, old);
                 }

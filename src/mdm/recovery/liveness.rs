@@ -31,8 +31,9 @@ impl Default for Liveness {
 }
 
 impl Liveness {
-    pub fn beat(&self, sds: u64) {
-        self.lock().insert(sds, Instant::now());
+    /// Records a heartbeat; true for the first from `sds` since the MDM started.
+    pub fn beat(&self, sds: u64) -> bool {
+        self.lock().insert(sds, Instant::now()).is_none()
     }
 
     /// How long since `sds` was last heard from.

@@ -38,7 +38,10 @@ impl Mdm {
         };
         let st = self.current();
         let sds = change::heartbeat_sds(&st, sds_id, system_id)?;
-        self.recovery.liveness.beat(sds_id);
+        if self.recovery.liveness.beat(sds_id) {
+            // The peer table may have changed while it, or this MDM, was away.
+            self.push_peers();
+        }
         if sds.addr() != addr {
             let moved = self
                 .apply::<_, ServiceError>(|st, _| change::sds_hello(st, sds_id, system_id, addr))
@@ -268,9 +271,12 @@ impl Mdm {
         let back = self
             .apply::<_, ServiceError>(|st, _| change::return_sds(st, sds_id))
             .await?;
+        // It may have missed SDS added while it was away.
+        self.push_peers();
+        let chunks: Vec<ChunkId> = back.iter().map(|(c, _)| *c).collect();
         {
             let mut t = self.recovery.tasks();
-            t.checking.extend(back.iter().copied());
+            t.checking.extend(chunks.iter().copied());
             t.sweep = true;
         }
         let name = self.sds_name(sds_id);
@@ -279,17 +285,22 @@ impl Mdm {
             format!("SDS {name} is back: {} chunk copies to check", back.len()),
         );
         let clean = self.unwritten(&back).await;
-        self.apply::<_, ServiceError>(|st, _| {
-            change::confirm_whole(st, &clean);
-            Ok(())
-        })
-        .await?;
+        let confirmed = self
+            .apply::<_, ServiceError>(|st, _| {
+                change::confirm_whole(st, &clean);
+                Ok(())
+            })
+            .await;
+        // Whatever happened, the copies are no longer held back from the driver: an
+        // unconfirmed one is simply replicated whole.
         {
             let mut t = self.recovery.tasks();
-            for c in &back {
+            for c in &chunks {
                 t.checking.remove(c);
             }
         }
+        self.recovery.poke();
+        confirmed?;
         self.recovery.event(
             false,
             format!(
@@ -299,23 +310,22 @@ impl Mdm {
                 (back.len() - clean.len()) as u64 * CHUNK_SIZE / 1_000_000
             ),
         );
-        self.recovery.poke();
         Ok(())
     }
 
-    /// Of chunks given back, those whose primary took no write without its mirror
-    /// since it was last replicated. A primary that does not answer counts as having
-    /// written everything.
-    async fn unwritten(&self, back: &[ChunkId]) -> Vec<ChunkId> {
+    /// Of copies given back (chunk, device), those whose chunk's primary took no
+    /// write without its mirror since it was last replicated. A primary that does not
+    /// answer counts as having written everything.
+    async fn unwritten(&self, back: &[(ChunkId, u64)]) -> Vec<(ChunkId, u64)> {
         let st = self.current();
-        // (primary SDS, volume) → chunks.
-        let mut ask: BTreeMap<(u64, u64), Vec<u64>> = BTreeMap::new();
-        for &(v, c) in back {
+        // (primary SDS, volume) → (chunk, device given back).
+        let mut ask: BTreeMap<(u64, u64), Vec<(u64, u64)>> = BTreeMap::new();
+        for &((v, c), device) in back {
             let Some(vol) = st.volumes.get(&v) else {
                 continue;
             };
             if let Some(p) = vol.copies(c as usize)[0].and_then(|d| st.sds_of(d)) {
-                ask.entry((p.id, v)).or_default().push(c);
+                ask.entry((p.id, v)).or_default().push((c, device));
             }
         }
         let mut clean = Vec::new();
@@ -329,8 +339,8 @@ impl Mdm {
                     clean.extend(
                         chunks
                             .into_iter()
-                            .filter(|c| !dirty.contains(c))
-                            .map(|c| (volume, c)),
+                            .filter(|(c, _)| !dirty.contains(c))
+                            .map(|(c, d)| ((volume, c), d)),
                     );
                 }
                 other => {
