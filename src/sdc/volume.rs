@@ -351,10 +351,10 @@ impl Inner {
                         sds: s.primary.sds_id,
                         device: s.primary.device_id,
                     }),
-                    s.mirror.map(|m| SourceCopy {
-                        sds: m.sds,
-                        device: m.device,
-                    }),
+                    // Not the secondary: it may be a copy still being filled (rebuild
+                    // or a move), which the layout does not tell apart. A failed
+                    // primary is reported and the piece retried on the new layout.
+                    None,
                 ],
             };
             let client = self.sds.client(d.primary.addr);

@@ -50,7 +50,7 @@ async fn step(mdm: &Arc<Mdm>) -> Result<(), ServiceError> {
                 "no heartbeat for {:.1} s",
                 mdm.recovery.liveness.silence(s.id).as_secs_f64()
             );
-            mdm.declare_down(s.id, &why).await?;
+            mdm.declare_down(s.id, &why, true).await?;
         } else if mdm.recovery.liveness.unheard(s.id) && mdm.recovery.tasks().probing.insert(s.id) {
             let (mdm, id) = (mdm.clone(), s.id);
             tokio::spawn(async move {
@@ -105,6 +105,14 @@ async fn collect(mdm: &Arc<Mdm>) -> Result<(), ServiceError> {
                     target = %fmt_id(done.target), error = %e, "chunk copy failed; retrying"),
             }
         }
+    }
+    {
+        // A move whose target failed became an ordinary degraded chunk.
+        let st = mdm.current();
+        mdm.recovery
+            .tasks()
+            .moving
+            .retain(|(v, c), _| st.volumes.get(v).is_some_and(|v| v.syncing.contains(c)));
     }
     if finished.is_empty() {
         return Ok(());

@@ -42,6 +42,13 @@ impl Mdm {
             // The peer table may have changed while it, or this MDM, was away.
             self.push_peers();
         }
+        if self.recovery.tasks().declaring.contains(&sds_id) {
+            return Err(ChangeError::Refused(format!(
+                "SDS {} is being declared down; no lease until that is committed",
+                sds.name
+            ))
+            .into());
+        }
         if sds.addr() != addr {
             let moved = self
                 .apply::<_, ServiceError>(|st, _| change::sds_hello(st, sds_id, system_id, addr))
@@ -104,13 +111,13 @@ impl Mdm {
                     let why = format!(
                         "a gateway reported: {reason}; another process answers at its address"
                     );
-                    self.declare_down(sds_id, &why).await?;
+                    self.declare_down(sds_id, &why, false).await?;
                     return Ok(MdmReply::SdsVerdict { down: true });
                 }
                 Err(LinkError::Failed { reason: r, .. }) if refused(&r) => {
                     let why =
                         format!("a gateway reported: {reason}; the MDM cannot reach it either");
-                    self.declare_down(sds_id, &why).await?;
+                    self.declare_down(sds_id, &why, false).await?;
                     return Ok(MdmReply::SdsVerdict { down: true });
                 }
                 // It may be alive behind a partition (no answer, no route), serving
@@ -120,7 +127,7 @@ impl Mdm {
                     let l = &self.recovery.liveness;
                     if l.silent(sds_id) || l.unheard(sds_id) {
                         let why = format!("a gateway reported: {reason}; no heartbeat either");
-                        self.declare_down(sds_id, &why).await?;
+                        self.declare_down(sds_id, &why, true).await?;
                         return Ok(MdmReply::SdsVerdict { down: true });
                     }
                     if tokio::time::Instant::now() > deadline {
@@ -134,19 +141,29 @@ impl Mdm {
 
     /// Commits layouts without `sds` (see `change::fail_sds`); nothing if it is down
     /// already.
+    /// `for_silence`: the reason is missed heartbeats, so one arriving meanwhile
+    /// calls it off.
     pub(in crate::mdm) async fn declare_down(
         &self,
         sds_id: u64,
         why: &str,
+        for_silence: bool,
     ) -> Result<(), ServiceError> {
+        self.recovery.tasks().declaring.insert(sds_id);
+        let liveness = &self.recovery.liveness;
         let failed = self
             .apply::<_, ServiceError>(|st, _| {
                 if st.sds.get(&sds_id).is_none_or(|s| s.down) {
                     return Ok(None);
                 }
+                if for_silence && !liveness.silent(sds_id) && !liveness.unheard(sds_id) {
+                    return Ok(None);
+                }
                 change::fail_sds(st, sds_id).map(Some)
             })
-            .await?;
+            .await;
+        self.recovery.tasks().declaring.remove(&sds_id);
+        let failed = failed?;
         if let Some(f) = failed {
             let name = self.sds_name(sds_id);
             self.recovery.event(

@@ -50,6 +50,9 @@ struct Tasks {
     returning: HashSet<u64>,
     /// Silent SDS being probed.
     probing: HashSet<u64>,
+    /// SDS being declared down: their heartbeats get no lease meanwhile, so none can
+    /// carry the old epochs past the commit.
+    declaring: HashSet<u64>,
     /// Some copies may be left over (moved, replaced by rebuild): sweep when idle.
     sweep: bool,
 }
@@ -119,13 +122,16 @@ impl Recovery {
         pool: u64,
     ) -> (crate::cluster::api::Progress, crate::cluster::api::Progress) {
         let moving: HashSet<ChunkId> = self.tasks().moving.keys().copied().collect();
+        let down = super::change::down_devices(st);
         let mut rebuild_left = 0;
         let mut moving_left = 0;
         for v in st.volumes.values().filter(|v| v.pool == pool) {
-            for (c, &[_, s]) in v.chunks.iter().enumerate() {
+            for (c, &[p, s]) in v.chunks.iter().enumerate() {
                 let key = (v.id, c as u64);
                 if moving.contains(&key) {
                     moving_left += 1;
+                } else if down.contains(&v.devices[p as usize]) {
+                    // No running copy to rebuild from: failed, not rebuild work.
                 } else if s == crate::cluster::api::NO_COPY || v.syncing.contains(&(c as u64)) {
                     rebuild_left += 1;
                 }
