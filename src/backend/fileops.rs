@@ -45,6 +45,26 @@ pub(crate) fn write_zeros(file: &File, offset: u64, len: u64) -> std::io::Result
     Ok(())
 }
 
+/// The largest piece [`write_in_pieces`] hands to one `pwrite`.
+pub(crate) const WRITE_PIECE: usize = 16 << 10;
+
+/// Writes `buf` at `offset` in pieces of at most [`WRITE_PIECE`] bytes, one `pwrite`
+/// each. Why: the page cache sizes a new folio after the write that creates it (ext4
+/// has large folios since Linux 6.16), so a 1 MiB pwrite leaves 1 MiB folios behind,
+/// and every later 4 KiB write into one walks all 256 of its buffer heads: 4 KiB
+/// writes into a file filled by 1 MiB writes ran at 112k/s, into one filled by
+/// 16 KiB writes at 315k/s (one thread, cached); on an SDS filled by 1 MiB writes that
+/// walk was 59 % of the CPU of pool 4 KiB writes. The extra system calls cost a 1 MiB
+/// write about 70 us (5.5 to 4.1 GB/s).
+pub(crate) fn write_in_pieces(file: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+    let mut at = offset;
+    for piece in buf.chunks(WRITE_PIECE) {
+        file.write_all_at(piece, at)?;
+        at += piece.len() as u64;
+    }
+    Ok(())
+}
+
 /// SEEK_DATA / SEEK_HOLE, to report which ranges of a sparse file are allocated.
 /// `Ok(None)` when there is no data (or hole) past `offset`.
 pub(crate) fn seek(file: &File, offset: u64, whence: i32) -> std::io::Result<Option<u64>> {

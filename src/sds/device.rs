@@ -10,7 +10,9 @@
 
 use super::format::{Entry, FormatError, Header, ENTRY_LEN, HEADER_LEN};
 use super::SdsError;
-use crate::backend::fileops::{punch_hole, read_at, seek, write_zeros, SEEK_DATA, SEEK_HOLE};
+use crate::backend::fileops::{
+    punch_hole, read_at, seek, write_in_pieces, write_zeros, SEEK_DATA, SEEK_HOLE,
+};
 use crate::backend::SgList;
 use crate::cluster::api::{fmt_id, DeviceReport, CHUNK_SIZE};
 use bytes::Bytes;
@@ -287,9 +289,7 @@ impl Device {
                     }
                     let mut at = self.header.slot_offset(slot.index) + offset as u64;
                     for seg in data.segments() {
-                        self.file
-                            .write_all_at(seg, at)
-                            .map_err(|e| self.io_err(e))?;
+                        write_in_pieces(&self.file, seg, at).map_err(|e| self.io_err(e))?;
                         at += seg.len() as u64;
                     }
                     drop(table);

@@ -62,6 +62,13 @@ pub(crate) async fn writer_loop<W: AsyncWrite + Unpin>(
     let mut segs = VecDeque::new();
     while let Some(first) = rx.recv().await {
         segs.extend(first);
+        if rx.is_empty() {
+            // Lets the tasks already woken on this worker (other requests completing,
+            // other responses arriving) queue their messages first, so they share this
+            // `writev`: under load that halves the system calls per message; idle, it
+            // costs one extra poll.
+            tokio::task::yield_now().await;
+        }
         for _ in 1..MAX_BATCH {
             match rx.try_recv() {
                 Ok(more) => segs.extend(more),
