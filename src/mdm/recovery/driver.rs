@@ -130,19 +130,25 @@ async fn start(mdm: &Arc<Mdm>) -> Result<(), ServiceError> {
     let st = mdm.current();
     for pool in st.pools.values() {
         let (rebuild, rebalance) = (pool.rebuild_policy, pool.rebalance_policy);
-        let running = |kind| {
-            mdm.recovery
-                .tasks()
-                .running
+        // Copies started but not yet made (running or waiting for the policy's
+        // turn) count against the policy too, so a throttled pool does not commit
+        // more targets than it fills: a returning SDS takes back its copies only for
+        // chunks no target was committed for.
+        let pending = |kind| {
+            let t = mdm.recovery.tasks();
+            st.volumes
                 .values()
-                .filter(|(p, k)| *p == pool.id && *k == kind)
+                .filter(|v| v.pool == pool.id)
+                .flat_map(|v| v.syncing.iter().map(move |&c| (v.id, c)))
+                .filter(|key| !t.checking.contains(key))
+                .filter(|key| (t.moving.contains_key(key)) == (kind == Kind::Rebalance))
                 .count()
         };
         let busy: HashSet<ChunkId> = {
             let t = mdm.recovery.tasks();
             t.running.keys().chain(t.checking.iter()).copied().collect()
         };
-        let room = concurrency(rebuild).saturating_sub(running(Kind::Rebuild));
+        let room = concurrency(rebuild).saturating_sub(pending(Kind::Rebuild));
         if room > 0 {
             let starts = plan::rebuilds(&st, pool.id, room, &busy);
             if !starts.is_empty() {
@@ -151,7 +157,7 @@ async fn start(mdm: &Arc<Mdm>) -> Result<(), ServiceError> {
         }
         let st = mdm.current();
         let h = plan::health(&st, pool.id);
-        let room = concurrency(rebalance).saturating_sub(running(Kind::Rebalance));
+        let room = concurrency(rebalance).saturating_sub(pending(Kind::Rebalance));
         if h.degraded_bytes == 0 && room > 0 {
             let starts = plan::moves(&st, pool.id, room);
             if !starts.is_empty() {

@@ -223,8 +223,56 @@ pub fn removal_fits(st: &State, sds: u64, device: Option<u64>) -> Result<(), Str
                 leaving * CHUNK_SIZE / 1_000_000
             ));
         }
+        // The sums can pass while copies have nowhere to go (the only room is on
+        // the SDS holding their other copy): drain a copy of the state as the
+        // driver would, and see what is left.
+        let stuck = drain_left(st, pool, sds, device);
+        if stuck > 0 {
+            return Err(format!(
+                "storage pool {name} has room for the copies, but {stuck} of them could only go to SDS that already hold their chunk's other copy; add devices to other SDS first"
+            ));
+        }
     }
     Ok(())
+}
+
+/// Copies left on the leaving SDS (or device) of `pool` once moves stop, in a
+/// simulated drain. Chunks already being copied are not counted: their fate is the
+/// running copy's.
+fn drain_left(st: &State, pool: u64, sds: u64, device: Option<u64>) -> u64 {
+    let mut sim = st.clone();
+    if let Some(s) = sim.sds.get_mut(&sds) {
+        match device {
+            None => s.removing = true,
+            Some(id) => s
+                .devices
+                .iter_mut()
+                .filter(|d| d.id == id)
+                .for_each(|d| d.removing = true),
+        }
+    }
+    loop {
+        let m = moves(&sim, pool, 1024);
+        let applied = crate::mdm::change::start_copies(&mut sim, &m);
+        if applied.is_empty() {
+            break;
+        }
+        let done: Vec<_> = applied.iter().map(|&(c, _, t)| (c, t)).collect();
+        crate::mdm::change::finish_copies(&mut sim, &done);
+    }
+    let leaving =
+        |d: u64| sim.sds_of(d).is_some_and(|s| s.id == sds) && device.is_none_or(|x| x == d);
+    sim.volumes
+        .values()
+        .filter(|v| v.pool == pool)
+        .flat_map(|v| {
+            let leaving = &leaving;
+            (0..v.chunks.len()).filter(move |&c| {
+                !v.syncing.contains(&(c as u64))
+                    && v.copies(c).into_iter().flatten().any(|d| leaving(d))
+            })
+        })
+        .count() as u64
 }
 
 /// Protection of a pool's data.
@@ -360,5 +408,15 @@ mod tests {
         w.volume("v", 120, true);
         let e = removal_fits(&w.st, sds[0], None).unwrap_err();
         assert!(e.contains("room for"), "{e}");
+        // Room in sum, but only on the SDS that holds the other copies.
+        let mut w = World::new();
+        let a = w.sds("10.0.0.1", &[1000]);
+        let r = w.sds("10.0.0.2", &[100]);
+        w.volume("v", 90, true);
+        let b = w.sds("10.0.0.3", &[60]);
+        let _ = b;
+        let e = removal_fits(&w.st, r, None).unwrap_err();
+        assert!(e.contains("only go to SDS that already hold"), "{e}");
+        let _ = a;
     }
 }

@@ -110,7 +110,8 @@ pub fn concurrency(policy: Policy) -> usize {
     match policy {
         Policy::NoLimit => 64,
         Policy::LimitConcurrentIo { chunks } => chunks.max(1) as usize,
-        Policy::LimitBandwidth { .. } => 16,
+        // The bucket paces them; two keep a fast limit busy.
+        Policy::LimitBandwidth { .. } => 2,
         Policy::FavorApplicationIo => 1,
     }
 }
