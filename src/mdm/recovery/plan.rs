@@ -268,8 +268,7 @@ fn drain_left(st: &State, pool: u64, sds: u64, device: Option<u64>) -> u64 {
         .flat_map(|v| {
             let leaving = &leaving;
             (0..v.chunks.len()).filter(move |&c| {
-                !v.syncing.contains(&(c as u64))
-                    && v.copies(c).into_iter().flatten().any(leaving)
+                !v.syncing.contains(&(c as u64)) && v.copies(c).into_iter().flatten().any(leaving)
             })
         })
         .count() as u64
