@@ -393,7 +393,7 @@ mod tests {
 
     #[test]
     fn stale_plans_are_skipped() {
-        let (mut w, v, sds) = world(4);
+        let (mut w, v, _) = world(4);
         let [p, s] = w.st.volumes[&v].copies(0).map(Option::unwrap);
         let third =
             w.st.sds
@@ -418,7 +418,6 @@ mod tests {
             .find(|&c| w.st.volumes[&v].chunks[c][1] == NO_COPY)
             .unwrap() as u64;
         assert!(start_copies(&mut w.st, &[((v, c), None, third)]).is_empty());
-        let _ = sds;
         w.st.check().unwrap();
     }
 

@@ -180,7 +180,7 @@ fn replicate_syncing(mdm: &Arc<Mdm>) {
         };
         for &c in &v.syncing {
             let key = (v.id, c);
-            let kind = {
+            {
                 let mut t = mdm.recovery.tasks();
                 if t.running.contains_key(&key)
                     || t.checking.contains(&key)
@@ -208,9 +208,7 @@ fn replicate_syncing(mdm: &Arc<Mdm>) {
                     continue;
                 }
                 t.running.insert(key, (pool.id, kind));
-                kind
-            };
-            let _ = kind;
+            }
             spawn_replicate(mdm, &st, key);
         }
     }

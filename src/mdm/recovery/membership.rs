@@ -220,7 +220,8 @@ impl Mdm {
         sds: &By,
         device: &str,
     ) -> Result<String, AdminError> {
-        let (name, now) = self
+        // `nothing_to_move`: no layout names it (or it failed: its copies are out).
+        let (name, nothing_to_move) = self
             .apply::<_, AdminError>(|st, _| {
                 let s = st.sds_by(sds)?.clone();
                 let d = s
@@ -266,18 +267,16 @@ impl Mdm {
                 Ok((name, !named.contains(&d.id) || d.failed))
             })
             .await?;
-        self.recovery.event(
-            false,
-            format!("removing device {name}: moving its chunk copies to other devices"),
-        );
         self.recovery.poke();
-        Ok(if now {
+        let text = if nothing_to_move {
             format!("device {name} is being removed")
         } else {
             format!(
                 "device {name} is being removed: its chunk copies move to other devices; follow with --query_sds"
             )
-        })
+        };
+        self.recovery.event(false, text.clone());
+        Ok(text)
     }
 
     /// A down SDS heartbeats again. Its remembered copies of chunks still degraded
@@ -373,11 +372,11 @@ impl Mdm {
     /// removing and the driver drains it. A down SDS is forgotten at once unless it
     /// holds the last copy of a chunk.
     pub(in crate::mdm) async fn remove_sds(&self, by: &By) -> Result<String, AdminError> {
-        let (name, copies, gone) = self
+        let (name, gone) = self
             .apply::<_, AdminError>(|st, _| {
                 let sds = st.sds_by(by)?.clone();
                 if sds.removing {
-                    return Ok((sds.name, 0, false));
+                    return Ok((sds.name, false));
                 }
                 if sds.down {
                     let devices: HashSet<u64> = sds.devices.iter().map(|d| d.id).collect();
@@ -398,18 +397,14 @@ impl Mdm {
                         v.compact();
                     }
                     st.sds.remove(&sds.id);
-                    return Ok((sds.name, 0, true));
+                    return Ok((sds.name, true));
                 }
                 plan::removal_fits(st, sds.id, None).map_err(|e| {
                     ChangeError::Refused(format!("SDS {} cannot be removed: {e}", sds.name))
                 })?;
                 change::forget_absent_on(st, sds.id);
-                let copies = change::referenced_devices(st)
-                    .iter()
-                    .filter(|d| sds.devices.iter().any(|x| x.id == **d))
-                    .count();
                 st.sds.get_mut(&sds.id).expect("found").removing = true;
-                Ok((sds.name, copies, false))
+                Ok((sds.name, false))
             })
             .await?;
         if gone {
@@ -423,7 +418,6 @@ impl Mdm {
             format!("removing SDS {name}: moving its chunk copies to the other SDS"),
         );
         self.recovery.poke();
-        let _ = copies;
         Ok(format!(
             "SDS {name} is being removed: its chunk copies move to the other SDS of its pools; follow with --query_all_sds"
         ))

@@ -409,13 +409,11 @@ mod tests {
         assert!(e.contains("room for"), "{e}");
         // Room in sum, but only on the SDS that holds the other copies.
         let mut w = World::new();
-        let a = w.sds("10.0.0.1", &[1000]);
+        w.sds("10.0.0.1", &[1000]);
         let r = w.sds("10.0.0.2", &[100]);
         w.volume("v", 90, true);
-        let b = w.sds("10.0.0.3", &[60]);
-        let _ = b;
+        w.sds("10.0.0.3", &[60]);
         let e = removal_fits(&w.st, r, None).unwrap_err();
         assert!(e.contains("only go to SDS that already hold"), "{e}");
-        let _ = a;
     }
 }
