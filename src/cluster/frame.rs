@@ -63,6 +63,33 @@ pub async fn read<R: AsyncRead + Unpin, T: DeserializeOwned>(
     Ok(Some(serde_json::from_slice(&body)?))
 }
 
+/// A connection for framed requests (small messages: no Nagle delay).
+pub async fn connect(addr: &str) -> Result<TcpStream, FrameError> {
+    let s = TcpStream::connect(addr)
+        .await
+        .map_err(|source| FrameError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
+    s.set_nodelay(true).ok();
+    Ok(s)
+}
+
+/// Sends one request on `s` and reads its reply; a connection closed instead is an
+/// error.
+pub async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
+    s: &mut TcpStream,
+    req: &Req,
+) -> Result<Resp, FrameError> {
+    write(s, req).await?;
+    read(s).await?.ok_or_else(|| {
+        FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed the connection without answering",
+        ))
+    })
+}
+
 /// Connects, sends one request and waits for its reply.
 pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     addr: &str,
@@ -70,20 +97,8 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     timeout: Duration,
 ) -> Result<Resp, FrameError> {
     let work = async {
-        let mut s = TcpStream::connect(addr)
-            .await
-            .map_err(|source| FrameError::Connect {
-                addr: addr.to_string(),
-                source,
-            })?;
-        s.set_nodelay(true).ok();
-        write(&mut s, req).await?;
-        read(&mut s).await?.ok_or_else(|| {
-            FrameError::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "closed the connection without answering",
-            ))
-        })
+        let mut s = connect(addr).await?;
+        exchange(&mut s, req).await
     };
     tokio::time::timeout(timeout, work)
         .await

@@ -73,6 +73,20 @@ impl Env {
         }
     }
 
+    /// pd1/pool1 as queried.
+    async fn pool(&self) -> crate::cluster::api::PoolInfo {
+        match self
+            .ok(AdminRequest::QueryStoragePool {
+                pd: by("pd1"),
+                pool: by("pool1"),
+            })
+            .await
+        {
+            AdminReply::StoragePool(p) => p,
+            other => panic!("{other:?}"),
+        }
+    }
+
     async fn done(&self, req: AdminRequest) -> String {
         match self.ok(req).await {
             AdminReply::Done(text) => text,
@@ -332,15 +346,7 @@ async fn thick_volumes_are_reserved_on_their_sds_and_freed_on_removal() {
     assert_eq!(size_bytes, 90 * CHUNK_SIZE);
     let held: Vec<usize> = SDS[..3].iter().map(|a| env.fake.chunks(a, id)).collect();
     assert_eq!(held, [60, 60, 60]);
-    let AdminReply::StoragePool(p) = env
-        .ok(AdminRequest::QueryStoragePool {
-            pd: by("pd1"),
-            pool: by("pool1"),
-        })
-        .await
-    else {
-        panic!()
-    };
+    let p = env.pool().await;
     assert_eq!(p.used_bytes, 180 * CHUNK_SIZE);
     assert_eq!(p.thick_reserved_bytes, 90 * CHUNK_SIZE);
     assert_eq!(p.free_for_thick_bytes, 1410 * CHUNK_SIZE);
@@ -1031,15 +1037,7 @@ async fn pool_until(
 ) -> crate::cluster::api::PoolInfo {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let AdminReply::StoragePool(p) = env
-            .ok(AdminRequest::QueryStoragePool {
-                pd: by("pd1"),
-                pool: by("pool1"),
-            })
-            .await
-        else {
-            panic!()
-        };
+        let p = env.pool().await;
         if done(&p) {
             return p;
         }

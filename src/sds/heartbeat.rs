@@ -152,24 +152,9 @@ async fn beat(
     let work = async {
         let s = match conn {
             Some(s) => s,
-            None => {
-                let s = TcpStream::connect(mdm)
-                    .await
-                    .map_err(|source| FrameError::Connect {
-                        addr: mdm.to_string(),
-                        source,
-                    })?;
-                s.set_nodelay(true).ok();
-                conn.insert(s)
-            }
+            None => conn.insert(frame::connect(mdm).await?),
         };
-        frame::write(s, req).await?;
-        frame::read(s).await?.ok_or_else(|| {
-            FrameError::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the MDM closed the connection without answering",
-            ))
-        })
+        frame::exchange(s, req).await
     };
     tokio::time::timeout(wait, work)
         .await
