@@ -5,7 +5,7 @@ use super::*;
 use crate::cluster::api::{
     AccessMode, AddSds, AdminReply, AdminRequest, By, Chap, ChapMode, DeviceSpec, InitiatorMap,
     MapChap, MapEntry, MapInitiator, MappedView, MdmReply, MdmRequest, MdmResponse, MediaType,
-    SdsControl, SdsState, CHUNK_SIZE,
+    Protection, SdsControl, SdsState, CHUNK_SIZE,
 };
 use crate::cluster::frame;
 use tokio::net::TcpStream;
@@ -60,12 +60,18 @@ impl Env {
 
     /// pd1 with pool1, and the first `n` fake SDS in it with one device each.
     async fn cluster(&self, n: usize) {
+        self.cluster_as(n, Protection::TwoCopies).await
+    }
+
+    /// `cluster`, with pool1 keeping the copies `protection` says.
+    async fn cluster_as(&self, n: usize, protection: Protection) {
         self.ok(AdminRequest::AddProtectionDomain { name: "pd1".into() })
             .await;
         self.ok(AdminRequest::AddStoragePool {
             pd: by("pd1"),
             name: "pool1".into(),
             media_type: MediaType::Ssd,
+            protection,
         })
         .await;
         for a in &SDS[..n] {
