@@ -536,6 +536,14 @@ impl State {
             .map_or_else(|| fmt_id(id), |p| p.name.clone())
     }
 
+    /// The copies `pool` keeps of each chunk (two for a pool that is gone: the
+    /// cautious answer).
+    pub fn protection(&self, pool: u64) -> Protection {
+        self.pools
+            .get(&pool)
+            .map_or(Protection::TwoCopies, |p| p.protection)
+    }
+
     /// Every device of a pool with its SDS, in a stable order (SDS id, then device order).
     pub fn pool_devices(&self, pool: u64) -> impl Iterator<Item = (&Sds, &Device)> {
         self.sds

@@ -23,7 +23,7 @@ pub fn round_size(bytes: u64) -> Result<u64, ChangeError> {
 /// chunk already in the pool (`vol`'s own included, when it is in `st`).
 fn place(st: &State, vol: &mut Volume, count: u64) -> Result<(), ChangeError> {
     let pool_name = st.pool_name(vol.pool);
-    let protection = st.pools[&vol.pool].protection;
+    let protection = st.protection(vol.pool);
     let devices: Vec<(u64, &Device)> = st.pool_devices(vol.pool).map(|(s, d)| (s.id, d)).collect();
     // Failed or draining SDS and devices get no new copies.
     let open =
