@@ -709,13 +709,17 @@ pub struct MappedVolume {
 
 /// Where every chunk of a volume lives. `chunks[i]` = indices into `devices` of the
 /// primary and the secondary copy of chunk `i`; the secondary is `NO_COPY` while the
-/// chunk is degraded.
+/// chunk is degraded, and always in a single-copy pool unless a move is filling it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layout {
     pub volume_id: u64,
     pub epoch: u64,
     pub size_bytes: u64,
     pub thin: bool,
+    /// The volume's pool's: tells a chunk without a secondary that is degraded from
+    /// one that keeps a single copy by design. Absent from older MDM: two copies.
+    #[serde(default)]
+    pub protection: Protection,
     pub devices: Vec<DeviceLoc>,
     pub chunks: Vec<[u32; 2]>,
 }

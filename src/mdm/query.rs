@@ -358,6 +358,7 @@ pub fn layout(st: &State, v: &Volume) -> Layout {
         epoch: v.epoch,
         size_bytes: v.size_bytes,
         thin: v.thin,
+        protection: st.protection(v.pool),
         devices: v
             .devices
             .iter()
