@@ -1,7 +1,8 @@
 //! `conf/dreadnought.toml`: what `dreadnought up` serves. Every key is documented in
 //! the shipped file with its default; errors name the offending key.
 
-use serde::Deserialize;
+use crate::cluster::api::Protection;
+use serde::{Deserialize, Deserializer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -45,6 +46,9 @@ pub struct ClusterConfig {
     pub storage_pool: String,
     /// HDD, SSD or CLOUD.
     pub media_type: String,
+    /// The pool's copies of each chunk: `two_copies` or `single_copy` (no redundancy).
+    #[serde(deserialize_with = "protection_mode")]
+    pub protection_mode: Protection,
     /// The name `up`'s gateway registers with the MDM as an SDC.
     pub gateway_name: String,
     /// The declarative initiator map `up` applies at start and on every edit,
@@ -66,6 +70,7 @@ impl Default for ClusterConfig {
             protection_domain: "pd1".into(),
             storage_pool: "pool1".into(),
             media_type: "SSD".into(),
+            protection_mode: Protection::TwoCopies,
             gateway_name: "gateway1".into(),
             initiator_map: PathBuf::from("initiators.toml"),
             volumes: Vec::new(),
@@ -85,8 +90,14 @@ pub struct ClusterVolumeConfig {
 impl ClusterConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.sds_listen.len() < 2 {
-            return bad("cluster.sds_listen needs at least two SDS: every chunk has two copies on different SDS".into());
+        match self.protection_mode {
+            Protection::TwoCopies if self.sds_listen.len() < 2 => {
+                return bad("cluster.sds_listen needs at least two SDS: every chunk has two copies on different SDS (or set cluster.protection_mode = \"single_copy\")".into());
+            }
+            Protection::SingleCopy if self.sds_listen.is_empty() => {
+                return bad("cluster.sds_listen needs at least one SDS".into());
+            }
+            _ => {}
         }
         if self.device_size.0 < 256 << 20 {
             return bad("cluster.device_size must be at least 256MiB".into());
@@ -108,6 +119,17 @@ impl ClusterConfig {
         }
         Ok(())
     }
+}
+
+/// `cluster.protection_mode` by its admin name; a bad one is named with the key.
+fn protection_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Protection, D::Error> {
+    let name = String::deserialize(d)?;
+    Protection::from_name(&name).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "cluster.protection_mode {name:?} must be {}",
+            Protection::NAMES
+        ))
+    })
 }
 
 fn yes() -> bool {
@@ -384,6 +406,36 @@ mod tests {
         assert_eq!(cluster.sds_listen.len(), 3);
         assert_eq!(cluster.volumes[0].name, "demo0");
         assert!(cluster.volumes[0].thin);
+        assert_eq!(cluster.protection_mode, Protection::TwoCopies);
+    }
+
+    #[test]
+    fn protection_mode_defaults_to_two_copies_and_single_copy_runs_on_one_sds() {
+        let with = |cluster: &str| {
+            Config::parse(&format!(
+                "[[target]]\nname = \"iqn.2026-11.io.x:t\"\nmapped = true\n[cluster]\n{cluster}"
+            ))
+        };
+        let c = with("").unwrap().cluster.unwrap();
+        assert_eq!(c.protection_mode, Protection::TwoCopies);
+        let one = "sds_listen = [\"127.0.0.1:7072\"]\n";
+        let e = with(one).unwrap_err().to_string();
+        assert!(
+            e.contains("cluster.protection_mode = \"single_copy\""),
+            "{e}"
+        );
+        let c = with(&format!("{one}protection_mode = \"single_copy\"\n"))
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(c.protection_mode, Protection::SingleCopy);
+        let e = with("protection_mode = \"raid1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cluster.protection_mode \"raid1\" must be two_copies or single_copy"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::cluster::{qemu_io, Cluster};
+use common::cluster::{num, qemu_io, Cluster, POOL_ARGS};
 use common::require_tool;
 use dreadnought::cluster::api::CHUNK_SIZE;
 use std::collections::HashMap;
@@ -334,4 +334,102 @@ fn up_runs_a_cluster_and_keeps_it_across_restarts() {
     assert!(p.log().contains("pds=1 sds=3 volumes=1"), "{}", p.log());
     assert_eq!(scli(&p.field("cluster ready", "mdm")), volumes);
     assert_pattern(portal, 64);
+}
+
+/// A single-copy pool on three SDS: a thin volume written through the gateway keeps
+/// exactly one copy of each chunk, the pool says it has no redundancy and counts its
+/// raw capacity as usable, and `--remove_sds` moves an SDS's only copies to the
+/// others without losing a byte.
+#[test]
+fn single_copy_pool_keeps_one_copy_per_chunk_and_drains_a_removed_sds() {
+    require_tool("qemu-io");
+    let c = Cluster::start(3);
+    c.ok(&["--add_protection_domain", "--protection_domain_name", "pd1"]);
+    let mut add = vec!["--add_storage_pool"];
+    add.extend(POOL_ARGS);
+    add.extend(["--protection_mode", "single_copy"]);
+    let created = c.ok(&add);
+    assert!(created.contains("single copy (no redundancy"), "{created}");
+    for i in 0..3 {
+        c.add_sds_to_pool(i, 1 << 30);
+    }
+    let mut query = vec!["--query_storage_pool"];
+    query.extend(POOL_ARGS);
+    let text = c.ok(&query);
+    for line in [
+        "Protection: single copy (no redundancy: losing an SDS or device loses its chunks)",
+        "Every chunk has one copy, so volumes can use all of the raw capacity:",
+        // 1023 slots a device: its header takes the first.
+        "2.9 GB (3069 MB) usable capacity",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+    let pool = c.pool();
+    assert_eq!(pool["protection"], "SingleCopy");
+    assert_eq!(
+        num(&pool, "/usable_capacity_bytes"),
+        num(&pool, "/raw_capacity_bytes")
+    );
+
+    let (gw, portal) = c.gateway(true);
+    c.add_volume("scratch", "0.0625", &["--thin_provisioned"]);
+    c.ok(&[
+        "--map_volume_to_sdc",
+        "--volume_name",
+        "scratch",
+        "--sdc_ip",
+        "127.0.0.1",
+    ]);
+    gw.wait_for("pool volume online", Duration::from_secs(30));
+    let chunks = 64;
+    let out = qemu_io(portal, 0, &pattern(chunks, "write"));
+    assert_eq!(
+        out.matches("wrote 4096/4096").count() as u64,
+        chunks,
+        "{out}"
+    );
+    assert_pattern(portal, chunks);
+    let one_copy_each = |inv: &[Vec<(u64, u64)>]| {
+        let mut holders: HashMap<u64, usize> = HashMap::new();
+        for list in inv {
+            for &(_, chunk) in list {
+                *holders.entry(chunk).or_default() += 1;
+            }
+        }
+        assert_eq!(holders.len() as u64, chunks, "every chunk was written");
+        assert!(
+            holders.values().all(|&n| n == 1),
+            "chunks with several copies: {:?}",
+            holders.iter().filter(|(_, &n)| n != 1).collect::<Vec<_>>()
+        );
+    };
+    let inv = c.inventories();
+    one_copy_each(&inv);
+    assert!(inv.iter().all(|l| !l.is_empty()), "spread over every SDS");
+    let pool = c.pool();
+    assert_eq!(num(&pool, "/health/unprotected_bytes"), chunks * CHUNK_SIZE);
+    assert_eq!(num(&pool, "/health/degraded_bytes"), 0);
+
+    // sds1 leaves: its copies move to sds2 and sds3, each still the only one.
+    c.ok(&["--remove_sds", "--sds_name", "sds1"]);
+    c.wait_until("sds1 to leave", Duration::from_secs(60), |c| {
+        match c.sds_state("sds1") {
+            None => Ok(()),
+            Some(s) => Err(format!("sds1 is {s}")),
+        }
+    });
+    assert_pattern(portal, chunks);
+    let rest: Vec<Vec<(u64, u64)>> = [1, 2]
+        .iter()
+        .map(|&i| {
+            let inv = c.inventory(i).unwrap();
+            inv.devices.into_iter().flat_map(|d| d.chunks).collect()
+        })
+        .collect();
+    one_copy_each(&rest);
+    let pool = c.pool();
+    assert_eq!(num(&pool, "/health/unprotected_bytes"), chunks * CHUNK_SIZE);
+    assert_eq!(num(&pool, "/rebuild/bytes_done"), 0, "nothing was rebuilt");
+    assert!(num(&pool, "/rebalance/bytes_done") > 0, "{pool}");
+    drop(gw);
 }

@@ -8,11 +8,12 @@ use crate::scsi::shared::SharedEvent;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
-/// Every volume is cut into chunks of this size; each chunk has two copies.
+/// Every volume is cut into chunks of this size; each chunk has the copies its pool
+/// keeps ([`Protection`]).
 pub const CHUNK_SIZE: u64 = 1 << 20;
 
 /// In a layout's `[primary, secondary]` pair: no such copy (a degraded chunk has no
-/// secondary until rebuild gives it one).
+/// secondary until rebuild gives it one; a single-copy pool's chunks never have one).
 pub const NO_COPY: u32 = u32::MAX;
 
 /// How often a claimed SDS heartbeats to the MDM.
@@ -36,6 +37,44 @@ pub enum MediaType {
     Hdd,
     Ssd,
     Cloud,
+}
+
+/// How many copies a storage pool keeps of each chunk. Chosen when the pool is created
+/// and never changed: every layout, capacity figure and recovery rule of the pool
+/// follows from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protection {
+    /// Two copies on two SDS: losing one SDS or device loses no acknowledged write,
+    /// and rebuild restores the second copy. The default.
+    #[default]
+    TwoCopies,
+    /// One copy, for data that needs no redundancy here (scratch, benchmarks, data
+    /// protected elsewhere): twice the usable capacity, but losing the SDS or device
+    /// that holds a chunk loses the chunk, and nothing is ever rebuilt.
+    SingleCopy,
+}
+
+impl Protection {
+    /// The names an admin types (scli `--protection_mode`, `cluster.protection_mode`).
+    pub const NAMES: &'static str = "two_copies or single_copy";
+
+    /// Parses an admin's name for a mode, in any case.
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "two_copies" => Some(Protection::TwoCopies),
+            "single_copy" => Some(Protection::SingleCopy),
+            _ => None,
+        }
+    }
+
+    /// Copies of each chunk, hence also the SDS a volume needs at least (copies of a
+    /// chunk never share an SDS).
+    pub fn copies(self) -> u64 {
+        match self {
+            Protection::TwoCopies => 2,
+            Protection::SingleCopy => 1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +111,9 @@ pub enum AdminRequest {
         pd: By,
         name: String,
         media_type: MediaType,
+        /// Absent from older clients: two copies.
+        #[serde(default)]
+        protection: Protection,
     },
     RemoveStoragePool {
         pd: By,
@@ -411,13 +453,19 @@ pub struct PdInfo {
     pub sds: Vec<(u64, String)>,
 }
 
-/// Protection state of a pool's data, in bytes of volume address space.
+/// Protection state of a pool's data, in bytes of volume address space. Every chunk
+/// counts in exactly one figure.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Health {
-    /// Chunks with both copies whole.
+    /// Chunks with both copies whole (two-copy pools).
     pub protected_bytes: u64,
-    /// Chunks with one whole copy (a copy lost, or being rebuilt).
+    /// Chunks with one whole copy where their pool keeps two (a copy lost, or being
+    /// rebuilt or moved): a second failure would lose them.
     pub degraded_bytes: u64,
+    /// Chunks of a single-copy pool with their one copy on a running SDS: whole, and
+    /// without redundancy by design (a copy being moved still counts here).
+    #[serde(default)]
+    pub unprotected_bytes: u64,
     /// Chunks whose every copy is on a failed SDS: unreadable until one returns.
     pub failed_bytes: u64,
 }
@@ -429,11 +477,14 @@ pub struct PoolInfo {
     pub protection_domain_id: u64,
     pub protection_domain_name: String,
     pub media_type: MediaType,
+    /// Absent from older MDM: two copies.
+    #[serde(default)]
+    pub protection: Protection,
     pub devices: usize,
     pub sds: usize,
-    /// Sum of device capacities (both copies live in it).
+    /// Sum of device capacities (every copy lives in it).
     pub raw_capacity_bytes: u64,
-    /// What volumes can use: raw / 2 (two copies).
+    /// What volumes can use: raw divided by the copies the pool keeps (2 or 1).
     pub usable_capacity_bytes: u64,
     /// Reserved by thick volumes (usable bytes).
     pub thick_reserved_bytes: u64,
@@ -658,13 +709,17 @@ pub struct MappedVolume {
 
 /// Where every chunk of a volume lives. `chunks[i]` = indices into `devices` of the
 /// primary and the secondary copy of chunk `i`; the secondary is `NO_COPY` while the
-/// chunk is degraded.
+/// chunk is degraded, and always in a single-copy pool unless a move is filling it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layout {
     pub volume_id: u64,
     pub epoch: u64,
     pub size_bytes: u64,
     pub thin: bool,
+    /// The volume's pool's: tells a chunk without a secondary that is degraded from
+    /// one that keeps a single copy by design. Absent from older MDM: two copies.
+    #[serde(default)]
+    pub protection: Protection,
     pub devices: Vec<DeviceLoc>,
     pub chunks: Vec<[u32; 2]>,
 }

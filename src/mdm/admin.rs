@@ -74,13 +74,14 @@ impl Mdm {
                 pd,
                 name,
                 media_type,
+                protection,
             } => {
                 let id = self
                     .apply::<_, AdminError>(|st, ids| {
-                        change::add_pool(st, ids, &pd, &name, media_type)
+                        change::add_pool(st, ids, &pd, &name, media_type, protection)
                     })
                     .await?;
-                info!(pool = %name, id = %fmt_id(id), ?media_type, "storage pool added");
+                info!(pool = %name, id = %fmt_id(id), ?media_type, ?protection, "storage pool added");
                 Ok(created("storage pool", id, name))
             }
             R::RemoveStoragePool { pd, pool } => {

@@ -2,7 +2,9 @@
 //! to disk. Lookups turn an admin's `By` into an object or an error that says which
 //! scli option was wrong and how to list the valid values.
 
-use crate::cluster::api::{fmt_id, AccessMode, By, Chap, MediaType, Policy, CHUNK_SIZE, NO_COPY};
+use crate::cluster::api::{
+    fmt_id, AccessMode, By, Chap, MediaType, Policy, Protection, CHUNK_SIZE, NO_COPY,
+};
 use crate::cluster::iscsi_name;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -188,6 +190,10 @@ pub struct Pool {
     pub name: String,
     pub pd: u64,
     pub media_type: MediaType,
+    /// Copies kept of each chunk; fixed at creation. Absent from older state files,
+    /// whose pools all kept two.
+    #[serde(default)]
+    pub protection: Protection,
     #[serde(default)]
     pub rebuild_policy: Policy,
     #[serde(default)]
@@ -530,6 +536,14 @@ impl State {
             .map_or_else(|| fmt_id(id), |p| p.name.clone())
     }
 
+    /// The copies `pool` keeps of each chunk (two for a pool that is gone: the
+    /// cautious answer).
+    pub fn protection(&self, pool: u64) -> Protection {
+        self.pools
+            .get(&pool)
+            .map_or(Protection::TwoCopies, |p| p.protection)
+    }
+
     /// Every device of a pool with its SDS, in a stable order (SDS id, then device order).
     pub fn pool_devices(&self, pool: u64) -> impl Iterator<Item = (&Sds, &Device)> {
         self.sds
@@ -688,9 +702,9 @@ impl State {
 
     fn check_volume(&self, v: &Volume) -> Result<(), ModelError> {
         let bad = |s: String| Err(ModelError::Inconsistent(s));
-        if !self.pools.contains_key(&v.pool) {
+        let Some(pool) = self.pools.get(&v.pool) else {
             return bad(format!("volume {} names a missing pool", v.name));
-        }
+        };
         if !v.size_bytes.is_multiple_of(CHUNK_SIZE)
             || v.chunks.len() as u64 != v.size_bytes / CHUNK_SIZE
         {
@@ -726,6 +740,15 @@ impl State {
                     v.name
                 ));
             }
+            // A single-copy pool's chunk has a secondary only while a move fills it,
+            // and never a remembered copy.
+            let single = pool.protection == Protection::SingleCopy;
+            if single && (b.is_some() && !v.syncing.contains(&(c as u64)) || absent.is_some()) {
+                return bad(format!(
+                    "volume {} of single-copy pool {} has a chunk ({c}) with a second copy",
+                    v.name, pool.name
+                ));
+            }
         }
         Ok(())
     }
@@ -755,6 +778,7 @@ pub(crate) mod tests {
                     name: name.into(),
                     pd,
                     media_type: MediaType::Hdd,
+                    protection: Protection::TwoCopies,
                     rebuild_policy: Default::default(),
                     rebalance_policy: Default::default(),
                 },
@@ -956,6 +980,43 @@ pub(crate) mod tests {
             "{e}"
         );
         assert_eq!(st.sds_by(&By::Ip("10.0.0.1:7073".into())).unwrap().id, 22);
+    }
+
+    #[test]
+    fn pools_from_before_protection_modes_keep_two_copies() {
+        let st = sample();
+        let mut json = serde_json::to_value(&st).unwrap();
+        for p in json["pools"].as_object_mut().unwrap().values_mut() {
+            p.as_object_mut().unwrap().remove("protection");
+        }
+        let old: State = serde_json::from_value(json).unwrap();
+        assert!(old
+            .pools
+            .values()
+            .all(|p| p.protection == Protection::TwoCopies));
+        assert_eq!(old, st);
+    }
+
+    #[test]
+    fn a_single_copy_chunk_has_a_secondary_only_while_it_moves() {
+        let mut st = sample_with_initiator();
+        st.pools.get_mut(&11).unwrap().protection = Protection::SingleCopy;
+        assert!(
+            st.check().is_err(),
+            "two whole copies in a single-copy pool"
+        );
+        let v = st.volumes.get_mut(&5).unwrap();
+        v.syncing.insert(0);
+        st.check().unwrap();
+        let v = st.volumes.get_mut(&5).unwrap();
+        v.syncing.clear();
+        v.chunks[0] = [0, NO_COPY];
+        st.check().unwrap();
+        st.volumes.get_mut(&5).unwrap().absent.insert(0, 1);
+        assert!(
+            st.check().is_err(),
+            "nothing to remember in a single-copy pool"
+        );
     }
 
     #[test]

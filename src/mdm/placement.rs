@@ -1,21 +1,23 @@
-//! Where the two copies of each chunk go. Pure and deterministic: the same pool and the
+//! Where the copies of each chunk go. Pure and deterministic: the same pool and the
 //! same request give the same placement, so a retried thick grow asks the SDS for the
 //! very slots it may already have reserved.
 //!
 //! Greedy, one chunk at a time: the first copy goes to the least filled device
-//! (copies per slot, counting the chunk about to land), the second to the least filled
+//! (copies per slot, counting the chunk about to land; among equals the one with
+//! fewest primaries per slot), the second (two-copy pools) to the least filled
 //! device of another SDS, preferring among equals the device that shares the fewest
 //! chunks with the first (so a failed SDS's data is rebuilt from many peers, not one).
 //! Of the two, the device with fewer primaries per slot becomes the primary, since
-//! reads go to primaries. Filling by copies per slot keeps every device, hence every
-//! SDS, at a share proportional to its capacity.
+//! reads go to primaries; a single copy is its chunk's primary. Filling by copies per
+//! slot keeps every device, hence every SDS, at a share proportional to its capacity.
 
+use crate::cluster::api::Protection;
 use std::cmp::Ordering;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlacementError {
-    #[error("devices on {sds} SDS; the two copies of a chunk need devices on two SDS")]
-    TooFewSds { sds: usize },
+    #[error("devices on {sds} SDS; a chunk's copies need devices on {needed} SDS")]
+    TooFewSds { sds: usize, needed: usize },
     #[error("room for {placed} of {wanted} chunks")]
     Full { placed: u64, wanted: u64 },
 }
@@ -83,10 +85,17 @@ impl Placer {
             .sum()
     }
 
-    /// Places `chunks` new chunks, returning for each the target indices of its primary
-    /// and secondary. With `reserve` (thick), a copy only goes where a slot is free of
+    /// Places `chunks` new chunks with the copies `protection` keeps, returning for
+    /// each the target indices of its primary and secondary (none in a single-copy
+    /// pool). With `reserve` (thick), a copy only goes where a slot is free of
     /// reservations, and takes it. On error the placer is spent.
-    pub fn place(&mut self, chunks: u64, reserve: bool) -> Result<Vec<[usize; 2]>, PlacementError> {
+    pub fn place(
+        &mut self,
+        chunks: u64,
+        protection: Protection,
+        reserve: bool,
+    ) -> Result<Vec<[Option<usize>; 2]>, PlacementError> {
+        let copies = protection.copies();
         let mut sds: Vec<u64> = self
             .targets
             .iter()
@@ -95,28 +104,36 @@ impl Placer {
             .collect();
         sds.sort_unstable();
         sds.dedup();
-        if sds.len() < 2 {
-            return Err(PlacementError::TooFewSds { sds: sds.len() });
+        if (sds.len() as u64) < copies {
+            return Err(PlacementError::TooFewSds {
+                sds: sds.len(),
+                needed: copies as usize,
+            });
         }
         let full = |placed| PlacementError::Full {
             placed,
             wanted: chunks,
         };
-        if reserve && chunks.saturating_mul(2) > self.unreserved() {
+        if reserve && chunks.saturating_mul(copies) > self.unreserved() {
             return Err(full(0));
         }
         let mut out = Vec::with_capacity(chunks as usize);
         for placed in 0..chunks {
             let first = self.pick(reserve, None).ok_or_else(|| full(placed))?;
-            let second = self
-                .pick(reserve, Some(first))
-                .ok_or_else(|| full(placed))?;
-            let pair = if self.fewer_primaries(second, first) {
-                [second, first]
-            } else {
-                [first, second]
+            let pair = match protection {
+                Protection::SingleCopy => [Some(first), None],
+                Protection::TwoCopies => {
+                    let second = self
+                        .pick(reserve, Some(first))
+                        .ok_or_else(|| full(placed))?;
+                    if self.fewer_primaries(second, first) {
+                        [Some(second), Some(first)]
+                    } else {
+                        [Some(first), Some(second)]
+                    }
+                }
             };
-            self.record(pair.map(Some), reserve);
+            self.record(pair, reserve);
             out.push(pair);
         }
         Ok(out)
@@ -171,6 +188,15 @@ impl Placer {
 mod tests {
     use super::*;
 
+    const TWO: Protection = Protection::TwoCopies;
+
+    /// Two-copy placements as plain (primary, secondary) pairs.
+    fn pairs(
+        placed: Result<Vec<[Option<usize>; 2]>, PlacementError>,
+    ) -> Result<Vec<[usize; 2]>, PlacementError> {
+        placed.map(|all| all.into_iter().map(|c| c.map(Option::unwrap)).collect())
+    }
+
     /// One target per (sds, slots) entry.
     fn placer(devices: &[(u64, u64)]) -> Placer {
         Placer::new(
@@ -210,7 +236,7 @@ mod tests {
     #[test]
     fn four_equal_sds_share_copies_and_primaries_evenly() {
         let devices = [(1, 10_000), (2, 10_000), (3, 10_000), (4, 10_000)];
-        let placed = placer(&devices).place(20_480, false).unwrap();
+        let placed = pairs(placer(&devices).place(20_480, TWO, false)).unwrap();
         assert_eq!(placed.len(), 20_480);
         assert_separate(&devices, &placed);
         let (copies, primaries) = tally(4, &placed);
@@ -225,7 +251,7 @@ mod tests {
         let devices = [(1, 1_000), (2, 2_000), (3, 3_000), (4, 4_000), (5, 2_500)];
         let total: u64 = devices.iter().map(|d| d.1).sum();
         let chunks = 20_480;
-        let placed = placer(&devices).place(chunks, false).unwrap();
+        let placed = pairs(placer(&devices).place(chunks, TWO, false)).unwrap();
         assert_separate(&devices, &placed);
         let (copies, primaries) = tally(devices.len(), &placed);
         for (i, &(_, slots)) in devices.iter().enumerate() {
@@ -248,7 +274,7 @@ mod tests {
         ];
         let total: u64 = devices.iter().map(|d| d.1).sum();
         let chunks = 3_000;
-        let placed = placer(&devices).place(chunks, false).unwrap();
+        let placed = pairs(placer(&devices).place(chunks, TWO, false)).unwrap();
         assert_separate(&devices, &placed);
         let (copies, _) = tally(devices.len(), &placed);
         for (i, &(_, slots)) in devices.iter().enumerate() {
@@ -260,7 +286,7 @@ mod tests {
     #[test]
     fn pairs_spread_over_every_combination() {
         let devices = [(1, 1_000), (2, 1_000), (3, 1_000), (4, 1_000)];
-        let placed = placer(&devices).place(600, false).unwrap();
+        let placed = pairs(placer(&devices).place(600, TWO, false)).unwrap();
         let mut pairs = std::collections::BTreeMap::new();
         for [p, s] in placed {
             *pairs.entry((p.min(s), p.max(s))).or_insert(0u64) += 1;
@@ -279,9 +305,9 @@ mod tests {
             p.record([Some(0), Some(1)], false);
         }
         // 1200 copies in all: 300 each, so the new 600 all go to sds3 and sds4.
-        let placed = p.place(300, false).unwrap();
+        let placed = pairs(p.place(300, TWO, false)).unwrap();
         assert_eq!(tally(4, &placed).0, [0, 0, 300, 300]);
-        let placed = p.place(400, false).unwrap();
+        let placed = pairs(p.place(400, TWO, false)).unwrap();
         assert_eq!(tally(4, &placed).0, [200, 200, 200, 200]);
     }
 
@@ -290,19 +316,19 @@ mod tests {
         let devices = [(1, 10), (2, 10), (3, 4)];
         let mut p = placer(&devices);
         assert_eq!(p.unreserved(), 24);
-        let placed = p.place(12, true).unwrap();
+        let placed = pairs(p.place(12, TWO, true)).unwrap();
         let (copies, _) = tally(3, &placed);
         assert!(copies.iter().zip(&devices).all(|(c, d)| *c <= d.1));
         assert_eq!(p.unreserved(), 0);
         assert_eq!(
-            p.place(1, true),
+            pairs(p.place(1, TWO, true)),
             Err(PlacementError::Full {
                 placed: 0,
                 wanted: 1
             })
         );
         // Thin chunks may still go anywhere: over-provisioning.
-        assert_eq!(p.place(5, false).unwrap().len(), 5);
+        assert_eq!(pairs(p.place(5, TWO, false)).unwrap().len(), 5);
     }
 
     #[test]
@@ -310,7 +336,7 @@ mod tests {
         // 20 free slots, but 16 of them on one SDS: only 4 chunks fit.
         let devices = [(1, 8), (1, 8), (2, 4)];
         assert_eq!(
-            placer(&devices).place(6, true),
+            pairs(placer(&devices).place(6, TWO, true)),
             Err(PlacementError::Full {
                 placed: 4,
                 wanted: 6
@@ -319,11 +345,49 @@ mod tests {
     }
 
     #[test]
-    fn one_sds_is_not_enough() {
+    fn one_sds_is_not_enough_for_two_copies() {
         let devices = [(1, 100), (1, 100), (2, 0)];
         assert_eq!(
-            placer(&devices).place(1, false),
-            Err(PlacementError::TooFewSds { sds: 1 })
+            pairs(placer(&devices).place(1, TWO, false)),
+            Err(PlacementError::TooFewSds { sds: 1, needed: 2 })
+        );
+    }
+
+    const ONE: Protection = Protection::SingleCopy;
+
+    #[test]
+    fn a_single_copy_is_a_primary_alone_spread_in_proportion_to_slots() {
+        let devices = [(1, 1_000), (2, 2_000), (3, 3_000), (3, 2_000)];
+        let total: u64 = devices.iter().map(|d| d.1).sum();
+        let chunks = 8_000;
+        let placed = placer(&devices).place(chunks, ONE, false).unwrap();
+        assert!(placed.iter().all(|c| c[0].is_some() && c[1].is_none()));
+        let mut primaries = vec![0; devices.len()];
+        for c in &placed {
+            primaries[c[0].unwrap()] += 1;
+        }
+        for (i, &(_, slots)) in devices.iter().enumerate() {
+            let want = chunks as f64 * slots as f64 / total as f64;
+            assert_near("primaries", primaries[i], want, 0.01);
+        }
+    }
+
+    #[test]
+    fn a_single_copy_pool_works_on_one_sds_and_reserves_one_slot_per_chunk() {
+        let devices = [(1, 10), (1, 6)];
+        let mut p = placer(&devices);
+        assert_eq!(p.place(16, ONE, true).unwrap().len(), 16);
+        assert_eq!(p.unreserved(), 0);
+        assert_eq!(
+            p.place(1, ONE, true),
+            Err(PlacementError::Full {
+                placed: 0,
+                wanted: 1
+            })
+        );
+        assert_eq!(
+            placer(&[(1, 0)]).place(1, ONE, false),
+            Err(PlacementError::TooFewSds { sds: 0, needed: 1 })
         );
     }
 
@@ -331,8 +395,8 @@ mod tests {
     fn the_same_input_gives_the_same_placement() {
         let devices = [(1, 700), (2, 300), (3, 500)];
         assert_eq!(
-            placer(&devices).place(1_000, false),
-            placer(&devices).place(1_000, false)
+            pairs(placer(&devices).place(1_000, TWO, false)),
+            pairs(placer(&devices).place(1_000, TWO, false))
         );
     }
 
@@ -342,7 +406,7 @@ mod tests {
         let mut p = placer(&devices);
         let start = std::time::Instant::now();
         for _ in 0..5 {
-            assert_eq!(p.place(20_480, false).unwrap().len(), 20_480);
+            assert_eq!(pairs(p.place(20_480, TWO, false)).unwrap().len(), 20_480);
         }
         // Generous for an unoptimised build on a busy machine; typically ~0.1 s.
         assert!(start.elapsed() < std::time::Duration::from_secs(10));

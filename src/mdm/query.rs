@@ -115,23 +115,26 @@ pub fn pool(st: &State, pool: &Pool, obs: &Observed) -> PoolInfo {
     }
     let reserved_copies: u64 = st.thick_copies(pool.id).values().sum();
     let volumes: Vec<&Volume> = st.volumes.values().filter(|v| v.pool == pool.id).collect();
+    // Every chunk of a volume takes this many slots.
+    let copies = pool.protection.copies();
     PoolInfo {
         id: pool.id,
         name: pool.name.clone(),
         protection_domain_id: pool.pd,
         protection_domain_name: st.pd_name(pool.pd),
         media_type: pool.media_type,
+        protection: pool.protection,
         devices,
         sds: sds.len(),
         raw_capacity_bytes: slots * CHUNK_SIZE,
-        usable_capacity_bytes: slots / 2 * CHUNK_SIZE,
+        usable_capacity_bytes: slots / copies * CHUNK_SIZE,
         thick_reserved_bytes: volumes
             .iter()
             .filter(|v| !v.thin)
             .map(|v| v.size_bytes)
             .sum(),
         used_bytes: used * CHUNK_SIZE,
-        free_for_thick_bytes: slots.saturating_sub(reserved_copies) / 2 * CHUNK_SIZE,
+        free_for_thick_bytes: slots.saturating_sub(reserved_copies) / copies * CHUNK_SIZE,
         volumes: volumes.iter().map(|v| (v.id, v.name.clone())).collect(),
         health: super::recovery::plan::health(st, pool.id),
         // In-memory figures the caller fills in (`Recovery::progress`).
@@ -355,6 +358,7 @@ pub fn layout(st: &State, v: &Volume) -> Layout {
         epoch: v.epoch,
         size_bytes: v.size_bytes,
         thin: v.thin,
+        protection: st.protection(v.pool),
         devices: v
             .devices
             .iter()

@@ -5,7 +5,7 @@ use super::*;
 use crate::cluster::api::{
     AccessMode, AddSds, AdminReply, AdminRequest, By, Chap, ChapMode, DeviceSpec, InitiatorMap,
     MapChap, MapEntry, MapInitiator, MappedView, MdmReply, MdmRequest, MdmResponse, MediaType,
-    SdsControl, SdsState, CHUNK_SIZE,
+    Protection, SdsControl, SdsState, CHUNK_SIZE,
 };
 use crate::cluster::frame;
 use tokio::net::TcpStream;
@@ -60,12 +60,18 @@ impl Env {
 
     /// pd1 with pool1, and the first `n` fake SDS in it with one device each.
     async fn cluster(&self, n: usize) {
+        self.cluster_as(n, Protection::TwoCopies).await
+    }
+
+    /// `cluster`, with pool1 keeping the copies `protection` says.
+    async fn cluster_as(&self, n: usize, protection: Protection) {
         self.ok(AdminRequest::AddProtectionDomain { name: "pd1".into() })
             .await;
         self.ok(AdminRequest::AddStoragePool {
             pd: by("pd1"),
             name: "pool1".into(),
             media_type: MediaType::Ssd,
+            protection,
         })
         .await;
         for a in &SDS[..n] {
@@ -1217,4 +1223,110 @@ async fn a_failed_device_is_rebuilt_around_then_removed() {
         .await
         .unwrap_err();
     assert!(e.contains("has no device named /dev/nope"), "{e}");
+}
+
+/// A single-copy pool keeps one copy per chunk through a failure and a return (nothing
+/// is rebuilt or copied back), and `--remove_sds` moves its only copies: each stays
+/// primary until its new copy is whole, and is fenced before it hands over.
+#[tokio::test]
+async fn a_single_copy_pool_fails_returns_and_drains_without_a_second_copy() {
+    let env = Env::new().await;
+    env.cluster_as(3, Protection::SingleCopy).await;
+    let v = env.volume("v", 30, false).await;
+    let p = env.pool().await;
+    assert_eq!(p.protection, Protection::SingleCopy);
+    assert_eq!(p.usable_capacity_bytes, p.raw_capacity_bytes);
+    assert_eq!(p.free_for_thick_bytes, (3000 - 30) * CHUNK_SIZE);
+    assert_eq!(p.health.unprotected_bytes, 30 * CHUNK_SIZE);
+    let held = |n: usize| -> usize { SDS[..n].iter().map(|a| env.fake.chunks(a, v)).sum() };
+    assert_eq!(held(3), 30, "one thick slot per chunk");
+
+    // sds3 fails: its chunks are failed, nothing is degraded or rebuilt.
+    let third = layout(&env, v)
+        .await
+        .devices
+        .iter()
+        .find(|d| d.addr == at(SDS[2]))
+        .unwrap()
+        .sds_id;
+    env.fake.fail(SDS[2], "Ping", "connection refused");
+    let verdict = env
+        .call(MdmRequest::ReportSdsFailure {
+            sds_id: third,
+            reason: "connection refused".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(verdict, MdmReply::SdsVerdict { down: true });
+    let on_third = env.fake.chunks(SDS[2], v) as u64 * CHUNK_SIZE;
+    let p = env.pool().await;
+    assert_eq!(p.health.failed_bytes, on_third);
+    assert_eq!(p.health.degraded_bytes, 0);
+    assert_eq!(p.rebuild.chunks_left, 0);
+    env.fake.heal(SDS[2]);
+    let beat = MdmRequest::SdsHeartbeat {
+        sds_id: third,
+        system_id: env.mdm.system_id,
+        addr: at(SDS[2]),
+        failed_devices: vec![],
+    };
+    assert!(matches!(env.call(beat).await, Ok(MdmReply::Lease { .. })));
+    let p = pool_until(&env, "sds3 back", |p| p.health.failed_bytes == 0).await;
+    assert_eq!(p.health.unprotected_bytes, 30 * CHUNK_SIZE);
+    assert_eq!(p.rebuild.bytes_done, 0, "nothing was copied back");
+    assert_eq!(held(3), 30);
+
+    // sds1 leaves: its copies move to the others, one copy per chunk throughout.
+    let first_sds = layout(&env, v)
+        .await
+        .devices
+        .iter()
+        .find(|d| d.addr == at(SDS[0]))
+        .unwrap()
+        .sds_id;
+    let moving = env.fake.chunks(SDS[0], v);
+    assert!(moving > 0);
+    env.done(AdminRequest::RemoveSds { sds: by("sds1") }).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let AdminReply::AllSds(all) = env.ok(AdminRequest::QueryAllSds).await else {
+            panic!()
+        };
+        if all.iter().all(|s| s.id != first_sds) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "sds1 never left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let l = layout(&env, v).await;
+    for &[p, s] in &l.chunks {
+        assert_eq!(s, crate::cluster::api::NO_COPY);
+        assert_ne!(l.devices[p as usize].sds_id, first_sds);
+    }
+    let fenced = env
+        .fake
+        .received(SDS[0])
+        .into_iter()
+        .filter(|m| matches!(m, SdsControl::Dirty { volume, .. } if *volume == v))
+        .count();
+    assert!(fenced >= 2, "fenced at the start and before the handover");
+    let p = pool_until(&env, "the sweep", |_| {
+        SDS[1..3]
+            .iter()
+            .map(|a| env.fake.chunks(a, v))
+            .sum::<usize>()
+            == 30
+    })
+    .await;
+    assert_eq!(p.health.unprotected_bytes, 30 * CHUNK_SIZE);
+    assert_eq!(p.rebuild.bytes_done, 0);
+    assert_eq!(p.rebalance.bytes_done, moving as u64 * CHUNK_SIZE);
+    // One SDS is enough for one copy; none is not.
+    env.done(AdminRequest::RemoveSds { sds: by("sds2") }).await;
+    pool_until(&env, "sds2 drained", |p| p.sds == 1).await;
+    let e = env
+        .admin(AdminRequest::RemoveSds { sds: by("sds3") })
+        .await
+        .unwrap_err();
+    assert!(e.contains("would keep no running SDS"), "{e}");
 }

@@ -26,6 +26,7 @@ pub enum Opt {
     StoragePoolName,
     StoragePoolId,
     MediaType,
+    ProtectionMode,
     SdsIp,
     SdsPort,
     SdsName,
@@ -126,6 +127,12 @@ const OPTIONS: &[OptSpec] = &[
     ),
     o(Opt::StoragePoolId, "storage_pool_id", Takes::Value, "ID"),
     o(Opt::MediaType, "media_type", Takes::Value, "HDD|SSD|CLOUD"),
+    o(
+        Opt::ProtectionMode,
+        "protection_mode",
+        Takes::Value,
+        "two_copies|single_copy",
+    ),
     o(Opt::SdsIp, "sds_ip", Takes::Value, "IP[:PORT]"),
     o(Opt::SdsPort, "sds_port", Takes::Value, "PORT"),
     o(Opt::SdsName, "sds_name", Takes::Value, "NAME"),
@@ -280,10 +287,13 @@ const ACTIONS: &[ActionSpec] = &[
         action: Action::AddStoragePool,
         name: "add_storage_pool",
         argument: None,
-        options: &[ProtectionDomainName, ProtectionDomainId, StoragePoolName, MediaType],
+        options: &[ProtectionDomainName, ProtectionDomainId, StoragePoolName, MediaType, ProtectionMode],
         usage: "(--protection_domain_name NAME | --protection_domain_id ID) \
-                --storage_pool_name NAME [--media_type HDD|SSD|CLOUD]",
-        summary: "Create a storage pool in a protection domain (media type HDD unless given).",
+                --storage_pool_name NAME [--media_type HDD|SSD|CLOUD] \
+                [--protection_mode two_copies|single_copy]",
+        summary: "Create a storage pool in a protection domain (media type HDD and two copies \
+                  of every chunk unless given; single_copy keeps one copy, with no redundancy, \
+                  and cannot be changed later).",
     },
     ActionSpec {
         action: Action::RemoveStoragePool,
@@ -1156,6 +1166,9 @@ mod tests {
              --protection_domain_id, --storage_pool_name, --storage_pool_id, --size_gb, --size, \
              --volume_name, --thin_provisioned, --thick_provisioned"
         );
+        // A pool's protection is chosen when it is created, never later.
+        assert!(err("--set_rebuild_policy --protection_mode single_copy")
+            .starts_with("--protection_mode does not apply to --set_rebuild_policy"));
         assert_eq!(
             err("--add_sds --device_name /dev/a,,/dev/b"),
             "--device_name `/dev/a,,/dev/b` has an empty item; separate items with single commas"

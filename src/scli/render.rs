@@ -7,8 +7,8 @@
 use super::csv::Row;
 use crate::cluster::api::{
     fmt_id, AddSds, AdminReply, AdminRequest, Chap, ChapMode, ClusterInfo, InitiatorInfo,
-    InitiatorMap, MediaType, PdInfo, Policy, PoolInfo, Progress, SdcInfo, SdsInfo, SdsState,
-    VolumeInfo, CHUNK_SIZE,
+    InitiatorMap, MediaType, PdInfo, Policy, PoolInfo, Progress, Protection, SdcInfo, SdsInfo,
+    SdsState, VolumeInfo, CHUNK_SIZE,
 };
 use crate::cluster::initiator_file;
 use crate::cluster::initiator_rules::access_mode_name;
@@ -210,6 +210,16 @@ fn media(m: MediaType) -> &'static str {
     }
 }
 
+/// A pool's protection mode; a single copy says plainly what it gives up.
+fn protection(p: Protection) -> &'static str {
+    match p {
+        Protection::TwoCopies => "two copies",
+        Protection::SingleCopy => {
+            "single copy (no redundancy: losing an SDS or device loses its chunks)"
+        }
+    }
+}
+
 fn state(s: SdsState) -> &'static str {
     match s {
         SdsState::Connected => "Connected, Joined",
@@ -276,9 +286,14 @@ fn created(req: &AdminRequest, kind: &str, id: u64, name: &str) -> Vec<String> {
         AdminRequest::AddProtectionDomain { .. } => {
             format!("Successfully created protection domain {name}. Object ID {id}")
         }
-        AdminRequest::AddStoragePool { media_type, .. } => format!(
-            "Successfully created storage pool {name} (media type {}). Object ID {id}",
-            media(*media_type)
+        AdminRequest::AddStoragePool {
+            media_type,
+            protection: p,
+            ..
+        } => format!(
+            "Successfully created storage pool {name} (media type {}, {}). Object ID {id}",
+            media(*media_type),
+            protection(*p)
         ),
         AdminRequest::AddSds(sds) => format!(
             "Successfully created SDS {name} with {}. Object ID {id}",
@@ -462,11 +477,12 @@ fn protection_domain(pd: &PdInfo) -> Vec<String> {
     }
     for p in &pd.pools {
         lines.push(format!(
-            "\tStorage Pool {} Name: {} Media: {} Total capacity: {} Free for thick volumes: {} \
-             Volumes: {}",
+            "\tStorage Pool {} Name: {} Media: {} Protection: {} Total capacity: {} \
+             Free for thick volumes: {} Volumes: {}",
             fmt_id(p.id),
             or_na(&p.name),
             media(p.media_type),
+            protection(p.protection),
             size(p.raw_capacity_bytes),
             size(p.free_for_thick_bytes),
             p.volumes.len()
@@ -496,12 +512,21 @@ fn storage_pool(p: &PoolInfo) -> Vec<String> {
             or_na(&p.protection_domain_name)
         ),
         format!("\tMedia type: {}", media(p.media_type)),
+        format!("\tProtection: {}", protection(p.protection)),
         format!(
             "\t{} on {}",
             count(p.devices, "device", "devices"),
             count(p.sds, "SDS node", "SDS nodes")
         ),
-        "\tEvery chunk has two copies, so volumes can use half of the raw capacity:".to_string(),
+        match p.protection {
+            Protection::TwoCopies => {
+                "\tEvery chunk has two copies, so volumes can use half of the raw capacity:"
+            }
+            Protection::SingleCopy => {
+                "\tEvery chunk has one copy, so volumes can use all of the raw capacity:"
+            }
+        }
+        .to_string(),
         format!("\t{} total capacity (raw)", size(p.raw_capacity_bytes)),
         format!("\t{} usable capacity", size(p.usable_capacity_bytes)),
         format!(
@@ -518,21 +543,33 @@ fn storage_pool(p: &PoolInfo) -> Vec<String> {
         ),
         format!("\t{} free for thick volumes", size(p.free_for_thick_bytes)),
         "\tProtection (volume data):".to_string(),
-        format!(
-            "\t{} protected (two copies)",
-            size(p.health.protected_bytes)
-        ),
-        format!(
-            "\t{} degraded (one copy: being rebuilt or moved)",
-            size(p.health.degraded_bytes)
-        ),
+    ];
+    // Each pool shows the figures its mode can have: a single-copy pool has nothing
+    // protected or degraded, a two-copy pool nothing unprotected.
+    match p.protection {
+        Protection::TwoCopies => lines.extend([
+            format!(
+                "\t{} protected (two copies)",
+                size(p.health.protected_bytes)
+            ),
+            format!(
+                "\t{} degraded (one copy: being rebuilt or moved)",
+                size(p.health.degraded_bytes)
+            ),
+        ]),
+        Protection::SingleCopy => lines.push(format!(
+            "\t{} unprotected (one copy, by design)",
+            size(p.health.unprotected_bytes)
+        )),
+    }
+    lines.extend([
         format!(
             "\t{} failed (no copy on a running SDS; readable again when it returns)",
             size(p.health.failed_bytes)
         ),
         progress("Rebuild", &p.rebuild, p.rebuild_policy),
         progress("Rebalance", &p.rebalance, p.rebalance_policy),
-    ];
+    ]);
     if !p.volumes.is_empty() {
         lines.push("\tVolumes:".to_string());
     }
@@ -766,6 +803,7 @@ mod tests {
             protection_domain_id: 0x5a8e,
             protection_domain_name: "awspdomain01".into(),
             media_type: MediaType::Hdd,
+            protection: Protection::TwoCopies,
             devices: 2,
             sds: 2,
             raw_capacity_bytes: 200 * GB,
@@ -777,6 +815,7 @@ mod tests {
             health: Health {
                 protected_bytes: 60 * GB,
                 degraded_bytes: GB,
+                unprotected_bytes: 0,
                 failed_bytes: 0,
             },
             rebuild: Progress {
@@ -850,6 +889,7 @@ mod tests {
             pd: By::Name("pd".into()),
             name: "pool03".into(),
             media_type: MediaType::Ssd,
+            protection: Protection::TwoCopies,
         };
         let reply = AdminReply::Created {
             kind: "storage pool".into(),
@@ -858,7 +898,8 @@ mod tests {
         };
         assert_eq!(
             text(&pool, &reply),
-            "Successfully created storage pool pool03 (media type SSD). Object ID 0000000000000001\n"
+            "Successfully created storage pool pool03 (media type SSD, two copies). Object ID \
+             0000000000000001\n"
         );
         let dev = AdminRequest::AddSdsDevice {
             sds: By::Id(1),
@@ -1028,6 +1069,7 @@ mod tests {
              available for volume allocation\n\
              \tProtection Domain: 0000000000005a8e (Name: awspdomain01)\n\
              \tMedia type: HDD\n\
+             \tProtection: two copies\n\
              \t2 devices on 2 SDS nodes\n\
              \tEvery chunk has two copies, so volumes can use half of the raw capacity:\n\
              \t200.0 GB (204800 MB) total capacity (raw)\n\
@@ -1049,6 +1091,62 @@ mod tests {
     }
 
     #[test]
+    fn a_single_copy_pool_says_it_has_no_redundancy_and_counts_raw_capacity() {
+        let pool = PoolInfo {
+            protection: Protection::SingleCopy,
+            usable_capacity_bytes: 200 * GB,
+            free_for_thick_bytes: 140 * GB,
+            health: Health {
+                unprotected_bytes: 60 * GB,
+                failed_bytes: 2 * GB,
+                ..Health::default()
+            },
+            rebuild: Progress::default(),
+            ..pool_info()
+        };
+        let out = text(&AdminRequest::QueryAllSds, &AdminReply::StoragePool(pool));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[3..14],
+            [
+                "\tProtection: single copy (no redundancy: losing an SDS or device loses its \
+                 chunks)",
+                "\t2 devices on 2 SDS nodes",
+                "\tEvery chunk has one copy, so volumes can use all of the raw capacity:",
+                "\t200.0 GB (204800 MB) total capacity (raw)",
+                "\t200.0 GB (204800 MB) usable capacity",
+                "\t50.0 GB (51200 MB) in-use capacity (raw, chunk copies stored)",
+                "\t150.0 GB (153600 MB) unused capacity (raw)",
+                "\t60.0 GB (61440 MB) reserved by thick volumes",
+                "\t140.0 GB (143360 MB) free for thick volumes",
+                "\tProtection (volume data):",
+                "\t60.0 GB (61440 MB) unprotected (one copy, by design)",
+            ]
+        );
+        assert_eq!(
+            lines[14],
+            "\t2.0 GB (2048 MB) failed (no copy on a running SDS; readable again when it returns)"
+        );
+        assert!(!out.contains("protected (two copies)") && !out.contains("degraded"));
+        let req = AdminRequest::AddStoragePool {
+            pd: By::Name("pd".into()),
+            name: "scratch".into(),
+            media_type: MediaType::Ssd,
+            protection: Protection::SingleCopy,
+        };
+        let reply = AdminReply::Created {
+            kind: "storage pool".into(),
+            id: 1,
+            name: "scratch".into(),
+        };
+        assert_eq!(
+            text(&req, &reply),
+            "Successfully created storage pool scratch (media type SSD, single copy (no \
+             redundancy: losing an SDS or device loses its chunks)). Object ID 0000000000000001\n"
+        );
+    }
+
+    #[test]
     fn protection_domain_summary() {
         let pd = PdInfo {
             id: 0x5a8e,
@@ -1064,8 +1162,8 @@ mod tests {
             "Protection Domain 0000000000005a8e (Name: awspdomain01) has 1 storage pool, 1 SDS \
              node, 1 volume and 40.0 GB (40960 MB) available for volume allocation\n\
              Storage Pools:\n\
-             \tStorage Pool 0000000000009c7e Name: pool03 Media: HDD Total capacity: 200.0 GB \
-             (204800 MB) Free for thick volumes: 40.0 GB (40960 MB) Volumes: 1\n\
+             \tStorage Pool 0000000000009c7e Name: pool03 Media: HDD Protection: two copies Total \
+             capacity: 200.0 GB (204800 MB) Free for thick volumes: 40.0 GB (40960 MB) Volumes: 1\n\
              SDS nodes:\n\
              \tSDS ID: 000000000000000b Name: aws1sds\n"
         );
@@ -1159,6 +1257,8 @@ mod tests {
         assert_eq!(v["name"], "pool03");
         assert_eq!(v["raw_capacity_bytes"], 200 * GB);
         assert_eq!(v["media_type"], "Hdd");
+        assert_eq!(v["protection"], "TwoCopies");
+        assert_eq!(v["health"]["unprotected_bytes"], 0);
         assert_eq!(v["volumes"][0][0], "0000000000007a5a");
         assert_eq!(v["volumes"][0][1], "awsvol01");
 

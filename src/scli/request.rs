@@ -5,7 +5,7 @@
 use super::args::{self, Action, Invocation, Opt};
 use super::value::{self, ValueError};
 use crate::cluster::api::{
-    AccessMode, AddSds, AdminRequest, By, Chap, DeviceSpec, MediaType, Policy,
+    AccessMode, AddSds, AdminRequest, By, Chap, DeviceSpec, MediaType, Policy, Protection,
 };
 use crate::cluster::initiator_rules::{self, ChapError, ChapPart};
 use crate::cluster::iscsi_name::{self, NameError};
@@ -76,6 +76,7 @@ pub fn build(inv: &Invocation) -> Result<Job, RequestError> {
             pd: b.pd()?,
             name: b.required(Opt::StoragePoolName)?,
             media_type: b.media_type()?,
+            protection: b.protection()?,
         },
         Action::RemoveStoragePool => AdminRequest::RemoveStoragePool {
             pd: b.pd()?,
@@ -464,6 +465,15 @@ impl Builder<'_> {
         }
     }
 
+    /// Two copies unless asked otherwise: a single copy gives up redundancy, which only
+    /// an explicit choice may do.
+    fn protection(&self) -> Result<Protection, RequestError> {
+        match self.optional(Opt::ProtectionMode)? {
+            None => Ok(Protection::TwoCopies),
+            Some(v) => value::protection_mode(&v).map_err(|r| Self::bad(Opt::ProtectionMode, r)),
+        }
+    }
+
     /// Device paths and optional names. ScaleIO 1.x took paths in `--device_name`;
     /// 2.x takes them in `--device_path` and names in `--device_name`. Both work.
     fn devices(&self) -> Result<Vec<(String, Option<String>)>, RequestError> {
@@ -617,7 +627,8 @@ mod tests {
             AdminRequest::AddStoragePool {
                 pd: name("awspdomain01"),
                 name: "pool03".into(),
-                media_type: MediaType::Hdd
+                media_type: MediaType::Hdd,
+                protection: Protection::TwoCopies,
             }
         );
         assert_eq!(
@@ -625,9 +636,42 @@ mod tests {
             AdminRequest::AddStoragePool {
                 pd: name("pd"),
                 name: "p".into(),
-                media_type: MediaType::Ssd
+                media_type: MediaType::Ssd,
+                protection: Protection::TwoCopies,
             }
         );
+        assert_eq!(
+            req(
+                "--add_storage_pool --protection_domain_name pd --storage_pool_name scratch \
+                 --protection_mode single_copy"
+            ),
+            AdminRequest::AddStoragePool {
+                pd: name("pd"),
+                name: "scratch".into(),
+                media_type: MediaType::Hdd,
+                protection: Protection::SingleCopy,
+            }
+        );
+        assert_eq!(
+            req(
+                "--add_storage_pool --protection_domain_name pd --storage_pool_name p \
+                 --protection_mode TWO_COPIES"
+            ),
+            AdminRequest::AddStoragePool {
+                pd: name("pd"),
+                name: "p".into(),
+                media_type: MediaType::Hdd,
+                protection: Protection::TwoCopies,
+            }
+        );
+        assert_eq!(
+            err(
+                "--add_storage_pool --protection_domain_name pd --storage_pool_name p \
+                 --protection_mode mirrored"
+            ),
+            "--protection_mode: `mirrored` is not a protection mode; use two_copies or single_copy"
+        );
+
         assert_eq!(
             req("--remove_storage_pool --protection_domain_name pd --storage_pool_id 0x1f"),
             AdminRequest::RemoveStoragePool {

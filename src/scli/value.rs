@@ -1,10 +1,10 @@
 //! The typed values an admin types: object ids, sizes, ports, addresses, media types,
-//! LUNs and access modes.
+//! protection modes, LUNs and access modes.
 //!
 //! Shared by the argument parser and the installer CSV parser, which add where the
 //! value came from (an option, or a line and column) to these errors.
 
-use crate::cluster::api::{AccessMode, MediaType, Policy};
+use crate::cluster::api::{AccessMode, MediaType, Policy, Protection};
 use crate::cluster::initiator_rules::{self, MAX_LUN};
 use std::net::{IpAddr, SocketAddr};
 
@@ -39,6 +39,8 @@ pub enum ValueError {
     SeveralAddresses(String),
     #[error("`{0}` is not a media type; use HDD, SSD or CLOUD")]
     NotMediaType(String),
+    #[error("`{0}` is not a protection mode; use {names}", names = Protection::NAMES)]
+    NotProtectionMode(String),
     #[error("`{0}` is not a LUN; give a number from 0 to {MAX_LUN}")]
     NotLun(String),
     #[error("`{0}` is not an access mode; use ReadWrite or ReadOnly")]
@@ -192,6 +194,11 @@ pub fn media_type(s: &str) -> Result<MediaType, ValueError> {
     }
 }
 
+/// Parses a storage pool's protection mode, in any case.
+pub fn protection_mode(s: &str) -> Result<Protection, ValueError> {
+    Protection::from_name(s).ok_or_else(|| ValueError::NotProtectionMode(s.to_string()))
+}
+
 /// Parses a LUN (0-16383), in decimal as initiators show it.
 pub fn lun(s: &str) -> Result<u64, ValueError> {
     match s.parse::<u64>() {
@@ -306,6 +313,16 @@ mod tests {
             Err(ValueError::NotHost("bad host".into()))
         );
         assert_eq!(host_port(""), Err(ValueError::NotHost("".into())));
+    }
+
+    #[test]
+    fn protection_modes_in_any_case() {
+        assert_eq!(protection_mode("two_copies"), Ok(Protection::TwoCopies));
+        assert_eq!(protection_mode("Single_Copy"), Ok(Protection::SingleCopy));
+        assert_eq!(
+            protection_mode("raid5").unwrap_err().to_string(),
+            "`raid5` is not a protection mode; use two_copies or single_copy"
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Routing a byte range of a volume to chunk copies: pure arithmetic over a cached
 //! [`Layout`], kept apart from the I/O so it can be tested exhaustively.
 
-use crate::cluster::api::{DeviceLoc, Layout, CHUNK_SIZE, NO_COPY};
-use crate::cluster::chunk::{ChunkRef, Mirror};
+use crate::cluster::api::{DeviceLoc, Layout, Protection, CHUNK_SIZE, NO_COPY};
+use crate::cluster::chunk::{ChunkRef, Mirror, Secondary};
 
 /// The part of a request that falls in one chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,13 +72,14 @@ pub fn copy_pieces(src: u64, dst: u64, len: u64) -> impl Iterator<Item = CopyPie
 }
 
 /// Where one chunk's I/O goes: the primary copy, and the secondary the primary
-/// forwards writes to (none while the chunk is degraded: writes then land on the
-/// primary alone, which the MDM's rebuild later copies whole).
+/// forwards writes to (missing while the chunk is degraded: writes then land on the
+/// primary alone, which the MDM's rebuild later copies whole; none by design in a
+/// single-copy pool).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route<'a> {
     pub primary: &'a DeviceLoc,
     pub at: ChunkRef,
-    pub mirror: Option<Mirror>,
+    pub secondary: Secondary,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,8 +94,9 @@ pub enum RouteError {
     Unavailable { volume: u64, chunk: u64 },
 }
 
-/// The route of `chunk` in `layout`. A degraded chunk (secondary `NO_COPY`) routes
-/// with no mirror; a chunk whose primary is `NO_COPY` or on a down SDS has no readable
+/// The route of `chunk` in `layout`. A chunk without a secondary (`NO_COPY`) routes
+/// with no mirror: degraded, or a single copy as its pool keeps; a chunk whose primary
+/// is `NO_COPY` or on a down SDS has no readable
 /// copy and is [`RouteError::Unavailable`], so the caller answers at once instead of
 /// sending I/O that can only time out.
 pub fn route(layout: &Layout, chunk: u64) -> Result<Route<'_>, RouteError> {
@@ -131,12 +133,14 @@ pub fn route(layout: &Layout, chunk: u64) -> Result<Route<'_>, RouteError> {
             device: primary.device_id,
             epoch: layout.epoch,
         },
-        mirror: secondary
-            .filter(|s| s.sds_id != primary.sds_id)
-            .map(|s| Mirror {
+        secondary: match secondary.filter(|s| s.sds_id != primary.sds_id) {
+            Some(s) => Secondary::Mirror(Mirror {
                 sds: s.sds_id,
                 device: s.device_id,
             }),
+            None if layout.protection == Protection::SingleCopy => Secondary::SingleCopy,
+            None => Secondary::Missing,
+        },
     })
 }
 
@@ -226,6 +230,7 @@ mod tests {
             epoch: 3,
             size_bytes: 2 * CHUNK_SIZE,
             thin: true,
+            protection: Protection::TwoCopies,
             devices: vec![loc(1, 10, 7072), loc(2, 20, 7073)],
             chunks: vec![[0, 1], [1, 0]],
         }
@@ -245,7 +250,10 @@ mod tests {
                 epoch: 3
             }
         );
-        assert_eq!(r.mirror, Some(Mirror { sds: 1, device: 10 }));
+        assert_eq!(
+            r.secondary,
+            Secondary::Mirror(Mirror { sds: 1, device: 10 })
+        );
     }
 
     #[test]
@@ -264,13 +272,31 @@ mod tests {
         let mut l = layout();
         l.chunks[1] = [1, NO_COPY];
         let r = route(&l, 1).unwrap();
-        assert_eq!((r.primary.sds_id, r.at.device, r.mirror), (2, 20, None));
+        let want = (2, 20, Secondary::Missing);
+        assert_eq!((r.primary.sds_id, r.at.device, r.secondary), want);
         // The secondary's SDS being down changes nothing for the route: the MDM
         // takes it out (NO_COPY) when it commits the degraded layout.
         l.chunks[1] = [1, 0];
         l.devices[0].down = true;
         let r = route(&l, 1).unwrap();
-        assert_eq!(r.mirror, Some(Mirror { sds: 1, device: 10 }));
+        assert_eq!(
+            r.secondary,
+            Secondary::Mirror(Mirror { sds: 1, device: 10 })
+        );
+    }
+
+    #[test]
+    fn a_single_copy_routes_without_a_mirror_and_is_not_degraded() {
+        let mut l = layout();
+        l.protection = Protection::SingleCopy;
+        l.chunks = vec![[0, NO_COPY], [1, 0]];
+        assert_eq!(route(&l, 0).unwrap().secondary, Secondary::SingleCopy);
+        // A copy being moved: the target takes every write, mirrored.
+        let r = route(&l, 1).unwrap();
+        assert_eq!(
+            r.secondary,
+            Secondary::Mirror(Mirror { sds: 1, device: 10 })
+        );
     }
 
     #[test]
@@ -348,7 +374,7 @@ mod tests {
                                 device: l.devices[s as usize].device_id,
                             }),
                         };
-                        assert_eq!(r.mirror, mirror, "[{p}, {s}]");
+                        assert_eq!(r.secondary, mirror.into(), "[{p}, {s}]");
                     }
                 }
             }

@@ -358,7 +358,15 @@ impl Inner {
                 ],
             };
             let client = self.sds.client(d.primary.addr);
-            let copy = client.copy(d.at, p.dst_offset, p.len, &source, false, unmap, d.mirror);
+            let copy = client.copy(
+                d.at,
+                p.dst_offset,
+                p.len,
+                &source,
+                false,
+                unmap,
+                d.secondary,
+            );
             let err = match retry.bounded(client.addr(), copy).await {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
@@ -554,7 +562,7 @@ impl BlockBackend for PoolVolume {
                 inner
                     .on_chunk(p.chunk, |c, r| {
                         let seg = seg.clone();
-                        async move { c.write(r.at, p.offset, seg, fua, r.mirror).await }
+                        async move { c.write(r.at, p.offset, seg, fua, r.secondary).await }
                     })
                     .await
             }
@@ -573,7 +581,8 @@ impl BlockBackend for PoolVolume {
         self.each(start, len, |inner, p| async move {
             inner
                 .on_chunk(p.chunk, |c, r| async move {
-                    c.write_zeroes(r.at, p.offset, p.len, unmap, r.mirror).await
+                    c.write_zeroes(r.at, p.offset, p.len, unmap, r.secondary)
+                        .await
                 })
                 .await
         })
@@ -611,7 +620,7 @@ impl BlockBackend for PoolVolume {
                             .on_chunk(p.chunk, |c, r| {
                                 let seg = seg.clone();
                                 async move {
-                                    c.atomic(r.at, p.offset, AtomicKind::Or, seg, fua, r.mirror)
+                                    c.atomic(r.at, p.offset, AtomicKind::Or, seg, fua, r.secondary)
                                         .await
                                 }
                             })
@@ -639,7 +648,10 @@ impl BlockBackend for PoolVolume {
             .0
             .on_chunk_retrying(p.chunk, idempotent, |c, r| {
                 let payload = payload.clone();
-                async move { c.atomic(r.at, p.offset, kind, payload, fua, r.mirror).await }
+                async move {
+                    c.atomic(r.at, p.offset, kind, payload, fua, r.secondary)
+                        .await
+                }
             })
             .await?;
         Ok(match miscompare {
@@ -670,7 +682,9 @@ impl BlockBackend for PoolVolume {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::api::{ClaimDevice, DeviceLoc, SdsControl, NO_COPY};
+    use crate::cluster::api::{
+        ClaimDevice, DeviceLoc, Protection, SdsControl, SdsControlReply, NO_COPY,
+    };
     use crate::cluster::chunk::wire::{CopySource, SourceCopy};
     use crate::cluster::chunk::{ChunkClient, ChunkRef};
     use crate::sds::{self, SdsHandle, SdsOptions};
@@ -728,6 +742,7 @@ mod tests {
             epoch: 1,
             size_bytes: 4 * MIB,
             thin: true,
+            protection: Protection::TwoCopies,
             devices: vec![
                 DeviceLoc {
                     sds_id: 1,
@@ -1106,6 +1121,61 @@ mod tests {
             };
         }
         l
+    }
+
+    /// Chunks of volume 42 `node` holds, and those it marked dirty.
+    async fn held_and_dirty(node: &SdsHandle) -> (Vec<u64>, Vec<u64>) {
+        let c = ChunkClient::new(node.addr);
+        let SdsControlReply::Inventory(inv) = c.control(&SdsControl::Inventory).await.unwrap()
+        else {
+            panic!("no inventory")
+        };
+        let held = inv.devices.iter().flat_map(|d| &d.chunks);
+        let held = held.filter(|c| c.0 == 42).map(|c| c.1).collect();
+        let ask = SdsControl::Dirty {
+            volume: 42,
+            epoch: 0,
+        };
+        let SdsControlReply::Dirty(dirty) = c.control(&ask).await.unwrap() else {
+            panic!("no dirty list")
+        };
+        (held, dirty)
+    }
+
+    #[tokio::test]
+    async fn single_copy_writes_are_not_degraded_and_unmap_frees_their_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, nodes) = setup(&dir).await;
+        // Chunks 0 and 1 keep a single copy by design; chunks 2 and 3 are degraded
+        // chunks of a two-copy pool, for contrast.
+        let mut l = (*vol.0.layout()).clone();
+        l.chunks = vec![[0, NO_COPY], [1, NO_COPY], [0, NO_COPY], [1, NO_COPY]];
+        l.protection = Protection::SingleCopy;
+        vol.set_layout(l.clone());
+        let data = pattern(2 * MIB as usize, 3);
+        vol.write(0, SgList::from(data.clone()), false)
+            .await
+            .unwrap();
+        assert_eq!(vol.read(0, 2 * 2048).await.unwrap(), Bytes::from(data));
+        // An ORWRITE is a single-copy write too, at the primary.
+        vol.atomic(2047, AtomicOp::Or(vec![0x40; 1024].into()), false)
+            .await
+            .unwrap();
+        l.protection = Protection::TwoCopies;
+        vol.set_layout(l);
+        vol.write(2 * 2048, SgList::from(pattern(2 * MIB as usize, 4)), false)
+            .await
+            .unwrap();
+        assert_eq!(held_and_dirty(&nodes[0]).await, (vec![0, 2], vec![2]));
+        assert_eq!(held_and_dirty(&nodes[1]).await, (vec![1, 3], vec![3]));
+        // A whole-chunk UNMAP frees a single copy's slot; a degraded chunk keeps its
+        // slot (and mark) for the copy that may return.
+        vol.unmap(2 * 2048, 2048).await.unwrap();
+        let mut l = (*vol.0.layout()).clone();
+        l.protection = Protection::SingleCopy;
+        vol.set_layout(l);
+        vol.unmap(0, 2048).await.unwrap();
+        assert_eq!(held_and_dirty(&nodes[0]).await, (vec![2], vec![2]));
     }
 
     /// The same volume, asking `mdm` for its layouts.

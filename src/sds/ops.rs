@@ -17,7 +17,7 @@ use crate::backend::{AtomicOp, SgList};
 use crate::cluster::api::{fmt_id, SdsControl};
 use crate::cluster::chunk::wire::{
     AtomicKind, CopySource, Op, RequestHeader, SourceCopy, FLAG_FORWARDED, FLAG_FUA, FLAG_MAPPED,
-    FLAG_MISCOMPARE,
+    FLAG_MISCOMPARE, FLAG_SINGLE_COPY,
 };
 use crate::cluster::chunk::{ChunkError, ChunkRef, Mirror};
 use bytes::Bytes;
@@ -107,7 +107,8 @@ pub(super) fn admit(sds: &Sds, at: ChunkRef) -> Result<(), ChunkError> {
 /// the same request there concurrently; both must succeed. A primary write without a
 /// mirror (degraded) marks the chunk dirty before its data is written; one whose
 /// forward failed marks it before answering: either way the local copy holds a write
-/// the other copy lacks, which is what the MDM asks for when that copy returns.
+/// the other copy lacks, which is what the MDM asks for when that copy returns. A
+/// single copy (SINGLE_COPY) has no other copy to lack anything: nothing is marked.
 async fn write_copies(
     sds: &Sds,
     h: RequestHeader,
@@ -115,7 +116,7 @@ async fn write_copies(
     key: ChunkKey,
     data: SgList,
 ) -> Result<(), ChunkError> {
-    let degraded = h.mirror.is_none() && !h.forwarded();
+    let degraded = h.mirror.is_none() && !h.forwarded() && !h.single_copy();
     let forward = data.clone();
     let small = runs_inline(h.length as usize, h.fua());
     let local_dev = dev.clone();
@@ -188,7 +189,7 @@ async fn atomic(
     };
     let write = RequestHeader {
         op: Op::Write,
-        flags: h.flags & FLAG_FUA,
+        flags: h.flags & (FLAG_FUA | FLAG_SINGLE_COPY),
         payload_len: h.length,
         ..h
     };
@@ -214,7 +215,7 @@ async fn copy(sds: &Arc<Sds>, h: RequestHeader, payload: Bytes) -> Result<Answer
     let data = match data {
         Some(data) => {
             w.op = Op::Write;
-            w.flags = h.flags & FLAG_FUA;
+            w.flags = h.flags & (FLAG_FUA | FLAG_SINGLE_COPY);
             w.payload_len = h.length;
             SgList::from(data)
         }

@@ -167,6 +167,7 @@ async fn bootstrap(
             pd: By::Name(pd.clone()),
             name: pool.clone(),
             media_type: media_type(&cl.media_type),
+            protection: cl.protection_mode,
         },
     )
     .await?;

@@ -6,7 +6,7 @@ use super::wire::{
     self, AtomicKind, CopySource, Op, RequestHeader, FLAG_FUA, FLAG_MAPPED, FLAG_MISCOMPARE,
     FLAG_UNMAP,
 };
-use super::{ChunkError, ChunkRef, Mirror};
+use super::{ChunkError, ChunkRef, Mirror, Secondary};
 use crate::backend::SgList;
 use crate::cluster::api::{SdsControl, SdsControlReply, CHUNK_SIZE};
 use bytes::Bytes;
@@ -110,15 +110,15 @@ impl ChunkClient {
         Ok(data)
     }
 
-    /// Writes `data` at `offset`; with `mirror` the SDS also writes the second copy
-    /// there and answers only when both are written.
+    /// Writes `data` at `offset`; with a mirror as `secondary` the SDS also writes the
+    /// second copy there and answers only when both are written.
     pub async fn write(
         &self,
         at: ChunkRef,
         offset: u32,
         data: SgList,
         fua: bool,
-        mirror: Option<Mirror>,
+        secondary: impl Into<Secondary>,
     ) -> Result<(), ChunkError> {
         let len = u32::try_from(data.len())
             .map_err(|_| ChunkError::Protocol(format!("{}-byte write", data.len())))?;
@@ -127,7 +127,7 @@ impl ChunkClient {
         h.offset = offset;
         h.length = len;
         h.payload_len = len;
-        h.mirror = mirror;
+        h.set_secondary(secondary.into());
         if fua {
             h.flags |= FLAG_FUA;
         }
@@ -135,8 +135,8 @@ impl ChunkClient {
     }
 
     /// Runs an atomic read-modify-write on a range of the chunk's primary copy (see
-    /// [`wire`]); with `mirror` the SDS writes the result to the second copy as well
-    /// before answering. `payload` is compare data then write data for
+    /// [`wire`]); with a mirror as `secondary` the SDS writes the result to the second
+    /// copy as well before answering. `payload` is compare data then write data for
     /// compare-and-write, the data otherwise. `Ok(Some(offset))` is a miscompare at
     /// that byte of the range: nothing was written.
     pub async fn atomic(
@@ -146,7 +146,7 @@ impl ChunkClient {
         kind: AtomicKind,
         payload: SgList,
         fua: bool,
-        mirror: Option<Mirror>,
+        secondary: impl Into<Secondary>,
     ) -> Result<Option<u64>, ChunkError> {
         let total = u32::try_from(payload.len())
             .map_err(|_| ChunkError::Protocol(format!("{}-byte payload", payload.len())))?;
@@ -158,8 +158,8 @@ impl ChunkClient {
             AtomicKind::Or | AtomicKind::Write => total,
         };
         h.payload_len = total;
-        h.mirror = mirror;
         h.flags = kind.flags() | if fua { FLAG_FUA } else { 0 };
+        h.set_secondary(secondary.into());
         let (resp, _) = self.call(h, &payload).await?;
         Ok((resp.flags & FLAG_MISCOMPARE != 0).then_some(resp.aux))
     }
@@ -172,13 +172,13 @@ impl ChunkClient {
         offset: u32,
         len: u32,
         unmap: bool,
-        mirror: Option<Mirror>,
+        secondary: impl Into<Secondary>,
     ) -> Result<(), ChunkError> {
         let mut h = RequestHeader::new(Op::WriteZeroes, 0);
         h.at = at;
         h.offset = offset;
         h.length = len;
-        h.mirror = mirror;
+        h.set_secondary(secondary.into());
         if unmap {
             h.flags |= FLAG_UNMAP;
         }
@@ -186,7 +186,7 @@ impl ChunkClient {
     }
 
     /// Asks the SDS holding `at` (the destination chunk's primary copy) to copy `len`
-    /// bytes from `src` to `offset` of it, and to `mirror`: the data moves between SDS
+    /// bytes from `src` to `offset` of it, and to its `secondary`: the data moves between SDS
     /// and never through this client. With `unmap` a never-written source range may
     /// leave the destination deallocated (thin) instead of written with zeros.
     #[allow(clippy::too_many_arguments)]
@@ -198,13 +198,13 @@ impl ChunkClient {
         src: &CopySource,
         fua: bool,
         unmap: bool,
-        mirror: Option<Mirror>,
+        secondary: impl Into<Secondary>,
     ) -> Result<(), ChunkError> {
         let mut h = RequestHeader::new(Op::Copy, 0);
         h.at = at;
         h.offset = offset;
         h.length = len;
-        h.mirror = mirror;
+        h.set_secondary(secondary.into());
         h.payload_len = wire::COPY_SOURCE_LEN as u32;
         if fua {
             h.flags |= FLAG_FUA;

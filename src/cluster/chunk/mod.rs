@@ -32,6 +32,36 @@ pub struct Mirror {
     pub device: u64,
 }
 
+/// What the receiving primary does with a write besides storing its own copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secondary {
+    /// Forwards it to this copy and answers once both are written.
+    Mirror(Mirror),
+    /// The chunk has lost its second copy (degraded): the primary marks the chunk
+    /// dirty, so that copy can catch up if its SDS returns.
+    Missing,
+    /// The chunk's pool keeps a single copy: nothing is missing and nothing is
+    /// marked (a dirty mark would only keep a whole-chunk UNMAP from freeing the
+    /// slot, since a dirty chunk keeps its slot until replicated).
+    SingleCopy,
+}
+
+/// A mirror, or none because the chunk is degraded.
+impl From<Option<Mirror>> for Secondary {
+    fn from(m: Option<Mirror>) -> Self {
+        m.map_or(Secondary::Missing, Secondary::Mirror)
+    }
+}
+
+impl Secondary {
+    pub fn mirror(self) -> Option<Mirror> {
+        match self {
+            Secondary::Mirror(m) => Some(m),
+            Secondary::Missing | Secondary::SingleCopy => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ChunkError {
     #[error("layout epoch {sent} is older than the SDS's {current}; refetch the layout")]

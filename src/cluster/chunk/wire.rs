@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | 0 | 2 | magic `0x4451` ("DQ") |
 //! | 2 | 1 | op: 1 Read, 2 Write, 3 WriteZeroes, 4 Flush, 5 Status, 6 Control, 7 Atomic, 8 Copy, 9 Replicate |
-//! | 3 | 1 | flags: 0x01 FUA (Write, WriteZeroes, Atomic, Copy), 0x02 UNMAP (WriteZeroes, Copy), bits 0x30 the Atomic kind: 0x10 compare-and-write, 0x20 or-write, 0x30 atomic write, 0x40 FORWARDED (Write, WriteZeroes; never with a mirror): sent by a primary SDS for its mirror copy, or by Replicate |
+//! | 3 | 1 | flags: 0x01 FUA (Write, WriteZeroes, Atomic, Copy), 0x02 UNMAP (WriteZeroes, Copy), 0x04 SINGLE_COPY (Write, WriteZeroes, Atomic, Copy; never with a mirror or FORWARDED): the chunk's pool keeps one copy, bits 0x30 the Atomic kind: 0x10 compare-and-write, 0x20 or-write, 0x30 atomic write, 0x40 FORWARDED (Write, WriteZeroes; never with a mirror): sent by a primary SDS for its mirror copy, or by Replicate |
 //! | 4 | 4 | payload_len (Write, Atomic or-write and write: = length; Atomic compare-and-write: 2 × length, compare data then write data; Control: JSON; Copy: 64; others 0) |
 //! | 8 | 8 | tag, echoed in the response |
 //! | 16 | 8 | layout epoch |
@@ -59,7 +59,9 @@
 //! never marks the chunk dirty. A Write, WriteZeroes, Atomic or Copy with neither a
 //! mirror nor FORWARDED is a *degraded* primary write (the layout gives the chunk no
 //! secondary): the SDS sets the chunk's persistent dirty bit before acknowledging it,
-//! as it does when a forward to the mirror fails.
+//! as it does when a forward to the mirror fails. With SINGLE_COPY it is not degraded:
+//! the chunk's pool keeps one copy, no copy can come back to catch up, and nothing is
+//! marked.
 //!
 //! Replicate (9) is sent by the MDM to the SDS holding a chunk copy, for rebuild,
 //! backward rebuild and rebalance: the header's chunk reference names that copy (volume,
@@ -86,7 +88,7 @@
 //! A header is validated once, here, by both ends: the receiver before it reads a
 //! payload, the sender before it puts a nonsensical request on the wire.
 
-use super::{ChunkError, ChunkRef, Mirror};
+use super::{ChunkError, ChunkRef, Mirror, Secondary};
 use crate::cluster::api::CHUNK_SIZE;
 
 pub const REQUEST_MAGIC: u16 = 0x4451;
@@ -101,6 +103,9 @@ pub const MAX_CONTROL_PAYLOAD: u32 = 64 << 20;
 pub const FLAG_FUA: u8 = 0x01;
 /// Request flag (WriteZeroes): the range may be deallocated.
 pub const FLAG_UNMAP: u8 = 0x02;
+/// Request flag (Write, WriteZeroes, Atomic, Copy without a mirror): the chunk's pool
+/// keeps one copy, so the write is not degraded; see the module doc.
+pub const FLAG_SINGLE_COPY: u8 = 0x04;
 /// Request flag (Write, WriteZeroes): a copy sent by the chunk's primary (a mirror write
 /// or a Replicate piece), not a write of the primary's own; see the module doc.
 pub const FLAG_FORWARDED: u8 = 0x40;
@@ -195,10 +200,10 @@ impl Op {
 
     fn allowed_flags(self) -> u8 {
         match self {
-            Op::Write => FLAG_FUA | FLAG_FORWARDED,
-            Op::WriteZeroes => FLAG_FUA | FLAG_UNMAP | FLAG_FORWARDED,
-            Op::Copy => FLAG_FUA | FLAG_UNMAP,
-            Op::Atomic => FLAG_FUA | ATOMIC_KIND_MASK,
+            Op::Write => FLAG_FUA | FLAG_FORWARDED | FLAG_SINGLE_COPY,
+            Op::WriteZeroes => FLAG_FUA | FLAG_UNMAP | FLAG_FORWARDED | FLAG_SINGLE_COPY,
+            Op::Copy => FLAG_FUA | FLAG_UNMAP | FLAG_SINGLE_COPY,
+            Op::Atomic => FLAG_FUA | ATOMIC_KIND_MASK | FLAG_SINGLE_COPY,
             _ => 0,
         }
     }
@@ -248,6 +253,19 @@ impl RequestHeader {
     /// Sent by the chunk's primary for its mirror copy (or by Replicate).
     pub fn forwarded(&self) -> bool {
         self.flags & FLAG_FORWARDED != 0
+    }
+
+    /// A primary write to a chunk whose pool keeps one copy.
+    pub fn single_copy(&self) -> bool {
+        self.flags & FLAG_SINGLE_COPY != 0
+    }
+
+    /// Names the mirror, or says why there is none.
+    pub fn set_secondary(&mut self, secondary: Secondary) {
+        self.mirror = secondary.mirror();
+        if secondary == Secondary::SingleCopy {
+            self.flags |= FLAG_SINGLE_COPY;
+        }
     }
 
     /// The kind of an Atomic request; `None` for other ops (and for an Atomic header
@@ -322,8 +340,11 @@ impl RequestHeader {
         if op == Op::Atomic && self.atomic_kind().is_none() {
             return Err(WireError::NoAtomicKind(self.flags));
         }
-        if self.forwarded() && self.mirror.is_some() {
-            // A forwarded copy is the last hop: it is never forwarded again.
+        // A forwarded copy is the last hop: it is never forwarded again; and a single
+        // copy has no mirror, nor is it anyone's mirror.
+        if (self.forwarded() || self.single_copy()) && self.mirror.is_some()
+            || self.forwarded() && self.single_copy()
+        {
             return Err(WireError::BadFlags {
                 op,
                 flags: self.flags,
@@ -760,6 +781,30 @@ mod tests {
         r.offset = 512;
         r.length -= 512;
         assert_eq!(r.check(), Err(WireError::BadReplicate));
+    }
+
+    #[test]
+    fn single_copy_writes_have_no_mirror_and_are_no_mirror() {
+        let mut w = write_req();
+        w.set_secondary(Secondary::SingleCopy);
+        assert_eq!(
+            (w.mirror, w.flags & FLAG_SINGLE_COPY),
+            (None, FLAG_SINGLE_COPY)
+        );
+        let back = RequestHeader::decode(&w.encode()).unwrap();
+        assert!(back.single_copy() && !back.forwarded());
+        w.mirror = Some(Mirror { sds: 1, device: 1 });
+        assert!(matches!(w.check(), Err(WireError::BadFlags { .. })));
+        w.mirror = None;
+        w.flags |= FLAG_FORWARDED;
+        assert!(matches!(w.check(), Err(WireError::BadFlags { .. })));
+        let mut r = RequestHeader::new(Op::Read, 1);
+        r.flags = FLAG_SINGLE_COPY;
+        assert!(matches!(r.check(), Err(WireError::BadFlags { .. })));
+        let mut m = write_req();
+        m.set_secondary(Secondary::Mirror(Mirror { sds: 2, device: 3 }));
+        assert_eq!(m.flags & FLAG_SINGLE_COPY, 0);
+        m.check().unwrap();
     }
 
     #[test]

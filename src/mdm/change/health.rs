@@ -7,17 +7,20 @@
 //!   readable again with nothing to rebuild;
 //! - a copy that is being filled (`syncing`) is never promoted to primary;
 //! - the copy that left a chunk when its SDS went down is remembered (`absent`) until
-//!   rebuild replaces it, so a returning SDS can take it back cheaply.
+//!   rebuild replaces it, so a returning SDS can take it back cheaply;
+//! - a chunk of a single-copy pool has its one copy and nothing else: a missing
+//!   secondary is its normal shape, never a loss to rebuild or remember, and its copy
+//!   moves by staying primary until the new copy is whole, then handing over.
 
 use super::{touch, ChangeError};
-use crate::cluster::api::{By, NO_COPY};
+use crate::cluster::api::{By, Protection, NO_COPY};
 use crate::mdm::model::{State, Volume};
 use std::collections::{BTreeSet, HashSet};
 
 /// What declaring an SDS down did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Failed {
-    /// Chunks left with one whole copy.
+    /// Chunks of two-copy pools left with one whole copy.
     pub degraded: u64,
     /// Chunks whose only copy is on a down SDS: unreadable until it returns.
     pub unavailable: u64,
@@ -56,6 +59,7 @@ fn drop_down_copies(st: &mut State) -> Failed {
     let mut out = Failed::default();
     let ids: Vec<u64> = st.volumes.keys().copied().collect();
     for id in ids {
+        let two_copies = keeps(st, id) == Protection::TwoCopies;
         let v = st.volumes.get_mut(&id).expect("listed");
         let before = (v.chunks.clone(), v.syncing.clone(), v.absent.clone());
         for c in 0..v.chunks.len() {
@@ -86,7 +90,8 @@ fn drop_down_copies(st: &mut State) -> Failed {
                     }
                     out.unavailable += 1;
                 }
-            } else if lost_secondary {
+            } else if lost_secondary && two_copies {
+                // (A single copy that lost its move target is simply whole again.)
                 out.degraded += 1;
             }
         }
@@ -98,6 +103,11 @@ fn drop_down_copies(st: &mut State) -> Failed {
         }
     }
     out
+}
+
+/// The protection of volume `id`'s pool.
+fn keeps(st: &State, id: u64) -> Protection {
+    st.protection(st.volumes[&id].pool)
 }
 
 /// Whether any device of the volume's layout is down (the layout shows which, so a
@@ -180,9 +190,11 @@ pub fn confirm_whole(st: &mut State, chunks: &[(ChunkId, u64)]) {
 }
 
 /// A new copy for each chunk: `(chunk, device replacing, target device)`. `None` as
-/// the device replacing fills a degraded chunk's missing secondary; a device gives the
-/// chunk a new copy in place of that one (a move): the other copy becomes (or stays)
-/// primary and the new one is its syncing secondary. Moves the volumes' epochs.
+/// the device replacing fills a degraded chunk's missing secondary (two-copy pools);
+/// a device gives the chunk a new copy in place of that one (a move): the other copy
+/// becomes (or stays) primary and the new one is its syncing secondary. A chunk's only
+/// copy (single-copy pools) stays primary while the new one fills as its secondary,
+/// and hands over when that is whole (`finish_copies`). Moves the volumes' epochs.
 ///
 /// Plans are made from a snapshot; a start whose chunk no longer has the shape it was
 /// planned for (a failure, a returning SDS or another change came between) is
@@ -207,10 +219,13 @@ pub fn start_copies(
             continue;
         };
         let (pd, sd) = (v.device_at(p), v.device_at(s));
-        let keep = match from {
-            None if sd.is_none() => pd,
-            Some(d) if pd == Some(d) && !v.syncing.contains(&c) => sd,
-            Some(d) if sd == Some(d) && !v.syncing.contains(&c) => pd,
+        let whole = !v.syncing.contains(&c);
+        // The copy that stays primary while the target fills.
+        let keep = match (keeps(st, id), from) {
+            (Protection::TwoCopies, None) if sd.is_none() => pd,
+            (Protection::TwoCopies, Some(d)) if pd == Some(d) && whole => sd,
+            (Protection::TwoCopies, Some(d)) if sd == Some(d) && whole => pd,
+            (Protection::SingleCopy, Some(d)) if pd == Some(d) && sd.is_none() => pd,
             _ => None,
         };
         let fits = keep
@@ -236,16 +251,70 @@ pub fn start_copies(
     applied
 }
 
-/// Copies made whole by Replicate: `(chunk, target device)`. A chunk whose secondary
-/// moved on meanwhile (its target failed) is left alone.
+/// What committing a copy Replicate made whole does to its chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    /// The chunk moved on meanwhile (its target failed, or a newer plan replaced it).
+    Stale,
+    /// The target is a whole secondary beside the primary.
+    Whole,
+    /// The target replaces the chunk's only copy (a single-copy move): it becomes the
+    /// primary, and this device's copy leaves the layout.
+    Replaces(u64),
+}
+
+fn finish_of(st: &State, (v, c): ChunkId, target: u64) -> Finish {
+    let Some(vol) = st.volumes.get(&v) else {
+        return Finish::Stale;
+    };
+    let [p, s] = vol.copies(c as usize);
+    if s != Some(target) || !vol.syncing.contains(&c) {
+        return Finish::Stale;
+    }
+    match (keeps(st, v), p) {
+        (Protection::SingleCopy, Some(p)) => Finish::Replaces(p),
+        _ => Finish::Whole,
+    }
+}
+
+/// The copies committing `done` would take out of the layouts, as (volume, device):
+/// old primaries of single-copy moves, which must be fenced before that commit.
+pub fn replaced_by_finish(st: &State, done: &[(ChunkId, u64)]) -> Vec<(u64, u64)> {
+    done.iter()
+        .filter_map(|&(chunk, target)| match finish_of(st, chunk, target) {
+            Finish::Replaces(old) => Some((chunk.0, old)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Copies made whole by Replicate: `(chunk, target device)`. The target stops
+/// syncing; in a single-copy pool it becomes the chunk's primary and only copy (the
+/// old one is left to the sweep), which moves the volume's epoch. A chunk whose
+/// secondary moved on meanwhile (its target failed) is left alone.
 pub fn finish_copies(st: &mut State, done: &[(ChunkId, u64)]) {
-    for &((v, c), target) in done {
-        if let Some(v) = st.volumes.get_mut(&v) {
-            let s = v.chunks[c as usize][1];
-            if v.device_at(s) == Some(target) {
-                v.syncing.remove(&c);
+    let mut handed_over = BTreeSet::new();
+    for &(chunk, target) in done {
+        let finish = finish_of(st, chunk, target);
+        let Some(v) = st.volumes.get_mut(&chunk.0) else {
+            continue;
+        };
+        let c = chunk.1 as usize;
+        match finish {
+            Finish::Stale => continue,
+            Finish::Whole => {}
+            Finish::Replaces(_) => {
+                v.chunks[c] = [v.chunks[c][1], NO_COPY];
+                handed_over.insert(v.id);
             }
         }
+        v.syncing.remove(&chunk.1);
+    }
+    for id in handed_over {
+        if let Some(v) = st.volumes.get_mut(&id) {
+            v.epoch += 1;
+        }
+        touch(st, id);
     }
 }
 
@@ -418,6 +487,111 @@ mod tests {
             .find(|&c| w.st.volumes[&v].chunks[c][1] == NO_COPY)
             .unwrap() as u64;
         assert!(start_copies(&mut w.st, &[((v, c), None, third)]).is_empty());
+        w.st.check().unwrap();
+    }
+
+    /// `world`, with pool1 keeping one copy per chunk.
+    fn single_copy_world(chunks: u64) -> (World, u64, [u64; 3]) {
+        let mut w = World::new();
+        w.single_copy();
+        let sds = [
+            w.sds("10.0.0.1", &[100]),
+            w.sds("10.0.0.2", &[100]),
+            w.sds("10.0.0.3", &[100]),
+        ];
+        let v = w.volume("v", chunks, true);
+        (w, v, sds)
+    }
+
+    #[test]
+    fn a_single_copy_on_a_failed_sds_is_unavailable_until_it_returns() {
+        let (mut w, v, sds) = single_copy_world(30);
+        let before = w.st.volumes[&v].chunks.clone();
+        let on_first = (0..30).filter(|&c| sds_of(&w.st, v, c, 0) == Some(sds[0]));
+        let on_first = on_first.count() as u64;
+        assert!(on_first > 0);
+        let f = fail_sds(&mut w.st, sds[0]).unwrap();
+        assert_eq!(
+            f,
+            Failed {
+                degraded: 0,
+                unavailable: on_first
+            }
+        );
+        let vol = &w.st.volumes[&v];
+        // Every copy stays where it was, the lost ones marked down by their SDS.
+        assert_eq!(vol.chunks, before);
+        assert!(vol.absent.is_empty() && vol.syncing.is_empty());
+        w.st.check().unwrap();
+        let epoch = w.st.volumes[&v].epoch;
+        assert!(return_sds(&mut w.st, sds[0]).unwrap().is_empty());
+        let vol = &w.st.volumes[&v];
+        assert_eq!(vol.chunks, before);
+        assert!(vol.syncing.is_empty(), "nothing to copy back");
+        assert_eq!(
+            vol.epoch,
+            epoch + 1,
+            "the layout no longer marks the SDS down"
+        );
+        w.st.check().unwrap();
+    }
+
+    #[test]
+    fn a_single_copy_moves_by_handing_over_once_its_target_is_whole() {
+        let (mut w, v, sds) = single_copy_world(4);
+        let p = w.st.volumes[&v].copies(0)[0].unwrap();
+        let owner = w.st.sds_of(p).unwrap().id;
+        let to = sds
+            .iter()
+            .find(|&&s| s != owner)
+            .map(|s| w.st.sds[s].devices[0].id)
+            .unwrap();
+        // Rebuild has nothing to fill, and a move never targets the copy's own SDS.
+        assert!(start_copies(&mut w.st, &[((v, 0), None, to)]).is_empty());
+        let same = w.st.sds[&owner].devices[0].id;
+        assert!(start_copies(&mut w.st, &[((v, 0), Some(p), same)]).is_empty());
+        let epoch = w.st.volumes[&v].epoch;
+        assert_eq!(start_copies(&mut w.st, &[((v, 0), Some(p), to)]).len(), 1);
+        // The only copy stays primary while the target fills as its secondary.
+        assert_eq!(w.st.volumes[&v].copies(0), [Some(p), Some(to)]);
+        assert!(w.st.volumes[&v].syncing.contains(&0));
+        w.st.check().unwrap();
+        let done = [((v, 0), to)];
+        assert_eq!(replaced_by_finish(&w.st, &done), [(v, p)]);
+        finish_copies(&mut w.st, &done);
+        let vol = &w.st.volumes[&v];
+        assert_eq!(vol.copies(0), [Some(to), None]);
+        assert!(vol.syncing.is_empty());
+        assert_eq!(
+            vol.epoch,
+            epoch + 2,
+            "the start and the handover both move it"
+        );
+        w.st.check().unwrap();
+        // A second report of the same copy changes nothing.
+        assert!(replaced_by_finish(&w.st, &done).is_empty());
+        finish_copies(&mut w.st, &done);
+        assert_eq!(w.st.volumes[&v].copies(0), [Some(to), None]);
+    }
+
+    #[test]
+    fn a_single_copy_move_whose_target_fails_leaves_the_copy_whole() {
+        let (mut w, v, _) = single_copy_world(4);
+        let p = w.st.volumes[&v].copies(0)[0].unwrap();
+        let to =
+            w.st.sds
+                .values()
+                .find(|s| !s.devices.iter().any(|d| d.id == p))
+                .map(|s| s.devices[0].id)
+                .unwrap();
+        start_copies(&mut w.st, &[((v, 0), Some(p), to)]);
+        let target_sds = w.st.sds_of(to).unwrap().id;
+        let f = fail_sds(&mut w.st, target_sds).unwrap();
+        assert_eq!(f.degraded, 0, "a lost move target degrades nothing");
+        assert_eq!(w.st.volumes[&v].copies(0), [Some(p), None]);
+        assert!(replaced_by_finish(&w.st, &[((v, 0), to)]).is_empty());
+        finish_copies(&mut w.st, &[((v, 0), to)]);
+        assert_eq!(w.st.volumes[&v].copies(0), [Some(p), None]);
         w.st.check().unwrap();
     }
 

@@ -12,7 +12,7 @@ mod volume;
 
 pub use health::{
     confirm_whole, down_devices, fail_device, fail_sds, finish_copies, forget_absent_on,
-    referenced_devices, return_sds, start_copies, ChunkId,
+    referenced_devices, replaced_by_finish, return_sds, start_copies, ChunkId, Failed,
 };
 pub use initiator::{
     add_initiator, chap_words, map_to_initiator, remove_initiator, rename_initiator, set_chap,
@@ -26,7 +26,7 @@ pub use volume::{add_volume, grow_volume, remove_volume, rename_volume, thick_al
 use super::ids::IdGen;
 use super::link::Peer;
 use super::model::{Kind, ModelError, Pool, ProtectionDomain, Sds, State, MAX_LUN, PD, POOL};
-use crate::cluster::api::{fmt_id, By, MediaType, CHUNK_SIZE};
+use crate::cluster::api::{fmt_id, By, MediaType, Protection, CHUNK_SIZE};
 use crate::cluster::iscsi_name::NameError;
 use std::collections::HashSet;
 use std::fmt;
@@ -120,8 +120,12 @@ pub enum ChangeError {
     ZeroSize,
     #[error("volume size {} is over the {} limit; use several volumes", Gb(*.bytes), Gb(MAX_VOLUME_BYTES))]
     TooBig { bytes: u64 },
-    #[error("storage pool {pool} has devices on {sds} SDS; a volume needs devices on at least two SDS because its two copies never share one; add SDS with --add_sds")]
-    TooFewSds { pool: String, sds: usize },
+    #[error("storage pool {pool} has devices on {sds} SDS; {}; add SDS with --add_sds", sds_needed(*.protection))]
+    TooFewSds {
+        pool: String,
+        sds: usize,
+        protection: Protection,
+    },
     #[error("thick volume {volume} needs {} but storage pool {pool} has {} free for thick volumes; make it thin (--thin_provisioned) or add devices to the pool", Gb(*.requested), Gb(*.free))]
     ThickTooLarge {
         volume: String,
@@ -191,6 +195,16 @@ pub enum ChangeError {
         addr: SocketAddr,
         other: String,
     },
+}
+
+/// How many SDS a pool's volumes need, and why.
+fn sds_needed(p: Protection) -> &'static str {
+    match p {
+        Protection::TwoCopies => {
+            "a volume needs devices on at least two SDS because its two copies never share one"
+        }
+        Protection::SingleCopy => "a volume needs devices on at least one SDS",
+    }
 }
 
 /// Why `name` cannot name an object, if it cannot.
@@ -270,6 +284,7 @@ pub fn add_pool(
     pd: &By,
     name: &str,
     media_type: MediaType,
+    protection: Protection,
 ) -> Result<u64, ChangeError> {
     check_name(&POOL, name)?;
     let pd = st.pd(pd)?;
@@ -288,6 +303,7 @@ pub fn add_pool(
             name,
             pd,
             media_type,
+            protection,
             rebuild_policy: Default::default(),
             rebalance_policy: Default::default(),
         },
@@ -384,7 +400,22 @@ pub(crate) mod tests {
         }
 
         pub(crate) fn pool(&mut self, pd: &str, name: &str) -> u64 {
-            add_pool(&mut self.st, &mut self.ids, &by(pd), name, MediaType::Hdd).unwrap()
+            let two = Protection::TwoCopies;
+            add_pool(
+                &mut self.st,
+                &mut self.ids,
+                &by(pd),
+                name,
+                MediaType::Hdd,
+                two,
+            )
+            .unwrap()
+        }
+
+        /// Makes pool1 (still empty) a single-copy pool.
+        pub(crate) fn single_copy(&mut self) {
+            let pool = self.st.pools.values_mut().find(|p| p.name == "pool1");
+            pool.expect("pool1").protection = Protection::SingleCopy;
         }
 
         /// An SDS in pd1 whose devices (in pool1) hold `slots` chunks each.
@@ -468,7 +499,16 @@ pub(crate) mod tests {
             e,
             "protection domain name pd1 is taken; choose another --protection_domain_name"
         );
-        let e = w.refuse(|st, ids| add_pool(st, ids, &by("pd1"), "pool1", MediaType::Ssd));
+        let e = w.refuse(|st, ids| {
+            add_pool(
+                st,
+                ids,
+                &by("pd1"),
+                "pool1",
+                MediaType::Ssd,
+                Protection::TwoCopies,
+            )
+        });
         assert!(
             e.contains("pd1 already has a storage pool named pool1"),
             "{e}"
@@ -482,7 +522,16 @@ pub(crate) mod tests {
             e.contains("(--protection_domain_name) is not usable: it is empty"),
             "{e}"
         );
-        let e = w.refuse(|st, ids| add_pool(st, ids, &by("nope"), "p", MediaType::Ssd));
+        let e = w.refuse(|st, ids| {
+            add_pool(
+                st,
+                ids,
+                &by("nope"),
+                "p",
+                MediaType::Ssd,
+                Protection::TwoCopies,
+            )
+        });
         assert!(e.contains("protection domain nope"), "{e}");
     }
 

@@ -1,7 +1,7 @@
 //! Volumes: creation with every chunk placed, growth, removal and renaming.
 
 use super::{check_name, duplicate, peer, touch, unique_default, ChangeError, MAX_VOLUME_BYTES};
-use crate::cluster::api::{fmt_id, By, SdsControl, CHUNK_SIZE};
+use crate::cluster::api::{fmt_id, By, SdsControl, CHUNK_SIZE, NO_COPY};
 use crate::mdm::ids::IdGen;
 use crate::mdm::link::Peer;
 use crate::mdm::model::{Device, Kind, State, Volume, INITIATOR, SDC, VOLUME};
@@ -19,10 +19,11 @@ pub fn round_size(bytes: u64) -> Result<u64, ChangeError> {
     Ok(bytes.div_ceil(CHUNK_SIZE) * CHUNK_SIZE)
 }
 
-/// Places `count` more chunks for `vol`, counting every chunk already in its pool
-/// (`vol`'s own included, when it is in `st`).
+/// Places `count` more chunks for `vol` with the copies its pool keeps, counting every
+/// chunk already in the pool (`vol`'s own included, when it is in `st`).
 fn place(st: &State, vol: &mut Volume, count: u64) -> Result<(), ChangeError> {
     let pool_name = st.pool_name(vol.pool);
+    let protection = st.protection(vol.pool);
     let devices: Vec<(u64, &Device)> = st.pool_devices(vol.pool).map(|(s, d)| (s.id, d)).collect();
     // Failed or draining SDS and devices get no new copies.
     let open =
@@ -46,19 +47,22 @@ fn place(st: &State, vol: &mut Volume, count: u64) -> Result<(), ChangeError> {
             placer.record(v.copies(i).map(|d| d.map(|d| index[&d])), !v.thin);
         }
     }
-    let free = placer.unreserved() / 2 * CHUNK_SIZE;
-    let placed = placer.place(count, !vol.thin).map_err(|e| match e {
-        PlacementError::TooFewSds { sds } => ChangeError::TooFewSds {
-            pool: pool_name.clone(),
-            sds,
-        },
-        PlacementError::Full { .. } => ChangeError::ThickTooLarge {
-            volume: vol.name.clone(),
-            pool: pool_name.clone(),
-            requested: count * CHUNK_SIZE,
-            free,
-        },
-    })?;
+    let free = placer.unreserved() / protection.copies() * CHUNK_SIZE;
+    let placed = placer
+        .place(count, protection, !vol.thin)
+        .map_err(|e| match e {
+            PlacementError::TooFewSds { sds, .. } => ChangeError::TooFewSds {
+                pool: pool_name.clone(),
+                sds,
+                protection,
+            },
+            PlacementError::Full { .. } => ChangeError::ThickTooLarge {
+                volume: vol.name.clone(),
+                pool: pool_name.clone(),
+                requested: count * CHUNK_SIZE,
+                free,
+            },
+        })?;
     let mut slot: HashMap<u64, u32> = vol
         .devices
         .iter()
@@ -67,10 +71,12 @@ fn place(st: &State, vol: &mut Volume, count: u64) -> Result<(), ChangeError> {
         .collect();
     for pair in placed {
         let at = pair.map(|t| {
-            let dev = devices[t].1.id;
-            *slot.entry(dev).or_insert_with(|| {
-                vol.devices.push(dev);
-                vol.devices.len() as u32 - 1
+            t.map_or(NO_COPY, |t| {
+                let dev = devices[t].1.id;
+                *slot.entry(dev).or_insert_with(|| {
+                    vol.devices.push(dev);
+                    vol.devices.len() as u32 - 1
+                })
             })
         });
         vol.chunks.push(at);
@@ -278,6 +284,51 @@ mod tests {
             })
             .sum();
         assert_eq!(copies, 200);
+    }
+
+    #[test]
+    fn a_single_copy_volume_has_a_primary_per_chunk_and_reserves_one_slot_each() {
+        let mut w = World::new();
+        w.single_copy();
+        let add = |name: &'static str, chunks: u64, thin: bool| {
+            move |st: &mut State, ids: &mut IdGen| {
+                add_volume(
+                    st,
+                    ids,
+                    &by("pd1"),
+                    &by("pool1"),
+                    Some(name),
+                    chunks * CHUNK_SIZE,
+                    thin,
+                )
+            }
+        };
+        let e = w.refuse(add("v", 1, true));
+        assert_eq!(
+            e,
+            "storage pool pool1 has devices on 0 SDS; a volume needs devices on at least one \
+             SDS; add SDS with --add_sds"
+        );
+        // One SDS is enough, and its 100 slots hold 100 thick chunks, not 50.
+        w.sds("10.0.0.1", &[60, 40]);
+        let id = w.volume("v", 100, false);
+        let v = &w.st.volumes[&id];
+        assert!(v.chunks.iter().all(|&[p, s]| p != NO_COPY && s == NO_COPY));
+        assert_eq!(v.devices.len(), 2);
+        w.st.check().unwrap();
+        let alloc = thick_allocations(&w.st, id, 0);
+        let copies: Vec<usize> = alloc
+            .iter()
+            .map(|(_, m)| match m {
+                SdsControl::AllocateThick { chunks, .. } => chunks.len(),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(copies, [100]);
+        let e = w.refuse(add("w", 1, false));
+        assert!(e.contains("has 0 GB free for thick"), "{e}");
+        w.volume("thin", 10, true);
+        w.st.check().unwrap();
     }
 
     #[test]

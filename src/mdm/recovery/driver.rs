@@ -7,15 +7,20 @@
 //! reaches it. Then the primary is sent a Replicate, which copies the chunk under its
 //! exclusive lock and raises the primary's epoch mark, so a write routed with the old
 //! layout either finished before the copy (and is in it) or is refused after it.
+//!
+//! A copy leaving a layout that gateways may still read or write through an older
+//! layout (a move's replaced primary: at the start of a move in a two-copy pool, at
+//! its end in a single-copy pool, where the only copy stays primary until its target
+//! is whole) is fenced first (`Mdm::fence`).
 
 use super::plan::{self, Start};
 use super::progress::{concurrency, Kind};
-use super::Done;
-use crate::cluster::api::{fmt_id, SdsControl, CHUNK_SIZE};
+use super::{Done, Tasks};
+use crate::cluster::api::{fmt_id, Protection, SdsControl, CHUNK_SIZE};
 use crate::cluster::chunk::{ChunkRef, Mirror};
 use crate::mdm::change::{self, ChunkId};
 use crate::mdm::link::{self, Peer};
-use crate::mdm::model::State;
+use crate::mdm::model::{Pool, State};
 use crate::mdm::service::{Mdm, ServiceError};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -72,7 +77,8 @@ async fn step(mdm: &Arc<Mdm>) -> Result<(), ServiceError> {
     Ok(())
 }
 
-/// Commits the copies that finished. The copies moves replaced are left to the sweep.
+/// Commits the copies that finished. The copies moves replaced are left to the sweep;
+/// an old primary a finish replaces (a single copy moving) is fenced first.
 async fn collect(mdm: &Arc<Mdm>) -> Result<(), ServiceError> {
     let mut finished: Vec<(ChunkId, u64)> = Vec::new();
     {
@@ -117,12 +123,40 @@ async fn collect(mdm: &Arc<Mdm>) -> Result<(), ServiceError> {
     if finished.is_empty() {
         return Ok(());
     }
+    let st = mdm.current();
+    let replaced = change::replaced_by_finish(&st, &finished);
+    if !replaced.is_empty() {
+        mdm.recovery.tasks().sweep = true;
+    }
+    let fenced = mdm.fence(&st, &replaced).await;
     mdm.apply::<_, ServiceError>(|st, _| {
-        change::finish_copies(st, &finished);
+        // A volume whose layout moved since its old primaries were fenced keeps its
+        // copies syncing: they are replicated and finished again on the new layout.
+        let done: Vec<(ChunkId, u64)> = finished
+            .iter()
+            .filter(|((v, _), _)| {
+                fenced
+                    .get(v)
+                    .is_none_or(|&e| st.volumes.get(v).is_some_and(|v| v.epoch + 1 == e))
+            })
+            .copied()
+            .collect();
+        change::finish_copies(st, &done);
+        reach_fenced(st, &fenced);
         Ok(())
     })
     .await?;
     Ok(())
+}
+
+/// Which policy a syncing copy runs under: a move's (rebalance, and every copy in a
+/// single-copy pool, which only ever moves copies), else a rebuild's.
+fn kind_of(t: &Tasks, pool: &Pool, key: &ChunkId) -> Kind {
+    if t.moving.contains_key(key) || pool.protection == Protection::SingleCopy {
+        Kind::Rebalance
+    } else {
+        Kind::Rebuild
+    }
 }
 
 /// Starts Replicates for syncing copies, after planning new ones where policies allow.
@@ -141,7 +175,7 @@ async fn start(mdm: &Arc<Mdm>) -> Result<(), ServiceError> {
                 .filter(|v| v.pool == pool.id)
                 .flat_map(|v| v.syncing.iter().map(move |&c| (v.id, c)))
                 .filter(|key| !t.checking.contains(key))
-                .filter(|key| (t.moving.contains_key(key)) == (kind == Kind::Rebalance))
+                .filter(|key| kind_of(&t, pool, key) == kind)
                 .count()
         };
         let busy: HashSet<ChunkId> = {
@@ -156,9 +190,8 @@ async fn start(mdm: &Arc<Mdm>) -> Result<(), ServiceError> {
             }
         }
         let st = mdm.current();
-        let h = plan::health(&st, pool.id);
         let room = concurrency(rebalance).saturating_sub(pending(Kind::Rebalance));
-        if h.degraded_bytes == 0 && room > 0 {
+        if room > 0 && plan::settled(&st, pool.id) {
             let starts = plan::moves(&st, pool.id, room);
             if !starts.is_empty() {
                 mdm.start_copies(&starts, Some(Kind::Rebalance)).await?;
@@ -188,11 +221,7 @@ fn replicate_syncing(mdm: &Arc<Mdm>) {
                 {
                     continue;
                 }
-                let kind = if t.moving.contains_key(&key) {
-                    Kind::Rebalance
-                } else {
-                    Kind::Rebuild
-                };
+                let kind = kind_of(&t, pool, &key);
                 let policy = match kind {
                     Kind::Rebuild => pool.rebuild_policy,
                     Kind::Rebalance => pool.rebalance_policy,
@@ -361,24 +390,26 @@ fn named_copies(st: &State) -> HashSet<CopyAt> {
     out
 }
 
+/// Moves each fenced volume's epoch at least to the one its replaced copies were
+/// fenced with, in the commit that takes them out.
+fn reach_fenced(st: &mut State, fenced: &BTreeMap<u64, u64>) {
+    for (&volume, &epoch) in fenced {
+        if let Some(v) = st.volumes.get_mut(&volume) {
+            v.epoch = v.epoch.max(epoch);
+        }
+    }
+}
+
 impl Mdm {
-    /// Commits new copies (rebuild targets or moves) as syncing secondaries.
-    /// Commits new copies (rebuild targets or moves) as syncing secondaries.
-    ///
-    /// A move takes the copy it replaces out of the layout; if that copy was the
-    /// primary, gateways still holding the old layout would go on reading and
-    /// writing it. So before the commit its SDS is told the coming epoch (`Dirty`
-    /// raises the mark and lets admitted writes finish), and the commit moves every
-    /// such volume's epoch at least that far, whether or not its moves still apply.
-    pub(in crate::mdm) async fn start_copies(
-        &self,
-        starts: &[Start],
-        kind: Option<Kind>,
-    ) -> Result<(), ServiceError> {
-        let st = self.current();
+    /// Fences copies (volume, device) a commit is about to take out of the layouts:
+    /// gateways still holding the old layout would go on reading and writing them. So
+    /// each one's SDS is told its volume's coming epoch first (`Dirty` raises the mark
+    /// and lets admitted writes finish). Returns per volume the epoch it was fenced
+    /// with, which the commit must reach (`reach_fenced`).
+    async fn fence(&self, st: &State, leaving: &[(u64, u64)]) -> BTreeMap<u64, u64> {
         let mut fence: BTreeMap<(u64, u64), u64> = BTreeMap::new();
-        for &((v, _), from, _) in starts {
-            let (Some(old), Some(vol)) = (from, st.volumes.get(&v)) else {
+        for &(v, old) in leaving {
+            let Some(vol) = st.volumes.get(&v) else {
                 continue;
             };
             if let Some(sds) = st.sds_of(old).filter(|s| !s.down) {
@@ -394,14 +425,31 @@ impl Mdm {
                 warn!(sds = %peer.name, error = %e, "could not fence the copy a move replaces");
             }
         }
+        fence.into_iter().map(|((_, v), e)| (v, e)).collect()
+    }
+
+    /// Commits new copies (rebuild targets or moves) as syncing secondaries.
+    ///
+    /// A move in a two-copy pool takes the copy it replaces out of the layout at once,
+    /// so that copy is fenced first; the commit moves every such volume's epoch at
+    /// least that far, whether or not its moves still apply. (A single copy moving
+    /// stays primary until its target is whole; fencing it here too only makes
+    /// gateways fetch the layout that names the target.)
+    pub(in crate::mdm) async fn start_copies(
+        &self,
+        starts: &[Start],
+        kind: Option<Kind>,
+    ) -> Result<(), ServiceError> {
+        let st = self.current();
+        let leaving: Vec<(u64, u64)> = starts
+            .iter()
+            .filter_map(|&((v, _), from, _)| from.map(|old| (v, old)))
+            .collect();
+        let fenced = self.fence(&st, &leaving).await;
         let applied = self
             .apply::<_, ServiceError>(|st, _| {
                 let applied = change::start_copies(st, starts);
-                for (&(_, volume), &epoch) in &fence {
-                    if let Some(v) = st.volumes.get_mut(&volume) {
-                        v.epoch = v.epoch.max(epoch);
-                    }
-                }
+                reach_fenced(st, &fenced);
                 Ok(applied)
             })
             .await?;

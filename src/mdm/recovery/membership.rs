@@ -169,8 +169,10 @@ impl Mdm {
             self.recovery.event(
                 true,
                 format!(
-                    "SDS {name} is down ({why}): {} chunks degraded, {} with no running copy; rebuilding",
-                    f.degraded, f.unavailable
+                    "SDS {name} is down ({why}): {} chunks degraded, {} with no running copy; {}",
+                    f.degraded,
+                    f.unavailable,
+                    next_step(&f)
                 ),
             );
             self.recovery.poke();
@@ -201,10 +203,11 @@ impl Mdm {
             self.recovery.event(
                 true,
                 format!(
-                    "device {path} of SDS {} failed I/O: {} chunks degraded, {} with no other copy; rebuilding; replace it and remove it with --remove_sds_device",
+                    "device {path} of SDS {} failed I/O: {} chunks degraded, {} with no other copy; {}; replace it and remove it with --remove_sds_device",
                     self.sds_name(sds_id),
                     f.degraded,
-                    f.unavailable
+                    f.unavailable,
+                    next_step(&f)
                 ),
             );
             self.recovery.poke();
@@ -555,6 +558,16 @@ impl Mdm {
             .sds
             .get(&id)
             .map_or_else(|| fmt_id(id), |s| s.name.clone())
+    }
+}
+
+/// What follows a failure: a rebuild of the degraded chunks, or (nothing degraded,
+/// e.g. a single-copy pool's) only waiting for the failed copies' return.
+fn next_step(f: &change::Failed) -> &'static str {
+    if f.degraded > 0 {
+        "rebuilding"
+    } else {
+        "nothing to rebuild"
     }
 }
 

@@ -1,6 +1,6 @@
-//! Keeping two copies of every chunk: failure detection (heartbeats, leases, failure
-//! reports), and the background copying that heals and evens out pools (rebuild,
-//! backward rebuild, rebalance, draining a removed SDS).
+//! Keeping every chunk's copies (two, or one in a single-copy pool): failure detection
+//! (heartbeats, leases, failure reports), and the background copying that heals and
+//! evens out pools (rebuild, backward rebuild, rebalance, draining a removed SDS).
 //!
 //! `plan` (pure) picks the copies to make; `driver` runs them against the SDS and
 //! commits the layouts; `membership` handles SDS coming, failing, returning and
@@ -125,14 +125,17 @@ impl Recovery {
         let down = super::change::down_devices(st);
         let mut rebuild_left = 0;
         let mut moving_left = 0;
+        // A single-copy pool only ever moves copies: nothing in it is rebuild work.
+        let single = st.protection(pool) == crate::cluster::api::Protection::SingleCopy;
         for v in st.volumes.values().filter(|v| v.pool == pool) {
             for (c, &[p, s]) in v.chunks.iter().enumerate() {
                 let key = (v.id, c as u64);
-                if moving.contains(&key) {
+                let syncing = v.syncing.contains(&key.1);
+                if moving.contains(&key) || single && syncing {
                     moving_left += 1;
-                } else if down.contains(&v.devices[p as usize]) {
-                    // No running copy to rebuild from: failed, not rebuild work.
-                } else if s == crate::cluster::api::NO_COPY || v.syncing.contains(&(c as u64)) {
+                } else if down.contains(&v.devices[p as usize]) || single {
+                    // No running copy to rebuild from (failed), or nothing missing.
+                } else if s == crate::cluster::api::NO_COPY || syncing {
                     rebuild_left += 1;
                 }
             }

@@ -1,8 +1,9 @@
 //! Which copies to make next, from the state alone: new second copies for degraded
-//! chunks (rebuild) and moves that bring every device to its fair share (rebalance,
-//! and draining an SDS being removed). Pure and deterministic.
+//! chunks (rebuild, two-copy pools only) and moves that bring every device to its fair
+//! share (rebalance, and draining an SDS being removed; a single-copy pool's chunks
+//! move their one copy). Pure and deterministic.
 
-use crate::cluster::api::{Health, CHUNK_SIZE, NO_COPY};
+use crate::cluster::api::{Health, Protection, CHUNK_SIZE, NO_COPY};
 use crate::mdm::change::ChunkId;
 use crate::mdm::model::State;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -61,8 +62,12 @@ fn least_full(devs: &[Dev], avoid: &[u64]) -> Option<usize> {
 }
 
 /// Up to `max` degraded chunks of `pool` (no secondary, primary on a running SDS) that
-/// are not `busy`, each with the device to rebuild its second copy on.
+/// are not `busy`, each with the device to rebuild its second copy on. None in a
+/// single-copy pool, whose chunks have no second copy to lose.
 pub fn rebuilds(st: &State, pool: u64, max: usize, busy: &HashSet<ChunkId>) -> Vec<Start> {
+    if st.protection(pool) == Protection::SingleCopy {
+        return Vec::new();
+    }
     let mut devs = devices(st, pool);
     let index: HashMap<u64, usize> = devs.iter().enumerate().map(|(i, d)| (d.id, i)).collect();
     let mut out = Vec::new();
@@ -116,23 +121,40 @@ pub fn moves_left(st: &State, pool: u64) -> u64 {
         .sum()
 }
 
+/// Whether rebalance may plan in `pool`: no chunk misses a copy its pool keeps and no
+/// copy is being made, so the copies counted are the ones that stay (rebuild goes
+/// first, and a move's target is not counted twice).
+pub fn settled(st: &State, pool: u64) -> bool {
+    health(st, pool).degraded_bytes == 0
+        && !st
+            .volumes
+            .values()
+            .any(|v| v.pool == pool && !v.syncing.is_empty())
+}
+
 /// Up to `max` moves toward an even pool: from the device most over its fair share to
-/// the one most under it, picking chunks whose other copy is on neither SDS. Only for
-/// a pool with nothing degraded or syncing (rebuild goes first).
+/// the one most under it, picking chunks whose other copy (if any) is on neither SDS.
+/// Only for a `settled` pool.
 pub fn moves(st: &State, pool: u64, max: usize) -> Vec<Start> {
     let mut devs = devices(st, pool);
     let fair = fair_shares(&devs);
-    // Chunk copies per device, with the other copy's device.
+    let keeps = st.protection(pool).copies();
+    // Chunk copies per device, with the chunk's other copy's device.
     let mut on: BTreeMap<u64, Vec<(ChunkId, Option<u64>)>> = BTreeMap::new();
     for v in st.volumes.values().filter(|v| v.pool == pool) {
         for c in 0..v.chunks.len() {
-            if v.syncing.contains(&(c as u64)) {
+            let copies = v.copies(c);
+            // Only a chunk with every copy its pool keeps, none being filled, moves.
+            let whole = copies.iter().flatten().count() as u64 == keeps;
+            if !whole || v.syncing.contains(&(c as u64)) {
                 continue;
             }
-            let [p, s] = v.copies(c);
-            if let (Some(p), Some(s)) = (p, s) {
-                on.entry(p).or_default().push(((v.id, c as u64), Some(s)));
-                on.entry(s).or_default().push(((v.id, c as u64), Some(p)));
+            for (i, d) in copies.iter().enumerate() {
+                if let Some(d) = d {
+                    on.entry(*d)
+                        .or_default()
+                        .push(((v.id, c as u64), copies[1 - i]));
+                }
             }
         }
     }
@@ -192,8 +214,8 @@ pub fn moves(st: &State, pool: u64, max: usize) -> Vec<Start> {
 }
 
 /// Whether the copies of `sds` (or of its one `device`) fit on the rest of their
-/// pools, and the pools keep two SDS for the two copies. The error says what is
-/// missing.
+/// pools, and the pools keep an SDS per copy their chunks have (two, or one in a
+/// single-copy pool). The error says what is missing.
 pub fn removal_fits(st: &State, sds: u64, device: Option<u64>) -> Result<(), String> {
     let leaves = |d: &Dev| d.sds == sds && device.is_none_or(|x| x == d.id);
     let pools: HashSet<u64> = st.sds[&sds]
@@ -211,11 +233,17 @@ pub fn removal_fits(st: &State, sds: u64, device: Option<u64>) -> Result<(), Str
         others.sort_unstable();
         others.dedup();
         let name = st.pool_name(pool);
-        if leaving > 0 && others.len() < 2 {
-            return Err(format!(
-                "storage pool {name} would keep {} running SDS, and the two copies of a chunk need two; add an SDS first",
-                others.len()
-            ));
+        let keeps = st.protection(pool);
+        if leaving > 0 && (others.len() as u64) < keeps.copies() {
+            return Err(match keeps {
+                Protection::TwoCopies => format!(
+                    "storage pool {name} would keep {} running SDS, and the two copies of a chunk need two; add an SDS first",
+                    others.len()
+                ),
+                Protection::SingleCopy => format!(
+                    "storage pool {name} would keep no running SDS for its chunks; add an SDS first"
+                ),
+            });
         }
         if leaving > free {
             return Err(format!(
@@ -229,7 +257,7 @@ pub fn removal_fits(st: &State, sds: u64, device: Option<u64>) -> Result<(), Str
         let stuck = drain_left(st, pool, sds, device);
         if stuck > 0 {
             return Err(format!(
-                "storage pool {name} has room for the copies, but {stuck} of them could only go to SDS that already hold their chunk's other copy; add devices to other SDS first"
+                "storage pool {name} has room for the copies, but {stuck} of them could only go to SDS that already hold a copy of their chunk (a copy never moves within its SDS); add devices to other SDS first"
             ));
         }
     }
@@ -274,15 +302,20 @@ fn drain_left(st: &State, pool: u64, sds: u64, device: Option<u64>) -> u64 {
         .count() as u64
 }
 
-/// Protection of a pool's data.
+/// Protection of a pool's data. A single-copy pool's chunk on a running SDS is
+/// unprotected by design (moving or not), never degraded: it has every copy its pool
+/// keeps.
 pub fn health(st: &State, pool: u64) -> Health {
     let down = crate::mdm::change::down_devices(st);
+    let single = st.protection(pool) == Protection::SingleCopy;
     let mut h = Health::default();
     for v in st.volumes.values().filter(|v| v.pool == pool) {
         for (c, &[p, s]) in v.chunks.iter().enumerate() {
             let bytes = CHUNK_SIZE;
             if down.contains(&v.devices[p as usize]) {
                 h.failed_bytes += bytes;
+            } else if single {
+                h.unprotected_bytes += bytes;
             } else if s == NO_COPY || v.syncing.contains(&(c as u64)) {
                 h.degraded_bytes += bytes;
             } else {
@@ -382,6 +415,105 @@ mod tests {
         assert!(per[&fifth] >= 396);
         assert_eq!(moves_left(&w.st, pool), 0);
         w.st.check().unwrap();
+    }
+
+    /// Every chunk of the pool has one copy and no secondary.
+    fn assert_single_copies(st: &State) {
+        for v in st.volumes.values() {
+            assert!(v.syncing.is_empty());
+            for c in 0..v.chunks.len() {
+                let [p, s] = v.copies(c);
+                assert!(p.is_some() && s.is_none(), "chunk {c}: {p:?} {s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_single_copy_pool_is_never_rebuilt_and_its_health_is_unprotected() {
+        let mut w = World::new();
+        w.single_copy();
+        let sds: Vec<u64> = (1..=3)
+            .map(|i| w.sds(&format!("10.0.0.{i}"), &[100]))
+            .collect();
+        w.volume("v", 60, true);
+        let pool = pool(&w);
+        let h = health(&w.st, pool);
+        assert_eq!(
+            (h.protected_bytes, h.degraded_bytes, h.unprotected_bytes),
+            (0, 0, 60 * CHUNK_SIZE)
+        );
+        assert!(settled(&w.st, pool));
+        assert!(rebuilds(&w.st, pool, usize::MAX, &HashSet::new()).is_empty());
+        fail_sds(&mut w.st, sds[0]).unwrap();
+        let h = health(&w.st, pool);
+        assert!(h.failed_bytes > 0 && h.degraded_bytes == 0);
+        assert_eq!(h.failed_bytes + h.unprotected_bytes, 60 * CHUNK_SIZE);
+        assert!(rebuilds(&w.st, pool, usize::MAX, &HashSet::new()).is_empty());
+        // The failed copies stay put: moving them would need a running source.
+        assert!(moves(&w.st, pool, 1024).iter().all(|&(_, from, _)| w
+            .st
+            .sds_of(from.unwrap())
+            .unwrap()
+            .id
+            != sds[0]));
+    }
+
+    #[test]
+    fn a_single_copy_pool_rebalances_and_drains_down_to_one_sds() {
+        let mut w = World::new();
+        w.single_copy();
+        let sds: Vec<u64> = (1..=3)
+            .map(|i| w.sds(&format!("10.0.0.{i}"), &[100]))
+            .collect();
+        w.volume("v", 150, true);
+        let fourth = w.sds("10.0.0.4", &[100]);
+        let pool = pool(&w);
+        assert!(moves_left(&w.st, pool) >= 35);
+        // A move in flight is not counted twice: nothing more is planned meanwhile.
+        let m = moves(&w.st, pool, 4);
+        start_copies(&mut w.st, &m);
+        assert!(!settled(&w.st, pool));
+        let done: Vec<_> = m.iter().map(|&(c, _, t)| (c, t)).collect();
+        finish_copies(&mut w.st, &done);
+        settle(&mut w, pool, 16);
+        assert_single_copies(&w.st);
+        let per = copies_per_sds(&w.st);
+        assert!(per.values().all(|&n| (36..=39).contains(&n)), "{per:?}");
+        assert!(per[&fourth] >= 36);
+        // 150 copies fit on two SDS (200 slots), and one SDS is enough for one copy.
+        for &gone in &sds[..2] {
+            removal_fits(&w.st, gone, None).unwrap();
+            w.st.sds.get_mut(&gone).unwrap().removing = true;
+            settle(&mut w, pool, 16);
+        }
+        let e = removal_fits(&w.st, sds[2], None).unwrap_err();
+        assert!(e.contains("room for 25 of the 75"), "{e}");
+        w.sds("10.0.0.5", &[100]);
+        removal_fits(&w.st, sds[2], None).unwrap();
+        w.st.sds.get_mut(&sds[2]).unwrap().removing = true;
+        settle(&mut w, pool, 16);
+        removal_fits(&w.st, fourth, None).unwrap_err();
+        assert_single_copies(&w.st);
+        let per = copies_per_sds(&w.st);
+        assert_eq!(per.keys().copied().collect::<Vec<_>>().len(), 2, "{per:?}");
+        assert_eq!(per.values().sum::<u64>(), 150);
+        w.st.check().unwrap();
+    }
+
+    #[test]
+    fn a_single_copy_pool_can_leave_one_sds_but_not_none() {
+        let mut w = World::new();
+        w.single_copy();
+        let a = w.sds("10.0.0.1", &[100]);
+        let b = w.sds("10.0.0.2", &[100]);
+        w.volume("v", 20, true);
+        removal_fits(&w.st, a, None).unwrap();
+        w.st.sds.get_mut(&a).unwrap().removing = true;
+        let e = removal_fits(&w.st, b, None).unwrap_err();
+        assert_eq!(
+            e,
+            "storage pool pool1 would keep no running SDS for its chunks; add an SDS first"
+        );
     }
 
     #[test]
