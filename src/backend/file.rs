@@ -1,6 +1,8 @@
 //! A volume kept in one local file (or block device), created sparse.
 
-use super::fileops::{punch_hole, read_at, runs_inline, seek, write_zeros, SEEK_DATA, SEEK_HOLE};
+use super::fileops::{
+    punch_hole, read_at, read_cached, runs_inline, seek, write_zeros, SEEK_DATA, SEEK_HOLE,
+};
 use super::{
     AtomicOp, AtomicOutcome, BackendError, BlockBackend, Provisioning, SgList, BLOCK_SIZE,
 };
@@ -101,6 +103,11 @@ impl BlockBackend for FileBackend {
         let len = blocks as usize * BLOCK_SIZE as usize;
         let off = lba * BLOCK_SIZE as u64;
         let _shared = self.order.read().await;
+        if !runs_inline(len, false) {
+            if let Some(data) = read_cached(&self.file, off, len).map_err(map_io)? {
+                return Ok(data);
+            }
+        }
         self.io(runs_inline(len, false), move |f| read_at(f, off, len))
             .await
     }

@@ -97,39 +97,68 @@ pub(crate) fn runs_inline(len: usize, sync: bool) -> bool {
 /// first: for 1 MiB reads the memset cost as much as the copy. Short reads (past the
 /// end of the file) come back as zeros, as a sparse file's unwritten tail would.
 pub(crate) fn read_at(file: &File, offset: u64, len: usize) -> std::io::Result<Bytes> {
-    extern "C" {
-        fn pread(fd: i32, buf: *mut u8, count: usize, offset: i64) -> isize;
+    Ok(read_into(file, offset, len, false)?.expect("a blocking read never gives up"))
+}
+
+/// As [`read_at`] if every byte is in the page cache; `None` if the read would have to
+/// wait for the device. Lets a large read skip the hand-off to a blocking thread (two
+/// thread switches) when its data is cached, which is the usual case for a hot volume,
+/// without ever blocking an async worker on a disk.
+pub(crate) fn read_cached(file: &File, offset: u64, len: usize) -> std::io::Result<Option<Bytes>> {
+    read_into(file, offset, len, true)
+}
+
+fn read_into(file: &File, offset: u64, len: usize, nowait: bool) -> std::io::Result<Option<Bytes>> {
+    #[repr(C)]
+    struct IoVec {
+        base: *mut u8,
+        len: usize,
     }
+    extern "C" {
+        fn preadv2(fd: i32, iov: *const IoVec, iovcnt: i32, offset: i64, flags: i32) -> isize;
+    }
+    /// Fail with EAGAIN instead of waiting for data that is not in the page cache.
+    const RWF_NOWAIT: i32 = 0x8;
+    const EAGAIN: i32 = 11;
+    const EOPNOTSUPP: i32 = 95;
     let mut buf = BytesMut::with_capacity(len);
     let mut done = 0;
     while done < len {
         let spare = buf.spare_capacity_mut();
-        // SAFETY: `spare` has room for `len - done` bytes; pread writes at most that
-        // many through the raw pointer and we only expose the bytes it reports.
+        let iov = IoVec {
+            base: spare.as_mut_ptr().cast::<u8>(),
+            len: len - done,
+        };
+        // SAFETY: `iov` points into `spare`, which has room for `len - done` bytes;
+        // preadv2 writes at most that many and we only expose the bytes it reports.
         let n = unsafe {
-            pread(
+            preadv2(
                 file.as_raw_fd(),
-                spare.as_mut_ptr().cast::<u8>(),
-                len - done,
+                &iov,
+                1,
                 (offset + done as u64) as i64,
+                if nowait { RWF_NOWAIT } else { 0 },
             )
         };
         if n < 0 {
             let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
+            match e.raw_os_error() {
+                _ if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // Not cached, or a filesystem that cannot tell: the caller reads
+                // on a blocking thread instead.
+                Some(EAGAIN | EOPNOTSUPP) if nowait => return Ok(None),
+                _ => return Err(e),
             }
-            return Err(e);
         }
         if n == 0 {
             buf.resize(len, 0);
             break;
         }
-        // SAFETY: pread initialized exactly `n` more bytes.
+        // SAFETY: preadv2 initialized exactly `n` more bytes.
         unsafe { buf.set_len(done + n as usize) };
         done += n as usize;
     }
-    Ok(buf.freeze())
+    Ok(Some(buf.freeze()))
 }
 
 #[cfg(test)]
@@ -172,5 +201,28 @@ mod tests {
         f.write_all_at(b"hello world", 0).unwrap();
         assert_eq!(&read_at(&f, 6, 5).unwrap()[..], b"world");
         assert_eq!(&read_at(&f, 6, 8).unwrap()[..], b"world\0\0\0");
+    }
+
+    #[test]
+    fn cached_read_returns_what_was_just_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        let data: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        f.write_all_at(&data, 0).unwrap();
+        // Just written, so in the page cache; ext4 and tmpfs answer buffered
+        // RWF_NOWAIT reads from it.
+        let got = read_cached(&f, 4096, 512 << 10).unwrap().expect("cached");
+        assert_eq!(&got[..], &data[4096..4096 + (512 << 10)]);
+        let tail = read_cached(&f, (1 << 20) - 3, 8).unwrap().expect("cached");
+        assert_eq!(
+            &tail[..],
+            &[&data[(1 << 20) - 3..], &[0u8; 5][..]].concat()[..]
+        );
     }
 }

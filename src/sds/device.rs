@@ -11,7 +11,7 @@
 use super::format::{Entry, FormatError, Header, ENTRY_LEN, HEADER_LEN};
 use super::SdsError;
 use crate::backend::fileops::{
-    punch_hole, read_at, seek, write_in_pieces, write_zeros, SEEK_DATA, SEEK_HOLE,
+    punch_hole, read_at, read_cached, seek, write_in_pieces, write_zeros, SEEK_DATA, SEEK_HOLE,
 };
 use crate::backend::SgList;
 use crate::cluster::api::{fmt_id, DeviceReport, CHUNK_SIZE};
@@ -252,15 +252,39 @@ impl Device {
     }
 
     pub fn read(&self, key: ChunkKey, offset: u32, len: u32) -> Result<Bytes, SdsError> {
+        let read = |at| read_at(&self.file, at, len as usize).map(Some);
+        Ok(self
+            .read_with(key, offset, len, read)?
+            .expect("a blocking read never gives up"))
+    }
+
+    /// As [`Device::read`] when the bytes are all in the page cache; `None` when
+    /// reading them would wait for the disk (see [`read_cached`]).
+    pub fn read_cached(
+        &self,
+        key: ChunkKey,
+        offset: u32,
+        len: u32,
+    ) -> Result<Option<Bytes>, SdsError> {
+        self.read_with(key, offset, len, |at| {
+            read_cached(&self.file, at, len as usize)
+        })
+    }
+
+    fn read_with(
+        &self,
+        key: ChunkKey,
+        offset: u32,
+        len: u32,
+        read: impl FnOnce(u64) -> std::io::Result<Option<Bytes>>,
+    ) -> Result<Option<Bytes>, SdsError> {
         self.usable()?;
         let table = self.lock();
         match table.chunks.get(&key) {
-            Some(slot) => {
-                let at = self.header.slot_offset(slot.index) + offset as u64;
-                read_at(&self.file, at, len as usize).map_err(|e| self.io_err(e))
-            }
+            Some(slot) => read(self.header.slot_offset(slot.index) + offset as u64)
+                .map_err(|e| self.io_err(e)),
             // An unwritten chunk reads as zeros, shared rather than allocated.
-            None => Ok(Bytes::from_static(&ZEROS[..len as usize])),
+            None => Ok(Some(Bytes::from_static(&ZEROS[..len as usize]))),
         }
     }
 

@@ -64,7 +64,16 @@ pub async fn execute(
                     let _order = sds.locks.shared(h.at.volume, h.at.chunk).await;
                     admit(sds, h.at)?;
                     let small = runs_inline(h.length as usize, false);
-                    let data = run(small, move || dev.read(key, h.offset, h.length)).await?;
+                    let cached = match small {
+                        true => None,
+                        false => dev
+                            .read_cached(key, h.offset, h.length)
+                            .map_err(device_error)?,
+                    };
+                    let data = match cached {
+                        Some(data) => data,
+                        None => run(small, move || dev.read(key, h.offset, h.length)).await?,
+                    };
                     Ok(Answer::data(data))
                 }
                 Op::Status => {
