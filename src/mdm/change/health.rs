@@ -288,6 +288,23 @@ pub fn replaced_by_finish(st: &State, done: &[(ChunkId, u64)]) -> Vec<(u64, u64)
         .collect()
 }
 
+/// The copies committing `starts` would take out of the layouts that gateways read, as
+/// (volume, device): the primaries two-copy moves replace, which must be fenced before
+/// that commit. A replaced secondary is never read, and a write it took through an
+/// older layout went through the primary, whose Replicate fills the new copy; a single
+/// copy stays primary while its target fills (`replaced_by_finish` fences its handover).
+pub fn replaced_by_start(st: &State, starts: &[(ChunkId, Option<u64>, u64)]) -> Vec<(u64, u64)> {
+    starts
+        .iter()
+        .filter_map(|&((v, c), from, _)| {
+            let vol = st.volumes.get(&v)?;
+            let primary = vol.device_at(vol.chunks.get(c as usize)?[0]);
+            let two = keeps(st, v) == Protection::TwoCopies;
+            (two && from.is_some() && from == primary).then_some((v, from?))
+        })
+        .collect()
+}
+
 /// Copies made whole by Replicate: `(chunk, target device)`. The target stops
 /// syncing; in a single-copy pool it becomes the chunk's primary and only copy (the
 /// old one is left to the sweep), which moves the volume's epoch. A chunk whose
