@@ -16,13 +16,13 @@
 use super::plan::{self, Start};
 use super::progress::{concurrency, Kind};
 use super::{Done, Tasks};
-use crate::cluster::api::{fmt_id, Protection, SdsControl, CHUNK_SIZE};
+use crate::cluster::api::{fmt_id, Protection, SdsControl, SdsControlReply, CHUNK_SIZE};
 use crate::cluster::chunk::{ChunkRef, Mirror};
 use crate::mdm::change::{self, ChunkId};
 use crate::mdm::link::{self, Peer};
 use crate::mdm::model::{Pool, State};
 use crate::mdm::service::{Mdm, ServiceError};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::warn;
@@ -395,16 +395,21 @@ struct Fences {
     /// Per volume, the epoch its leaving copies' SDS were told (or, for an SDS marked
     /// down, which holds no lease, would have been).
     epochs: BTreeMap<u64, u64>,
+    /// Volumes with a leaving copy whose SDS did not confirm its fence (no answer, or
+    /// an error): it may serve gateways on the old layout until its lease ends.
+    unconfirmed: BTreeSet<u64>,
 }
 
 impl Fences {
     /// Whether a commit from `st` may take volume `v`'s fenced copies out of its layout:
-    /// only if they were fenced with the epoch this commit gives it. Had another commit
-    /// moved the epoch since, their SDS would admit that commit's layout, which still
-    /// names them, while gateways on the new one write elsewhere: a stale read.
+    /// only if every fence was confirmed, with the epoch this commit gives it. Had
+    /// another commit moved the epoch since, their SDS would admit that commit's
+    /// layout, which still names them, while gateways on the new one write elsewhere:
+    /// a stale read. (Moves and handovers are never urgent: one that does not hold
+    /// waits for the next tick.)
     fn hold(&self, st: &State, v: u64) -> bool {
         let next = st.volumes.get(&v).map(|vol| vol.epoch + 1);
-        next.is_some() && self.epochs.get(&v) == next.as_ref()
+        next.is_some() && self.epochs.get(&v) == next.as_ref() && !self.unconfirmed.contains(&v)
     }
 }
 
@@ -444,10 +449,12 @@ impl Mdm {
         for (&(sds, volume), &epoch) in &calls {
             let peer = change::peer(&st.sds[&sds]);
             let msg = SdsControl::Dirty { volume, epoch };
-            let r = link::call(self.link.as_ref(), &peer, &msg, CONTROL_TIMEOUT).await;
-            if let Err(e) = r {
-                // It cannot serve anyone it cannot answer either; its lease ends.
-                warn!(sds = %peer.name, error = %e, "could not fence the copy a move replaces");
+            match link::call(self.link.as_ref(), &peer, &msg, CONTROL_TIMEOUT).await {
+                Ok(SdsControlReply::Dirty(_)) => {}
+                other => {
+                    warn!(sds = %peer.name, answer = ?other, "could not fence the copy a move replaces; the move waits");
+                    fences.unconfirmed.insert(volume);
+                }
             }
         }
         fences
@@ -520,7 +527,6 @@ impl Mdm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::api::SdsControlReply;
     use crate::cluster::chunk::ChunkRef;
     use crate::mdm::change::tests::World;
     use crate::mdm::link::SdsLink;
@@ -691,5 +697,44 @@ mod tests {
             .unwrap();
         assert_eq!(m.current().volumes[&v].epoch, e + 1);
         assert!(m.recovery.tasks().owed.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_single_copy_hands_over_only_once_its_old_primary_is_fenced() {
+        let (mut w, [v, _]) = world(true);
+        let p = w.st.volumes[&v].copies(0)[0].unwrap();
+        let to = third(&w.st, v, 0);
+        change::start_copies(&mut w.st, &[((v, 0), Some(p), to)]);
+        let fake = fake();
+        let dir = tempfile::tempdir().unwrap();
+        let m = mdm(&w, dir.path(), fake.clone());
+        let pool = w.st.volumes[&v].pool;
+        let replicated = || {
+            let chunk = (v, 0);
+            let result = Ok(CHUNK_SIZE);
+            m.recovery
+                .done_tx
+                .send(Done {
+                    pool,
+                    chunk,
+                    target: to,
+                    result,
+                })
+                .unwrap();
+        };
+        // p does not answer its fence: it may still serve gateways on the layout that
+        // names it as the primary, so the copy stays syncing and is made again.
+        fake.fail(&addr_of(&w.st, p), "Dirty", "timed out");
+        replicated();
+        collect(&m).await.unwrap();
+        let st = m.current();
+        assert_eq!(st.volumes[&v].copies(0), [Some(p), Some(to)]);
+        assert!(st.volumes[&v].syncing.contains(&0));
+        fake.heal(&addr_of(&w.st, p));
+        replicated();
+        collect(&m).await.unwrap();
+        let st = m.current();
+        assert_eq!(st.volumes[&v].copies(0), [Some(to), None]);
+        assert_eq!(fenced(&fake, &st, p).len(), 2);
     }
 }
