@@ -8,10 +8,10 @@
 //! exclusive lock and raises the primary's epoch mark, so a write routed with the old
 //! layout either finished before the copy (and is in it) or is refused after it.
 //!
-//! A copy leaving a layout that gateways may still read or write through an older
-//! layout (a move's replaced primary: at the start of a move in a two-copy pool, at
-//! its end in a single-copy pool, where the only copy stays primary until its target
-//! is whole) is fenced first (`Mdm::fence`).
+//! A primary leaving a layout while gateways may still read it through an older
+//! layout (at the start of a move in a two-copy pool, at its end in a single-copy
+//! pool, where the only copy stays primary until its target is whole) is fenced first
+//! (`Mdm::fence`).
 
 use super::plan::{self, Start};
 use super::progress::{concurrency, Kind};
@@ -483,22 +483,23 @@ impl Mdm {
 
     /// Commits new copies (rebuild targets or moves) as syncing secondaries.
     ///
-    /// A move in a two-copy pool takes the copy it replaces out of the layout at once,
-    /// so that copy is fenced first; a move whose replaced primary's fence does not
-    /// hold at the commit (`Fences::hold`) is left for the next plan. (A single copy
-    /// moving stays primary until its target is whole; fencing it here too only makes
-    /// gateways fetch the layout that names the target.)
+    /// A move in a two-copy pool takes the copy it replaces out of the layout at once;
+    /// a replaced primary, which gateways on the old layout still read, is fenced
+    /// first, and its move is left for the next plan if the fence does not hold at the
+    /// commit (`Fences::hold`). Nothing else is fenced (`change::replaced_by_start`):
+    /// a single copy moving stays primary while its target fills, which every write
+    /// routed with the new layout reaches, and its Replicate raises the copy's mark
+    /// under the chunk's exclusive lock, after the writes of the old layout and before
+    /// any later one; a fence would only drain every lock of the SDS.
     pub(in crate::mdm) async fn start_copies(
         &self,
         starts: &[Start],
         kind: Option<Kind>,
     ) -> Result<(), ServiceError> {
         let st = self.current();
-        let leaving: Vec<(u64, u64)> = starts
-            .iter()
-            .filter_map(|&((v, _), from, _)| from.map(|old| (v, old)))
-            .collect();
-        let fences = self.fence(&st, &leaving).await;
+        let fences = self
+            .fence(&st, &change::replaced_by_start(&st, starts))
+            .await;
         let applied = self
             .apply_fenced(|st| {
                 let starts: Vec<Start> = starts
@@ -736,5 +737,48 @@ mod tests {
         let st = m.current();
         assert_eq!(st.volumes[&v].copies(0), [Some(to), None]);
         assert_eq!(fenced(&fake, &st, p).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn only_a_primary_leaving_the_layout_is_fenced() {
+        // A single copy starting to move stays primary: no fence.
+        let (w, [v, _]) = world(true);
+        let p = w.st.volumes[&v].copies(0)[0].unwrap();
+        let to = third(&w.st, v, 0);
+        let (sds, dir) = (fake(), tempfile::tempdir().unwrap());
+        let m = mdm(&w, dir.path(), sds.clone());
+        m.start_copies(&[((v, 0), Some(p), to)], Some(Kind::Rebalance))
+            .await
+            .unwrap();
+        let st = m.current();
+        assert_eq!(st.volumes[&v].copies(0), [Some(p), Some(to)]);
+        assert!(fenced(&sds, &st, p).is_empty());
+        // Two copies: a replaced secondary is never read; a replaced primary is.
+        let (w, [v, _]) = world(false);
+        let [p, s] = w.st.volumes[&v].copies(0).map(Option::unwrap);
+        let [p1, s1] = w.st.volumes[&v].copies(1).map(Option::unwrap);
+        let (t, t1) = (third(&w.st, v, 0), third(&w.st, v, 1));
+        let (sds, dir) = (fake(), tempfile::tempdir().unwrap());
+        let m = mdm(&w, dir.path(), sds.clone());
+        let e = w.st.volumes[&v].epoch;
+        let starts = [((v, 0), Some(s), t), ((v, 1), Some(p1), t1)];
+        m.start_copies(&starts, Some(Kind::Rebalance))
+            .await
+            .unwrap();
+        let st = m.current();
+        assert_eq!(st.volumes[&v].copies(0), [Some(p), Some(t)]);
+        assert_eq!(st.volumes[&v].copies(1), [Some(s1), Some(t1)]);
+        // One fence in all, to p1's SDS.
+        let fences: usize = ADDRS
+            .iter()
+            .map(|ip| {
+                let to = sds.received(&format!("{ip}:7072"));
+                to.iter()
+                    .filter(|m| matches!(m, SdsControl::Dirty { .. }))
+                    .count()
+            })
+            .sum();
+        assert_eq!(fences, 1);
+        assert_eq!(fenced(&sds, &st, p1), [e + 1]);
     }
 }
