@@ -367,14 +367,16 @@ mod tests {
                         assert_eq!(r.primary, primary);
                         assert_eq!(r.at.device, primary.device_id);
                         let mirror = match s {
-                            NO_COPY => None,
-                            s if l.devices[s as usize].sds_id == primary.sds_id => None,
-                            s => Some(Mirror {
+                            NO_COPY => Secondary::Missing,
+                            s if l.devices[s as usize].sds_id == primary.sds_id => {
+                                Secondary::Missing
+                            }
+                            s => Secondary::Mirror(Mirror {
                                 sds: l.devices[s as usize].sds_id,
                                 device: l.devices[s as usize].device_id,
                             }),
                         };
-                        assert_eq!(r.secondary, mirror.into(), "[{p}, {s}]");
+                        assert_eq!(r.secondary, mirror, "[{p}, {s}]");
                     }
                 }
             }

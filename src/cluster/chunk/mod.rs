@@ -46,13 +46,6 @@ pub enum Secondary {
     SingleCopy,
 }
 
-/// A mirror, or none because the chunk is degraded.
-impl From<Option<Mirror>> for Secondary {
-    fn from(m: Option<Mirror>) -> Self {
-        m.map_or(Secondary::Missing, Secondary::Mirror)
-    }
-}
-
 impl Secondary {
     pub fn mirror(self) -> Option<Mirror> {
         match self {
