@@ -1157,6 +1157,55 @@ async fn degraded_and_failed_mirror_writes_are_dirty_across_restarts() {
 }
 
 #[tokio::test]
+async fn a_single_copy_moving_marks_nothing_even_when_its_target_fails() {
+    let (p, s) = pair().await;
+    let pc = &p.client;
+    let moving = Secondary::SingleCopyMoving(Mirror {
+        sds: 2,
+        device: s.device,
+    });
+    // The move's target takes the write (forwarded as a plain copy).
+    pc.write(
+        at(3, 0, p.device, 1),
+        0,
+        vec![1u8; 512].into(),
+        false,
+        moving,
+    )
+    .await
+    .unwrap();
+    let on_target = s.client.read(at(3, 0, s.device, 1), 0, 512).await.unwrap();
+    assert_eq!(on_target, vec![1u8; 512]);
+    // The target fails: the write is refused as a mirror failure, and the single copy
+    // is not marked, so a whole-chunk UNMAP still frees its slot.
+    s.handle.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let e = pc
+        .write(
+            at(3, 0, p.device, 1),
+            0,
+            vec![2u8; 512].into(),
+            false,
+            moving,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ChunkError::Mirror { sds: 2, .. }), "{e}");
+    assert_eq!(dirty(pc, 3).await, Vec::<u64>::new());
+    pc.write_zeroes(
+        at(3, 0, p.device, 2),
+        0,
+        CHUNK_SIZE as u32,
+        true,
+        Secondary::SingleCopy,
+    )
+    .await
+    .unwrap();
+    let held = inventory(pc).await.devices[0].chunks.clone();
+    assert!(!held.contains(&(3, 0)), "{held:?}");
+}
+
+#[tokio::test]
 async fn a_released_sds_runs_bare_and_can_be_claimed_again() {
     let n = node(1).await;
     let c = &n.client;
