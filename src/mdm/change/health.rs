@@ -15,7 +15,7 @@
 use super::{touch, ChangeError};
 use crate::cluster::api::{By, Protection, NO_COPY};
 use crate::mdm::model::{State, Volume};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// What declaring an SDS down did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -333,6 +333,22 @@ pub fn finish_copies(st: &mut State, done: &[(ChunkId, u64)]) {
         }
         touch(st, id);
     }
+}
+
+/// Chunks whose only copy is on one of `devices`, counted per volume name. For devices
+/// down or failed, whose copies the layouts keep only where they are a chunk's last
+/// (`drop_down_copies`), as its primary.
+pub fn last_copies_on(st: &State, devices: &HashSet<u64>) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for v in st.volumes.values() {
+        let n = (0..v.chunks.len())
+            .filter(|&c| v.copies(c)[0].is_some_and(|p| devices.contains(&p)))
+            .count() as u64;
+        if n > 0 {
+            out.insert(v.name.clone(), n);
+        }
+    }
+    out
 }
 
 /// Every device a layout still points at (copies, syncing copies, remembered copies):
