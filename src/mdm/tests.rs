@@ -1309,7 +1309,7 @@ async fn a_single_copy_pool_fails_returns_and_drains_without_a_second_copy() {
         .into_iter()
         .filter(|m| matches!(m, SdsControl::Dirty { volume, .. } if *volume == v))
         .count();
-    assert!(fenced >= 2, "fenced at the start and before the handover");
+    assert!(fenced >= 1, "fenced before the handover");
     let p = pool_until(&env, "the sweep", |_| {
         SDS[1..3]
             .iter()
