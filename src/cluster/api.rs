@@ -67,6 +67,14 @@ impl Protection {
         }
     }
 
+    /// The name an admin types for the mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protection::TwoCopies => "two_copies",
+            Protection::SingleCopy => "single_copy",
+        }
+    }
+
     /// Copies of each chunk, hence also the SDS a volume needs at least (copies of a
     /// chunk never share an SDS).
     pub fn copies(self) -> u64 {

@@ -133,13 +133,19 @@ pub fn route(layout: &Layout, chunk: u64) -> Result<Route<'_>, RouteError> {
             device: primary.device_id,
             epoch: layout.epoch,
         },
-        secondary: match secondary.filter(|s| s.sds_id != primary.sds_id) {
-            Some(s) => Secondary::Mirror(Mirror {
-                sds: s.sds_id,
-                device: s.device_id,
-            }),
-            None if layout.protection == Protection::SingleCopy => Secondary::SingleCopy,
-            None => Secondary::Missing,
+        secondary: {
+            let mirror = secondary
+                .filter(|s| s.sds_id != primary.sds_id)
+                .map(|s| Mirror {
+                    sds: s.sds_id,
+                    device: s.device_id,
+                });
+            match (mirror, layout.protection) {
+                (Some(m), Protection::TwoCopies) => Secondary::Mirror(m),
+                (Some(m), Protection::SingleCopy) => Secondary::SingleCopyMoving(m),
+                (None, Protection::TwoCopies) => Secondary::Missing,
+                (None, Protection::SingleCopy) => Secondary::SingleCopy,
+            }
         },
     })
 }
@@ -286,16 +292,17 @@ mod tests {
     }
 
     #[test]
-    fn a_single_copy_routes_without_a_mirror_and_is_not_degraded() {
+    fn a_single_copy_is_never_degraded_even_while_it_moves() {
         let mut l = layout();
         l.protection = Protection::SingleCopy;
         l.chunks = vec![[0, NO_COPY], [1, 0]];
         assert_eq!(route(&l, 0).unwrap().secondary, Secondary::SingleCopy);
-        // A copy being moved: the target takes every write, mirrored.
+        // A copy being moved: the target takes every write, mirrored, still as a
+        // single copy's (a failed forward marks nothing).
         let r = route(&l, 1).unwrap();
         assert_eq!(
             r.secondary,
-            Secondary::Mirror(Mirror { sds: 1, device: 10 })
+            Secondary::SingleCopyMoving(Mirror { sds: 1, device: 10 })
         );
     }
 
@@ -367,14 +374,16 @@ mod tests {
                         assert_eq!(r.primary, primary);
                         assert_eq!(r.at.device, primary.device_id);
                         let mirror = match s {
-                            NO_COPY => None,
-                            s if l.devices[s as usize].sds_id == primary.sds_id => None,
-                            s => Some(Mirror {
+                            NO_COPY => Secondary::Missing,
+                            s if l.devices[s as usize].sds_id == primary.sds_id => {
+                                Secondary::Missing
+                            }
+                            s => Secondary::Mirror(Mirror {
                                 sds: l.devices[s as usize].sds_id,
                                 device: l.devices[s as usize].device_id,
                             }),
                         };
-                        assert_eq!(r.secondary, mirror.into(), "[{p}, {s}]");
+                        assert_eq!(r.secondary, mirror, "[{p}, {s}]");
                     }
                 }
             }

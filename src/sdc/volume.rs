@@ -920,7 +920,10 @@ mod tests {
             device: 20,
             epoch: 1,
         };
-        let mirror = Some(crate::cluster::chunk::Mirror { sds: 1, device: 10 });
+        let mirror = crate::cluster::chunk::Secondary::Mirror(crate::cluster::chunk::Mirror {
+            sds: 1,
+            device: 10,
+        });
         ChunkClient::new(nodes[1].addr)
             .copy(at, 0, MIB as u32, &source, true, true, mirror)
             .await

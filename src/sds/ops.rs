@@ -117,7 +117,9 @@ pub(super) fn admit(sds: &Sds, at: ChunkRef) -> Result<(), ChunkError> {
 /// mirror (degraded) marks the chunk dirty before its data is written; one whose
 /// forward failed marks it before answering: either way the local copy holds a write
 /// the other copy lacks, which is what the MDM asks for when that copy returns. A
-/// single copy (SINGLE_COPY) has no other copy to lack anything: nothing is marked.
+/// single copy (SINGLE_COPY) has no other copy to lack anything: nothing is marked,
+/// even when its forward to a move's target fails (that target is dropped from the
+/// layout, or the write retried to it).
 async fn write_copies(
     sds: &Sds,
     h: RequestHeader,
@@ -142,6 +144,9 @@ async fn write_copies(
             let (l, r) = tokio::join!(local, mirror(sds, h, forward, m));
             l?;
             if let Err(e) = r {
+                if h.single_copy() {
+                    return Err(e);
+                }
                 if let Err(mark) = blocking(move || dev.mark_dirty(key, true)).await {
                     tracing::error!(volume = %fmt_id(key.0), chunk = key.1, error = %mark, "cannot mark a chunk dirty after its mirror failed; a returning mirror may miss this write");
                 }
@@ -326,7 +331,7 @@ async fn mirror(sds: &Sds, h: RequestHeader, data: SgList, m: Mirror) -> Result<
     })?;
     let mut fwd = h;
     fwd.mirror = None;
-    fwd.flags |= FLAG_FORWARDED;
+    fwd.flags = h.flags & !FLAG_SINGLE_COPY | FLAG_FORWARDED;
     fwd.at = ChunkRef {
         device: m.device,
         ..h.at

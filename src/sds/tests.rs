@@ -12,7 +12,7 @@ use crate::cluster::api::{
 use crate::cluster::chunk::wire::{
     AtomicKind, Op, RequestHeader, ResponseHeader, Status, FLAG_FORWARDED,
 };
-use crate::cluster::chunk::{ChunkClient, ChunkRef, Mirror};
+use crate::cluster::chunk::{ChunkClient, ChunkRef, Mirror, Secondary};
 use crate::cluster::frame;
 use bytes::Bytes;
 use std::fs::File;
@@ -169,7 +169,9 @@ async fn write_read_status_flush_and_inventory() {
     let mut sg = SgList::new();
     sg.push(Bytes::from(vec![0xAA; 2048]));
     sg.push(Bytes::from(vec![0xBB; 2048]));
-    c.write(a, 8192, sg, true, None).await.unwrap();
+    c.write(a, 8192, sg, true, Secondary::Missing)
+        .await
+        .unwrap();
     let r = c.read(a, 4096, 3 * 4096).await.unwrap();
     assert!(r[..4096].iter().all(|&b| b == 0));
     assert!(r[4096..6144].iter().all(|&b| b == 0xAA));
@@ -181,7 +183,9 @@ async fn write_read_status_flush_and_inventory() {
     c.flush().await.unwrap();
 
     // Zeroing without unmap keeps the chunk allocated.
-    c.write_zeroes(a, 8192, 4096, false, None).await.unwrap();
+    c.write_zeroes(a, 8192, 4096, false, Secondary::Missing)
+        .await
+        .unwrap();
     assert_eq!(c.read(a, 8192, 4096).await.unwrap(), vec![0u8; 4096]);
     let inv = inventory(c).await;
     assert_eq!((inv.system_id, inv.sds_id), (SYSTEM, 1));
@@ -190,7 +194,7 @@ async fn write_read_status_flush_and_inventory() {
     // Without a mirror these were degraded writes: the chunk is dirty, and unmapping
     // it whole punches it but keeps the slot, which carries the mark.
     assert_eq!(dirty(c, 5).await, vec![3]);
-    c.write_zeroes(a, 0, CHUNK_SIZE as u32, true, None)
+    c.write_zeroes(a, 0, CHUNK_SIZE as u32, true, Secondary::Missing)
         .await
         .unwrap();
     assert_eq!(inventory(c).await.devices[0].chunks, vec![(5, 3)]);
@@ -221,9 +225,15 @@ async fn pipelined_requests_on_few_connections() {
         set.spawn(async move {
             let a = at(1, i % 8, dev, 1);
             let data = vec![i as u8; 4096];
-            c.write(a, (i / 8) as u32 * 4096, data.into(), false, None)
-                .await
-                .unwrap();
+            c.write(
+                a,
+                (i / 8) as u32 * 4096,
+                data.into(),
+                false,
+                Secondary::Missing,
+            )
+            .await
+            .unwrap();
         });
     }
     while let Some(r) = set.join_next().await {
@@ -251,7 +261,7 @@ async fn mirrored_writes_reach_both_copies() {
         peers: vec![(2, s.handle.addr)],
     };
     assert_eq!(p.client.control(&peers).await.unwrap(), SdsControlReply::Ok);
-    let m = Some(Mirror {
+    let m = Secondary::Mirror(Mirror {
         sds: 2,
         device: s.device,
     });
@@ -285,7 +295,7 @@ async fn mirrored_writes_reach_both_copies() {
             0,
             vec![1u8; 512].into(),
             false,
-            Some(Mirror { sds: 42, device: 1 }),
+            Secondary::Mirror(Mirror { sds: 42, device: 1 }),
         )
         .await
         .unwrap_err();
@@ -318,19 +328,19 @@ async fn a_full_device_answers_no_space() {
         .unwrap();
     until_served(&c, 10).await;
     let one = || SgList::from(vec![1u8; 512]);
-    c.write(at(1, 0, 10, 1), 0, one(), false, None)
+    c.write(at(1, 0, 10, 1), 0, one(), false, Secondary::Missing)
         .await
         .unwrap();
-    c.write(at(1, 1, 10, 1), 0, one(), false, None)
+    c.write(at(1, 1, 10, 1), 0, one(), false, Secondary::Missing)
         .await
         .unwrap();
     let e = c
-        .write(at(1, 2, 10, 1), 0, one(), false, None)
+        .write(at(1, 2, 10, 1), 0, one(), false, Secondary::Missing)
         .await
         .unwrap_err();
     assert!(matches!(e, ChunkError::NoSpace), "{e}");
     // Writing zeros to an unallocated chunk needs no slot.
-    c.write_zeroes(at(1, 2, 10, 1), 0, 512, false, None)
+    c.write_zeroes(at(1, 2, 10, 1), 0, 512, false, Secondary::Missing)
         .await
         .unwrap();
     let thick = SdsControl::AllocateThick {
@@ -360,9 +370,15 @@ async fn a_full_device_answers_no_space() {
 async fn older_epochs_are_refused() {
     let n = node(1).await;
     let c = &n.client;
-    c.write(at(1, 0, n.device, 5), 0, vec![1u8; 512].into(), false, None)
-        .await
-        .unwrap();
+    c.write(
+        at(1, 0, n.device, 5),
+        0,
+        vec![1u8; 512].into(),
+        false,
+        Secondary::Missing,
+    )
+    .await
+    .unwrap();
     let e = c.read(at(1, 0, n.device, 4), 0, 512).await.unwrap_err();
     assert!(
         matches!(
@@ -461,9 +477,15 @@ async fn restart_keeps_data_and_serves_only_once_the_mdm_answers() {
     })
     .await
     .unwrap();
-    c.write(at(3, 7, 40, 1), 100, vec![9u8; 300].into(), false, None)
-        .await
-        .unwrap();
+    c.write(
+        at(3, 7, 40, 1),
+        100,
+        vec![9u8; 300].into(),
+        false,
+        Secondary::Missing,
+    )
+    .await
+    .unwrap();
     h.stop();
 
     let h = start_at(&data, None).await;
@@ -554,9 +576,15 @@ async fn a_corrupt_table_entry_keeps_its_slot_out_of_use() {
     until_served(&c, 10).await;
     for chunk in 0..2 {
         let fill = vec![chunk as u8 + 1; 512];
-        c.write(at(1, chunk, 10, 1), 0, fill.into(), false, None)
-            .await
-            .unwrap();
+        c.write(
+            at(1, chunk, 10, 1),
+            0,
+            fill.into(),
+            false,
+            Secondary::Missing,
+        )
+        .await
+        .unwrap();
     }
     h.stop();
     // Slot 1 holds chunk (1, 1): flip a bit of its table entry.
@@ -575,13 +603,25 @@ async fn a_corrupt_table_entry_keeps_its_slot_out_of_use() {
         vec![0u8; 512]
     );
     for chunk in 2..7 {
-        c.write(at(1, chunk, 10, 1), 0, vec![0xEE; 512].into(), false, None)
-            .await
-            .unwrap();
+        c.write(
+            at(1, chunk, 10, 1),
+            0,
+            vec![0xEE; 512].into(),
+            false,
+            Secondary::Missing,
+        )
+        .await
+        .unwrap();
     }
     // Seven slots, one corrupt: the device is full and slot 1 kept its old bytes.
     let e = c
-        .write(at(1, 9, 10, 1), 0, vec![0xEE; 512].into(), false, None)
+        .write(
+            at(1, 9, 10, 1),
+            0,
+            vec![0xEE; 512].into(),
+            false,
+            Secondary::Missing,
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, ChunkError::NoSpace), "{e}");
@@ -621,11 +661,14 @@ async fn whole_chunks_travel_in_one_request() {
     let c = &n.client;
     let a = at(1, 0, n.device, 1);
     let data: Vec<u8> = (0..CHUNK_SIZE).map(|i| (i % 251) as u8).collect();
-    c.write(a, 0, data.clone().into(), true, None)
+    c.write(a, 0, data.clone().into(), true, Secondary::Missing)
         .await
         .unwrap();
     assert_eq!(c.read(a, 0, CHUNK_SIZE as u32).await.unwrap(), data);
-    let e = c.write(a, 1, data.into(), false, None).await.unwrap_err();
+    let e = c
+        .write(a, 1, data.into(), false, Secondary::Missing)
+        .await
+        .unwrap_err();
     assert!(matches!(e, ChunkError::Protocol(_)), "{e}");
 }
 
@@ -645,7 +688,7 @@ async fn atomic_ops_run_on_the_primary_and_reach_the_mirror() {
         peers: vec![(2, s.handle.addr)],
     };
     p.client.control(&peers).await.unwrap();
-    let m = Some(Mirror {
+    let m = Secondary::Mirror(Mirror {
         sds: 2,
         device: s.device,
     });
@@ -719,7 +762,7 @@ async fn atomic_ops_run_on_the_primary_and_reach_the_mirror() {
             AtomicKind::CompareAndWrite,
             caw_payload(&[0; 512], &[9; 512]),
             false,
-            None,
+            Secondary::Missing,
         )
         .await
         .unwrap();
@@ -759,7 +802,7 @@ async fn concurrent_compare_and_writes_never_both_win() {
         })
         .await
         .unwrap();
-    let m = Some(Mirror {
+    let m = Secondary::Mirror(Mirror {
         sds: 2,
         device: s.device,
     });
@@ -834,7 +877,7 @@ async fn writes_and_reads_wait_for_an_atomic_op_on_their_chunk() {
     })
     .await
     .unwrap();
-    let m = Some(Mirror {
+    let m = Secondary::Mirror(Mirror {
         sds: 2,
         device: s.device,
     });
@@ -844,7 +887,9 @@ async fn writes_and_reads_wait_for_an_atomic_op_on_their_chunk() {
         let c = c.clone();
         tokio::spawn(async move {
             let w = c.write(a, 0, vec![1u8; 512].into(), false, m).await;
-            let d = c.write(a, 1024, vec![4u8; 512].into(), false, None).await;
+            let d = c
+                .write(a, 1024, vec![4u8; 512].into(), false, Secondary::Missing)
+                .await;
             let r = c.read(a, 0, 512).await;
             (held_back, w, d, r)
         })
@@ -910,7 +955,7 @@ async fn a_lapsed_lease_refuses_io_until_a_heartbeat_is_answered() {
     let n = node_with_lease(1, 300).await;
     let c = &n.client;
     let a = at(1, 0, n.device, 1);
-    c.write(a, 0, vec![7u8; 512].into(), false, None)
+    c.write(a, 0, vec![7u8; 512].into(), false, Secondary::Missing)
         .await
         .unwrap();
     n.mdm.script().silent = true;
@@ -924,7 +969,7 @@ async fn a_lapsed_lease_refuses_io_until_a_heartbeat_is_answered() {
         "{m}"
     );
     fenced(
-        c.write(a, 0, vec![1u8; 512].into(), false, None)
+        c.write(a, 0, vec![1u8; 512].into(), false, Secondary::Missing)
             .await
             .unwrap_err(),
     );
@@ -990,11 +1035,11 @@ async fn replicate_copies_data_and_holes_exactly_and_clears_dirty() {
     };
     // Degraded writes on the primary (no mirror): data at 0 and across a piece edge.
     let a = at(7, 0, p.device, 1);
-    pc.write(a, 0, vec![1u8; 4096].into(), false, None)
+    pc.write(a, 0, vec![1u8; 4096].into(), false, Secondary::Missing)
         .await
         .unwrap();
     let big: Vec<u8> = (0..300u32 << 10).map(|i| (i % 253) as u8).collect();
-    pc.write(a, 200 << 10, big.clone().into(), false, None)
+    pc.write(a, 200 << 10, big.clone().into(), false, Secondary::Missing)
         .await
         .unwrap();
     assert_eq!(dirty(pc, 7).await, vec![0]);
@@ -1036,9 +1081,15 @@ async fn replicate_copies_data_and_holes_exactly_and_clears_dirty() {
     assert_eq!(inventory(sc).await.devices[0].chunks, vec![(7, 0)]);
 
     // A target that is not a peer: a mirror failure, and the dirty bit stays.
-    pc.write(at(7, 2, p.device, 2), 0, vec![3u8; 512].into(), false, None)
-        .await
-        .unwrap();
+    pc.write(
+        at(7, 2, p.device, 2),
+        0,
+        vec![3u8; 512].into(),
+        false,
+        Secondary::Missing,
+    )
+    .await
+    .unwrap();
     let e = pc
         .replicate(at(7, 2, p.device, 2), Mirror { sds: 42, device: 1 })
         .await
@@ -1051,7 +1102,7 @@ async fn replicate_copies_data_and_holes_exactly_and_clears_dirty() {
 async fn degraded_and_failed_mirror_writes_are_dirty_across_restarts() {
     let (p, s) = pair().await;
     let pc = &p.client;
-    let m = Some(Mirror {
+    let m = Secondary::Mirror(Mirror {
         sds: 2,
         device: s.device,
     });
@@ -1062,10 +1113,16 @@ async fn degraded_and_failed_mirror_writes_are_dirty_across_restarts() {
     forwarded_write(pc, at(3, 1, p.device, 1), 0, vec![1u8; 512]).await;
     assert_eq!(dirty(pc, 3).await, Vec::<u64>::new());
     // Degraded: a write, a zeroing of a held chunk, an atomic op.
-    pc.write(at(3, 2, p.device, 1), 0, vec![2u8; 512].into(), false, None)
-        .await
-        .unwrap();
-    pc.write_zeroes(at(3, 1, p.device, 1), 0, 512, false, None)
+    pc.write(
+        at(3, 2, p.device, 1),
+        0,
+        vec![2u8; 512].into(),
+        false,
+        Secondary::Missing,
+    )
+    .await
+    .unwrap();
+    pc.write_zeroes(at(3, 1, p.device, 1), 0, 512, false, Secondary::Missing)
         .await
         .unwrap();
     pc.atomic(
@@ -1074,7 +1131,7 @@ async fn degraded_and_failed_mirror_writes_are_dirty_across_restarts() {
         AtomicKind::Write,
         vec![4u8; 512].into(),
         false,
-        None,
+        Secondary::Missing,
     )
     .await
     .unwrap();
@@ -1100,12 +1157,67 @@ async fn degraded_and_failed_mirror_writes_are_dirty_across_restarts() {
 }
 
 #[tokio::test]
+async fn a_single_copy_moving_marks_nothing_even_when_its_target_fails() {
+    let (p, s) = pair().await;
+    let pc = &p.client;
+    let moving = Secondary::SingleCopyMoving(Mirror {
+        sds: 2,
+        device: s.device,
+    });
+    // The move's target takes the write (forwarded as a plain copy).
+    pc.write(
+        at(3, 0, p.device, 1),
+        0,
+        vec![1u8; 512].into(),
+        false,
+        moving,
+    )
+    .await
+    .unwrap();
+    let on_target = s.client.read(at(3, 0, s.device, 1), 0, 512).await.unwrap();
+    assert_eq!(on_target, vec![1u8; 512]);
+    // The target fails: the write is refused as a mirror failure, and the single copy
+    // is not marked, so a whole-chunk UNMAP still frees its slot.
+    s.handle.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let e = pc
+        .write(
+            at(3, 0, p.device, 1),
+            0,
+            vec![2u8; 512].into(),
+            false,
+            moving,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ChunkError::Mirror { sds: 2, .. }), "{e}");
+    assert_eq!(dirty(pc, 3).await, Vec::<u64>::new());
+    pc.write_zeroes(
+        at(3, 0, p.device, 2),
+        0,
+        CHUNK_SIZE as u32,
+        true,
+        Secondary::SingleCopy,
+    )
+    .await
+    .unwrap();
+    let held = inventory(pc).await.devices[0].chunks.clone();
+    assert!(!held.contains(&(3, 0)), "{held:?}");
+}
+
+#[tokio::test]
 async fn a_released_sds_runs_bare_and_can_be_claimed_again() {
     let n = node(1).await;
     let c = &n.client;
-    c.write(at(1, 0, n.device, 1), 0, vec![7u8; 512].into(), false, None)
-        .await
-        .unwrap();
+    c.write(
+        at(1, 0, n.device, 1),
+        0,
+        vec![7u8; 512].into(),
+        false,
+        Secondary::Missing,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         c.control(&SdsControl::Release).await.unwrap(),
         SdsControlReply::Ok

@@ -10,7 +10,8 @@
 mod map_watch;
 
 use crate::cluster::api::{
-    AddSds, AdminReply, AdminRequest, By, DeviceSpec, MdmReply, MdmRequest, MediaType, SdsInfo,
+    AddSds, AdminReply, AdminRequest, By, DeviceSpec, MdmReply, MdmRequest, MediaType, Protection,
+    SdsInfo,
 };
 use crate::cluster::{frame, mdm_client};
 use crate::config::{ClusterConfig, Config, ConfigError};
@@ -19,7 +20,7 @@ use crate::{mdm, sds};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
@@ -68,6 +69,7 @@ pub async fn run(config: &Path, ov: Overrides) -> Result<(), UpError> {
     let marker = data_dir.join("cluster-created");
     if marker.exists() {
         wait_for_sds(&mdm_addr, &sds_addrs).await?;
+        warn_if_mode_differs(&cl, &mdm_addr).await;
     } else {
         bootstrap(&cl, &mdm_addr, &sds_addrs, &data_dir).await?;
         std::fs::write(&marker, "created by dreadnought up\n").map_err(|source| {
@@ -226,6 +228,33 @@ async fn bootstrap(
     Ok(())
 }
 
+/// On a later start, `cluster.protection_mode` no longer applies: the pool keeps the
+/// mode it was created with. An edited one is pointed out rather than silently
+/// ignored.
+async fn warn_if_mode_differs(cl: &ClusterConfig, mdm: &str) {
+    let req = AdminRequest::QueryStoragePool {
+        pd: By::Name(cl.protection_domain.clone()),
+        pool: By::Name(cl.storage_pool.clone()),
+    };
+    if let Ok(AdminReply::StoragePool(p)) = admin(mdm, "query storage pool", req).await {
+        if let Some(text) = mode_differs(&p.name, cl.protection_mode, p.protection) {
+            warn!("{text}");
+        }
+    }
+}
+
+/// The warning for a configured protection mode that is not the existing pool's.
+fn mode_differs(pool: &str, configured: Protection, existing: Protection) -> Option<String> {
+    (configured != existing).then(|| {
+        format!(
+            "cluster.protection_mode is {} but storage pool {pool} keeps {}: a pool's mode is fixed when it is created; set {} to silence this, or stop, remove the data directory and start again to create the cluster anew",
+            configured.name(),
+            existing.name(),
+            existing.name()
+        )
+    })
+}
+
 /// After a restart each SDS reports its (possibly new) address to the MDM; the
 /// gateway must not fetch layouts before the MDM knows them.
 async fn wait_for_sds(mdm: &str, sds: &[SocketAddr]) -> Result<(), UpError> {
@@ -250,5 +279,22 @@ async fn wait_for_sds(mdm: &str, sds: &[SocketAddr]) -> Result<(), UpError> {
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_edited_protection_mode_is_pointed_out() {
+        let one = Protection::SingleCopy;
+        let two = Protection::TwoCopies;
+        assert_eq!(mode_differs("pool1", two, two), None);
+        let text = mode_differs("pool1", one, two).unwrap();
+        assert!(
+            text.starts_with("cluster.protection_mode is single_copy but storage pool pool1 keeps two_copies: a pool's mode is fixed when it is created"),
+            "{text}"
+        );
     }
 }

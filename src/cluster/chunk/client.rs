@@ -118,7 +118,7 @@ impl ChunkClient {
         offset: u32,
         data: SgList,
         fua: bool,
-        secondary: impl Into<Secondary>,
+        secondary: Secondary,
     ) -> Result<(), ChunkError> {
         let len = u32::try_from(data.len())
             .map_err(|_| ChunkError::Protocol(format!("{}-byte write", data.len())))?;
@@ -127,7 +127,7 @@ impl ChunkClient {
         h.offset = offset;
         h.length = len;
         h.payload_len = len;
-        h.set_secondary(secondary.into());
+        h.set_secondary(secondary);
         if fua {
             h.flags |= FLAG_FUA;
         }
@@ -146,7 +146,7 @@ impl ChunkClient {
         kind: AtomicKind,
         payload: SgList,
         fua: bool,
-        secondary: impl Into<Secondary>,
+        secondary: Secondary,
     ) -> Result<Option<u64>, ChunkError> {
         let total = u32::try_from(payload.len())
             .map_err(|_| ChunkError::Protocol(format!("{}-byte payload", payload.len())))?;
@@ -159,7 +159,7 @@ impl ChunkClient {
         };
         h.payload_len = total;
         h.flags = kind.flags() | if fua { FLAG_FUA } else { 0 };
-        h.set_secondary(secondary.into());
+        h.set_secondary(secondary);
         let (resp, _) = self.call(h, &payload).await?;
         Ok((resp.flags & FLAG_MISCOMPARE != 0).then_some(resp.aux))
     }
@@ -172,13 +172,13 @@ impl ChunkClient {
         offset: u32,
         len: u32,
         unmap: bool,
-        secondary: impl Into<Secondary>,
+        secondary: Secondary,
     ) -> Result<(), ChunkError> {
         let mut h = RequestHeader::new(Op::WriteZeroes, 0);
         h.at = at;
         h.offset = offset;
         h.length = len;
-        h.set_secondary(secondary.into());
+        h.set_secondary(secondary);
         if unmap {
             h.flags |= FLAG_UNMAP;
         }
@@ -198,13 +198,13 @@ impl ChunkClient {
         src: &CopySource,
         fua: bool,
         unmap: bool,
-        secondary: impl Into<Secondary>,
+        secondary: Secondary,
     ) -> Result<(), ChunkError> {
         let mut h = RequestHeader::new(Op::Copy, 0);
         h.at = at;
         h.offset = offset;
         h.length = len;
-        h.set_secondary(secondary.into());
+        h.set_secondary(secondary);
         h.payload_len = wire::COPY_SOURCE_LEN as u32;
         if fua {
             h.flags |= FLAG_FUA;
@@ -382,7 +382,7 @@ mod tests {
         let mut c = ChunkClient::new(addr);
         c.slots.truncate(1);
         let e = c
-            .write(at(), 0, vec![1u8; 512].into(), false, None)
+            .write(at(), 0, vec![1u8; 512].into(), false, Secondary::Missing)
             .await
             .unwrap_err();
         assert!(matches!(
@@ -392,7 +392,10 @@ mod tests {
                 current: 9
             }
         ));
-        let e = c.write_zeroes(at(), 0, 512, false, None).await.unwrap_err();
+        let e = c
+            .write_zeroes(at(), 0, 512, false, Secondary::Missing)
+            .await
+            .unwrap_err();
         assert!(matches!(e, ChunkError::NoSpace));
     }
 

@@ -44,19 +44,16 @@ pub enum Secondary {
     /// marked (a dirty mark would only keep a whole-chunk UNMAP from freeing the
     /// slot, since a dirty chunk keeps its slot until replicated).
     SingleCopy,
-}
-
-/// A mirror, or none because the chunk is degraded.
-impl From<Option<Mirror>> for Secondary {
-    fn from(m: Option<Mirror>) -> Self {
-        m.map_or(Secondary::Missing, Secondary::Mirror)
-    }
+    /// The chunk's pool keeps a single copy, and a move is filling its new one here:
+    /// forwarded like a mirror write, but a failed forward marks nothing either (the
+    /// target is dropped from the layout, or the write retried to it).
+    SingleCopyMoving(Mirror),
 }
 
 impl Secondary {
     pub fn mirror(self) -> Option<Mirror> {
         match self {
-            Secondary::Mirror(m) => Some(m),
+            Secondary::Mirror(m) | Secondary::SingleCopyMoving(m) => Some(m),
             Secondary::Missing | Secondary::SingleCopy => None,
         }
     }

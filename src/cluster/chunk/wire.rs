@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | 0 | 2 | magic `0x4451` ("DQ") |
 //! | 2 | 1 | op: 1 Read, 2 Write, 3 WriteZeroes, 4 Flush, 5 Status, 6 Control, 7 Atomic, 8 Copy, 9 Replicate |
-//! | 3 | 1 | flags: 0x01 FUA (Write, WriteZeroes, Atomic, Copy), 0x02 UNMAP (WriteZeroes, Copy), 0x04 SINGLE_COPY (Write, WriteZeroes, Atomic, Copy; never with a mirror or FORWARDED): the chunk's pool keeps one copy, bits 0x30 the Atomic kind: 0x10 compare-and-write, 0x20 or-write, 0x30 atomic write, 0x40 FORWARDED (Write, WriteZeroes; never with a mirror): sent by a primary SDS for its mirror copy, or by Replicate |
+//! | 3 | 1 | flags: 0x01 FUA (Write, WriteZeroes, Atomic, Copy), 0x02 UNMAP (WriteZeroes, Copy), 0x04 SINGLE_COPY (Write, WriteZeroes, Atomic, Copy; never with FORWARDED): the chunk's pool keeps one copy (with a mirror: the copy a move is filling), bits 0x30 the Atomic kind: 0x10 compare-and-write, 0x20 or-write, 0x30 atomic write, 0x40 FORWARDED (Write, WriteZeroes; never with a mirror): sent by a primary SDS for its mirror copy, or by Replicate |
 //! | 4 | 4 | payload_len (Write, Atomic or-write and write: = length; Atomic compare-and-write: 2 × length, compare data then write data; Control: JSON; Copy: 64; others 0) |
 //! | 8 | 8 | tag, echoed in the response |
 //! | 16 | 8 | layout epoch |
@@ -61,7 +61,8 @@
 //! secondary): the SDS sets the chunk's persistent dirty bit before acknowledging it,
 //! as it does when a forward to the mirror fails. With SINGLE_COPY it is not degraded:
 //! the chunk's pool keeps one copy, no copy can come back to catch up, and nothing is
-//! marked.
+//! marked, not even when the forward to a move's target (its mirror) fails: that
+//! target is dropped from the layout or the write retried to it.
 //!
 //! Replicate (9) is sent by the MDM to the SDS holding a chunk copy, for rebuild,
 //! backward rebuild and rebalance: the header's chunk reference names that copy (volume,
@@ -103,8 +104,9 @@ pub const MAX_CONTROL_PAYLOAD: u32 = 64 << 20;
 pub const FLAG_FUA: u8 = 0x01;
 /// Request flag (WriteZeroes): the range may be deallocated.
 pub const FLAG_UNMAP: u8 = 0x02;
-/// Request flag (Write, WriteZeroes, Atomic, Copy without a mirror): the chunk's pool
-/// keeps one copy, so the write is not degraded; see the module doc.
+/// Request flag (Write, WriteZeroes, Atomic, Copy): the chunk's pool keeps one copy, so
+/// the write is not degraded, nor marked if its forward to a move's target fails; see
+/// the module doc.
 pub const FLAG_SINGLE_COPY: u8 = 0x04;
 /// Request flag (Write, WriteZeroes): a copy sent by the chunk's primary (a mirror write
 /// or a Replicate piece), not a write of the primary's own; see the module doc.
@@ -263,7 +265,10 @@ impl RequestHeader {
     /// Names the mirror, or says why there is none.
     pub fn set_secondary(&mut self, secondary: Secondary) {
         self.mirror = secondary.mirror();
-        if secondary == Secondary::SingleCopy {
+        if matches!(
+            secondary,
+            Secondary::SingleCopy | Secondary::SingleCopyMoving(_)
+        ) {
             self.flags |= FLAG_SINGLE_COPY;
         }
     }
@@ -340,11 +345,9 @@ impl RequestHeader {
         if op == Op::Atomic && self.atomic_kind().is_none() {
             return Err(WireError::NoAtomicKind(self.flags));
         }
-        // A forwarded copy is the last hop: it is never forwarded again; and a single
-        // copy has no mirror, nor is it anyone's mirror.
-        if (self.forwarded() || self.single_copy()) && self.mirror.is_some()
-            || self.forwarded() && self.single_copy()
-        {
+        // A forwarded copy is the last hop: it is never forwarded again, and is no
+        // single copy's own write.
+        if self.forwarded() && (self.mirror.is_some() || self.single_copy()) {
             return Err(WireError::BadFlags {
                 op,
                 flags: self.flags,
@@ -784,7 +787,7 @@ mod tests {
     }
 
     #[test]
-    fn single_copy_writes_have_no_mirror_and_are_no_mirror() {
+    fn single_copy_writes_name_only_a_moves_target_and_are_no_mirror() {
         let mut w = write_req();
         w.set_secondary(Secondary::SingleCopy);
         assert_eq!(
@@ -793,9 +796,15 @@ mod tests {
         );
         let back = RequestHeader::decode(&w.encode()).unwrap();
         assert!(back.single_copy() && !back.forwarded());
-        w.mirror = Some(Mirror { sds: 1, device: 1 });
-        assert!(matches!(w.check(), Err(WireError::BadFlags { .. })));
-        w.mirror = None;
+        let target = Mirror { sds: 1, device: 1 };
+        let mut moving = write_req();
+        moving.set_secondary(Secondary::SingleCopyMoving(target));
+        assert_eq!(
+            (moving.mirror, moving.flags & FLAG_SINGLE_COPY),
+            (Some(target), FLAG_SINGLE_COPY)
+        );
+        moving.check().unwrap();
+        assert_eq!(RequestHeader::decode(&moving.encode()).unwrap(), moving);
         w.flags |= FLAG_FORWARDED;
         assert!(matches!(w.check(), Err(WireError::BadFlags { .. })));
         let mut r = RequestHeader::new(Op::Read, 1);

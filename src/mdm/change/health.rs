@@ -15,7 +15,7 @@
 use super::{touch, ChangeError};
 use crate::cluster::api::{By, Protection, NO_COPY};
 use crate::mdm::model::{State, Volume};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// What declaring an SDS down did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -288,6 +288,23 @@ pub fn replaced_by_finish(st: &State, done: &[(ChunkId, u64)]) -> Vec<(u64, u64)
         .collect()
 }
 
+/// The copies committing `starts` would take out of the layouts that gateways read, as
+/// (volume, device): the primaries two-copy moves replace, which must be fenced before
+/// that commit. A replaced secondary is never read, and a write it took through an
+/// older layout went through the primary, whose Replicate fills the new copy; a single
+/// copy stays primary while its target fills (`replaced_by_finish` fences its handover).
+pub fn replaced_by_start(st: &State, starts: &[(ChunkId, Option<u64>, u64)]) -> Vec<(u64, u64)> {
+    starts
+        .iter()
+        .filter_map(|&((v, c), from, _)| {
+            let vol = st.volumes.get(&v)?;
+            let primary = vol.device_at(vol.chunks.get(c as usize)?[0]);
+            let two = keeps(st, v) == Protection::TwoCopies;
+            (two && from.is_some() && from == primary).then_some((v, from?))
+        })
+        .collect()
+}
+
 /// Copies made whole by Replicate: `(chunk, target device)`. The target stops
 /// syncing; in a single-copy pool it becomes the chunk's primary and only copy (the
 /// old one is left to the sweep), which moves the volume's epoch. A chunk whose
@@ -316,6 +333,22 @@ pub fn finish_copies(st: &mut State, done: &[(ChunkId, u64)]) {
         }
         touch(st, id);
     }
+}
+
+/// Chunks whose only copy is on one of `devices`, counted per volume name. For devices
+/// down or failed, whose copies the layouts keep only where they are a chunk's last
+/// (`drop_down_copies`), as its primary.
+pub fn last_copies_on(st: &State, devices: &HashSet<u64>) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for v in st.volumes.values() {
+        let n = (0..v.chunks.len())
+            .filter(|&c| v.copies(c)[0].is_some_and(|p| devices.contains(&p)))
+            .count() as u64;
+        if n > 0 {
+            out.insert(v.name.clone(), n);
+        }
+    }
+    out
 }
 
 /// Every device a layout still points at (copies, syncing copies, remembered copies):

@@ -12,7 +12,8 @@ mod volume;
 
 pub use health::{
     confirm_whole, down_devices, fail_device, fail_sds, finish_copies, forget_absent_on,
-    referenced_devices, replaced_by_finish, return_sds, start_copies, ChunkId, Failed,
+    last_copies_on, referenced_devices, replaced_by_finish, replaced_by_start, return_sds,
+    start_copies, ChunkId, Failed,
 };
 pub use initiator::{
     add_initiator, chap_words, map_to_initiator, remove_initiator, rename_initiator, set_chap,

@@ -8,21 +8,21 @@
 //! exclusive lock and raises the primary's epoch mark, so a write routed with the old
 //! layout either finished before the copy (and is in it) or is refused after it.
 //!
-//! A copy leaving a layout that gateways may still read or write through an older
-//! layout (a move's replaced primary: at the start of a move in a two-copy pool, at
-//! its end in a single-copy pool, where the only copy stays primary until its target
-//! is whole) is fenced first (`Mdm::fence`).
+//! A primary leaving a layout while gateways may still read it through an older
+//! layout (at the start of a move in a two-copy pool, at its end in a single-copy
+//! pool, where the only copy stays primary until its target is whole) is fenced first
+//! (`Mdm::fence`).
 
 use super::plan::{self, Start};
 use super::progress::{concurrency, Kind};
 use super::{Done, Tasks};
-use crate::cluster::api::{fmt_id, Protection, SdsControl, CHUNK_SIZE};
+use crate::cluster::api::{fmt_id, Protection, SdsControl, SdsControlReply, CHUNK_SIZE};
 use crate::cluster::chunk::{ChunkRef, Mirror};
 use crate::mdm::change::{self, ChunkId};
 use crate::mdm::link::{self, Peer};
 use crate::mdm::model::{Pool, State};
 use crate::mdm::service::{Mdm, ServiceError};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::warn;
@@ -69,6 +69,9 @@ async fn step(mdm: &Arc<Mdm>) -> Result<(), ServiceError> {
                 mdm.recovery.tasks().probing.remove(&id);
             });
         }
+    }
+    if !mdm.recovery.tasks().owed.is_empty() {
+        mdm.apply_fenced(|_| ()).await?;
     }
     collect(mdm).await?;
     start(mdm).await?;
@@ -128,25 +131,21 @@ async fn collect(mdm: &Arc<Mdm>) -> Result<(), ServiceError> {
     if !replaced.is_empty() {
         mdm.recovery.tasks().sweep = true;
     }
-    let fenced = mdm.fence(&st, &replaced).await;
-    mdm.apply::<_, ServiceError>(|st, _| {
-        // A volume whose layout moved since its old primaries were fenced keeps its
-        // copies syncing: they are replicated and finished again on the new layout.
+    let fences = mdm.fence(&st, &replaced).await;
+    mdm.apply_fenced(|st| {
+        // A handover whose old primary's fence does not hold keeps its copy syncing:
+        // it is replicated and finished again on the new layout.
         let done: Vec<(ChunkId, u64)> = finished
             .iter()
-            .filter(|((v, _), _)| {
-                fenced
-                    .get(v)
-                    .is_none_or(|&e| st.volumes.get(v).is_some_and(|v| v.epoch + 1 == e))
+            .filter(|&&(chunk, target)| {
+                change::replaced_by_finish(st, &[(chunk, target)]).is_empty()
+                    || fences.hold(st, chunk.0)
             })
             .copied()
             .collect();
         change::finish_copies(st, &done);
-        reach_fenced(st, &fenced);
-        Ok(())
     })
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Which policy a syncing copy runs under: a move's (rebalance, and every copy in a
@@ -390,10 +389,33 @@ fn named_copies(st: &State) -> HashSet<CopyAt> {
     out
 }
 
-/// Moves each fenced volume's epoch at least to the one its replaced copies were
-/// fenced with, in the commit that takes them out.
-fn reach_fenced(st: &mut State, fenced: &BTreeMap<u64, u64>) {
-    for (&volume, &epoch) in fenced {
+/// Fences sent before a commit that takes copies out of the layouts.
+#[derive(Debug, Default)]
+struct Fences {
+    /// Per volume, the epoch its leaving copies' SDS were told (or, for an SDS marked
+    /// down, which holds no lease, would have been).
+    epochs: BTreeMap<u64, u64>,
+    /// Volumes with a leaving copy whose SDS did not confirm its fence (no answer, or
+    /// an error): it may serve gateways on the old layout until its lease ends.
+    unconfirmed: BTreeSet<u64>,
+}
+
+impl Fences {
+    /// Whether a commit from `st` may take volume `v`'s fenced copies out of its layout:
+    /// only if every fence was confirmed, with the epoch this commit gives it. Had
+    /// another commit moved the epoch since, their SDS would admit that commit's
+    /// layout, which still names them, while gateways on the new one write elsewhere:
+    /// a stale read. (Moves and handovers are never urgent: one that does not hold
+    /// waits for the next tick.)
+    fn hold(&self, st: &State, v: u64) -> bool {
+        let next = st.volumes.get(&v).map(|vol| vol.epoch + 1);
+        next.is_some() && self.epochs.get(&v) == next.as_ref() && !self.unconfirmed.contains(&v)
+    }
+}
+
+/// Moves each volume's epoch at least to the one `owed` lists for it.
+fn reach(st: &mut State, owed: &BTreeMap<u64, u64>) {
+    for (&volume, &epoch) in owed {
         if let Some(v) = st.volumes.get_mut(&volume) {
             v.epoch = v.epoch.max(epoch);
         }
@@ -404,53 +426,91 @@ impl Mdm {
     /// Fences copies (volume, device) a commit is about to take out of the layouts:
     /// gateways still holding the old layout would go on reading and writing them. So
     /// each one's SDS is told its volume's coming epoch first (`Dirty` raises the mark
-    /// and lets admitted writes finish). Returns per volume the epoch it was fenced
-    /// with, which the commit must reach (`reach_fenced`).
-    async fn fence(&self, st: &State, leaving: &[(u64, u64)]) -> BTreeMap<u64, u64> {
-        let mut fence: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+    /// and lets admitted writes finish). Every epoch sent is owed (`apply_fenced`).
+    async fn fence(&self, st: &State, leaving: &[(u64, u64)]) -> Fences {
+        let mut fences = Fences::default();
+        let mut calls: BTreeMap<(u64, u64), u64> = BTreeMap::new();
         for &(v, old) in leaving {
-            let Some(vol) = st.volumes.get(&v) else {
+            let (Some(vol), Some(sds)) = (st.volumes.get(&v), st.sds_of(old)) else {
                 continue;
             };
-            if let Some(sds) = st.sds_of(old).filter(|s| !s.down) {
-                fence.insert((sds.id, v), vol.epoch + 1);
+            fences.epochs.insert(v, vol.epoch + 1);
+            if !sds.down {
+                calls.insert((sds.id, v), vol.epoch + 1);
             }
         }
-        for (&(sds, volume), &epoch) in &fence {
+        {
+            let mut t = self.recovery.tasks();
+            for (&v, &e) in &fences.epochs {
+                let owed = t.owed.entry(v).or_default();
+                *owed = (*owed).max(e);
+            }
+        }
+        for (&(sds, volume), &epoch) in &calls {
             let peer = change::peer(&st.sds[&sds]);
             let msg = SdsControl::Dirty { volume, epoch };
-            let r = link::call(self.link.as_ref(), &peer, &msg, CONTROL_TIMEOUT).await;
-            if let Err(e) = r {
-                // It cannot serve anyone it cannot answer either; its lease ends.
-                warn!(sds = %peer.name, error = %e, "could not fence the copy a move replaces");
+            match link::call(self.link.as_ref(), &peer, &msg, CONTROL_TIMEOUT).await {
+                Ok(SdsControlReply::Dirty(_)) => {}
+                other => {
+                    warn!(sds = %peer.name, answer = ?other, "could not fence the copy a move replaces; the move waits");
+                    fences.unconfirmed.insert(volume);
+                }
             }
         }
-        fence.into_iter().map(|((_, v), e)| (v, e)).collect()
+        fences
+    }
+
+    /// Applies `f` and, in the same commit, moves every volume a fence was sent for at
+    /// least to the epoch it was fenced with. A fence raises its SDS's mark before the
+    /// commit, so until a commit reaches that epoch the SDS refuses the volume's I/O at
+    /// the current one: what a failed commit (a store error) leaves owed, the driver's
+    /// next commit pays.
+    async fn apply_fenced<T>(&self, f: impl FnOnce(&mut State) -> T) -> Result<T, ServiceError> {
+        let owed = self.recovery.tasks().owed.clone();
+        let out = self
+            .apply::<_, ServiceError>(|st, _| {
+                let out = f(st);
+                reach(st, &owed);
+                Ok(out)
+            })
+            .await?;
+        self.recovery
+            .tasks()
+            .owed
+            .retain(|v, e| owed.get(v) != Some(e));
+        Ok(out)
     }
 
     /// Commits new copies (rebuild targets or moves) as syncing secondaries.
     ///
-    /// A move in a two-copy pool takes the copy it replaces out of the layout at once,
-    /// so that copy is fenced first; the commit moves every such volume's epoch at
-    /// least that far, whether or not its moves still apply. (A single copy moving
-    /// stays primary until its target is whole; fencing it here too only makes
-    /// gateways fetch the layout that names the target.)
+    /// A move in a two-copy pool takes the copy it replaces out of the layout at once;
+    /// a replaced primary, which gateways on the old layout still read, is fenced
+    /// first, and its move is left for the next plan if the fence does not hold at the
+    /// commit (`Fences::hold`). Nothing else is fenced (`change::replaced_by_start`):
+    /// a single copy moving stays primary while its target fills, which every write
+    /// routed with the new layout reaches, and its Replicate raises the copy's mark
+    /// under the chunk's exclusive lock, after the writes of the old layout and before
+    /// any later one; a fence would only drain every lock of the SDS.
     pub(in crate::mdm) async fn start_copies(
         &self,
         starts: &[Start],
         kind: Option<Kind>,
     ) -> Result<(), ServiceError> {
         let st = self.current();
-        let leaving: Vec<(u64, u64)> = starts
-            .iter()
-            .filter_map(|&((v, _), from, _)| from.map(|old| (v, old)))
-            .collect();
-        let fenced = self.fence(&st, &leaving).await;
+        let fences = self
+            .fence(&st, &change::replaced_by_start(&st, starts))
+            .await;
         let applied = self
-            .apply::<_, ServiceError>(|st, _| {
-                let applied = change::start_copies(st, starts);
-                reach_fenced(st, &fenced);
-                Ok(applied)
+            .apply_fenced(|st| {
+                let starts: Vec<Start> = starts
+                    .iter()
+                    .filter(|&&start| {
+                        change::replaced_by_start(st, &[start]).is_empty()
+                            || fences.hold(st, start.0 .0)
+                    })
+                    .copied()
+                    .collect();
+                change::start_copies(st, &starts)
             })
             .await?;
         if kind == Some(Kind::Rebalance) {
@@ -462,5 +522,263 @@ impl Mdm {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::chunk::ChunkRef;
+    use crate::mdm::change::tests::World;
+    use crate::mdm::link::SdsLink;
+    use crate::mdm::store::Store;
+    use crate::mdm::testutil::FakeSds;
+    use async_trait::async_trait;
+    use std::net::SocketAddr;
+    use tokio::sync::Notify;
+
+    const ADDRS: [&str; 3] = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
+
+    /// Three SDS with one device each, and thin volumes `v` and `w` of 4 chunks.
+    fn world(single_copy: bool) -> (World, [u64; 2]) {
+        let mut w = World::new();
+        if single_copy {
+            w.single_copy();
+        }
+        for ip in ADDRS {
+            w.sds(ip, &[100]);
+        }
+        let vols = [w.volume("v", 4, true), w.volume("w", 4, true)];
+        (w, vols)
+    }
+
+    /// A fake SDS behind every address of `world`.
+    fn fake() -> Arc<FakeSds> {
+        let fake = Arc::new(FakeSds::default());
+        for ip in ADDRS {
+            fake.node(&format!("{ip}:7072"), 100);
+        }
+        fake
+    }
+
+    fn mdm(w: &World, dir: &std::path::Path, link: Arc<dyn SdsLink>) -> Arc<Mdm> {
+        let (store, _) = Store::open(dir).unwrap();
+        let addr = "127.0.0.1:6611".parse().unwrap();
+        Arc::new(Mdm::new(w.st.clone(), store, link, addr, TICK))
+    }
+
+    fn addr_of(st: &State, device: u64) -> String {
+        st.sds_of(device).unwrap().addr().to_string()
+    }
+
+    /// The epochs `device`'s SDS was fenced with.
+    fn fenced(fake: &FakeSds, st: &State, device: u64) -> Vec<u64> {
+        fake.received(&addr_of(st, device))
+            .into_iter()
+            .filter_map(|m| match m {
+                SdsControl::Dirty { epoch, .. } => Some(epoch),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A device of the SDS holding neither copy of chunk `c` of `v`.
+    fn third(st: &State, v: u64, c: usize) -> u64 {
+        let held: Vec<u64> = st.volumes[&v].copies(c).into_iter().flatten().collect();
+        let on = |d: u64| st.sds_of(d).unwrap().id;
+        st.sds
+            .values()
+            .find(|s| held.iter().all(|&h| on(h) != s.id))
+            .map(|s| s.devices[0].id)
+            .unwrap()
+    }
+
+    /// `FakeSds`, holding each fence until the test lets it go on.
+    struct Held {
+        fake: Arc<FakeSds>,
+        fencing: Notify,
+        go_on: Notify,
+    }
+
+    #[async_trait]
+    impl SdsLink for Held {
+        async fn control(
+            &self,
+            addr: SocketAddr,
+            msg: &SdsControl,
+        ) -> Result<SdsControlReply, String> {
+            if matches!(msg, SdsControl::Dirty { .. }) {
+                self.fencing.notify_one();
+                self.go_on.notified().await;
+            }
+            self.fake.control(addr, msg).await
+        }
+
+        async fn replicate(
+            &self,
+            addr: SocketAddr,
+            at: ChunkRef,
+            target: Mirror,
+        ) -> Result<u64, String> {
+            self.fake.replicate(addr, at, target).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_primary_move_is_left_when_the_epoch_moved_after_its_fence() {
+        let (w, [v, _]) = world(false);
+        let [p, s] = w.st.volumes[&v].copies(0).map(Option::unwrap);
+        let t = third(&w.st, v, 0);
+        let fake = fake();
+        let held = Arc::new(Held {
+            fake: fake.clone(),
+            fencing: Notify::new(),
+            go_on: Notify::new(),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let m = mdm(&w, dir.path(), held.clone());
+        let e = w.st.volumes[&v].epoch;
+        let moving = {
+            let m = m.clone();
+            tokio::spawn(async move {
+                m.start_copies(&[((v, 0), Some(p), t)], Some(Kind::Rebalance))
+                    .await
+            })
+        };
+        held.fencing.notified().await;
+        // Another commit (a failure report, a growth) moves the epoch meanwhile, with
+        // p still the primary: p's mark, e + 1, admits that layout.
+        m.apply::<_, ServiceError>(|st, _| {
+            st.volumes.get_mut(&v).unwrap().epoch += 1;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        held.go_on.notify_one();
+        moving.await.unwrap().unwrap();
+        let st = m.current();
+        assert_eq!(fenced(&fake, &st, p), [e + 1]);
+        // Committed at e + 2, the move would let a gateway on e + 1 read p after
+        // writes at e + 2 went to s and t alone.
+        assert_eq!(st.volumes[&v].copies(0), [Some(p), Some(s)]);
+        assert_eq!(st.volumes[&v].epoch, e + 1);
+        assert!(st.volumes[&v].syncing.is_empty());
+        // Planned again from the new state, it goes through.
+        held.go_on.notify_one();
+        m.start_copies(&[((v, 0), Some(p), t)], Some(Kind::Rebalance))
+            .await
+            .unwrap();
+        assert_eq!(m.current().volumes[&v].copies(0), [Some(s), Some(t)]);
+    }
+
+    #[tokio::test]
+    async fn an_epoch_fenced_before_a_failed_commit_is_reached_by_the_next() {
+        let (w, [v, other]) = world(false);
+        let p = w.st.volumes[&v].copies(0)[0].unwrap();
+        let t = third(&w.st, v, 0);
+        let fake = fake();
+        let dir = tempfile::tempdir().unwrap();
+        let m = mdm(&w, dir.path(), fake.clone());
+        let e = w.st.volumes[&v].epoch;
+        // The state cannot be saved: the fence went out, the commit failed.
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let r = m
+            .start_copies(&[((v, 0), Some(p), t)], Some(Kind::Rebalance))
+            .await;
+        assert!(matches!(r, Err(ServiceError::Store(_))), "{r:?}");
+        assert_eq!(fenced(&fake, &m.current(), p), [e + 1]);
+        assert_eq!(m.current().volumes[&v].epoch, e);
+        // p now refuses v's I/O at e; the next commit, for another volume, moves v's
+        // epoch to the mark.
+        std::fs::create_dir_all(dir.path()).unwrap();
+        let q = w.st.volumes[&other].copies(1)[1].unwrap();
+        let t2 = third(&w.st, other, 1);
+        m.start_copies(&[((other, 1), Some(q), t2)], Some(Kind::Rebalance))
+            .await
+            .unwrap();
+        assert_eq!(m.current().volumes[&v].epoch, e + 1);
+        assert!(m.recovery.tasks().owed.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_single_copy_hands_over_only_once_its_old_primary_is_fenced() {
+        let (mut w, [v, _]) = world(true);
+        let p = w.st.volumes[&v].copies(0)[0].unwrap();
+        let to = third(&w.st, v, 0);
+        change::start_copies(&mut w.st, &[((v, 0), Some(p), to)]);
+        let fake = fake();
+        let dir = tempfile::tempdir().unwrap();
+        let m = mdm(&w, dir.path(), fake.clone());
+        let pool = w.st.volumes[&v].pool;
+        let replicated = || {
+            let chunk = (v, 0);
+            let result = Ok(CHUNK_SIZE);
+            m.recovery
+                .done_tx
+                .send(Done {
+                    pool,
+                    chunk,
+                    target: to,
+                    result,
+                })
+                .unwrap();
+        };
+        // p does not answer its fence: it may still serve gateways on the layout that
+        // names it as the primary, so the copy stays syncing and is made again.
+        fake.fail(&addr_of(&w.st, p), "Dirty", "timed out");
+        replicated();
+        collect(&m).await.unwrap();
+        let st = m.current();
+        assert_eq!(st.volumes[&v].copies(0), [Some(p), Some(to)]);
+        assert!(st.volumes[&v].syncing.contains(&0));
+        fake.heal(&addr_of(&w.st, p));
+        replicated();
+        collect(&m).await.unwrap();
+        let st = m.current();
+        assert_eq!(st.volumes[&v].copies(0), [Some(to), None]);
+        assert_eq!(fenced(&fake, &st, p).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn only_a_primary_leaving_the_layout_is_fenced() {
+        // A single copy starting to move stays primary: no fence.
+        let (w, [v, _]) = world(true);
+        let p = w.st.volumes[&v].copies(0)[0].unwrap();
+        let to = third(&w.st, v, 0);
+        let (sds, dir) = (fake(), tempfile::tempdir().unwrap());
+        let m = mdm(&w, dir.path(), sds.clone());
+        m.start_copies(&[((v, 0), Some(p), to)], Some(Kind::Rebalance))
+            .await
+            .unwrap();
+        let st = m.current();
+        assert_eq!(st.volumes[&v].copies(0), [Some(p), Some(to)]);
+        assert!(fenced(&sds, &st, p).is_empty());
+        // Two copies: a replaced secondary is never read; a replaced primary is.
+        let (w, [v, _]) = world(false);
+        let [p, s] = w.st.volumes[&v].copies(0).map(Option::unwrap);
+        let [p1, s1] = w.st.volumes[&v].copies(1).map(Option::unwrap);
+        let (t, t1) = (third(&w.st, v, 0), third(&w.st, v, 1));
+        let (sds, dir) = (fake(), tempfile::tempdir().unwrap());
+        let m = mdm(&w, dir.path(), sds.clone());
+        let e = w.st.volumes[&v].epoch;
+        let starts = [((v, 0), Some(s), t), ((v, 1), Some(p1), t1)];
+        m.start_copies(&starts, Some(Kind::Rebalance))
+            .await
+            .unwrap();
+        let st = m.current();
+        assert_eq!(st.volumes[&v].copies(0), [Some(p), Some(t)]);
+        assert_eq!(st.volumes[&v].copies(1), [Some(s1), Some(t1)]);
+        // One fence in all, to p1's SDS.
+        let fences: usize = ADDRS
+            .iter()
+            .map(|ip| {
+                let to = sds.received(&format!("{ip}:7072"));
+                to.iter()
+                    .filter(|m| matches!(m, SdsControl::Dirty { .. }))
+                    .count()
+            })
+            .sum();
+        assert_eq!(fences, 1);
+        assert_eq!(fenced(&sds, &st, p1), [e + 1]);
     }
 }

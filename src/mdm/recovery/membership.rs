@@ -8,6 +8,7 @@ use crate::cluster::api::{fmt_id, By, MdmReply, Policy, SdsControl, SdsControlRe
 use crate::mdm::admin::AdminError;
 use crate::mdm::change::{self, ChangeError, ChunkId};
 use crate::mdm::link::{self, LinkError};
+use crate::mdm::model::{Sds, State};
 use crate::mdm::service::{Mdm, ServiceError};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -200,14 +201,23 @@ impl Mdm {
             let path = st
                 .device(device)
                 .map_or_else(|| fmt_id(device), |(_, d)| d.path.clone());
+            let lost = change::last_copies_on(&st, &HashSet::from([device]));
+            let then = if lost.is_empty() {
+                "replace it and remove it with --remove_sds_device".to_string()
+            } else {
+                format!(
+                    "the data of those is lost: {}",
+                    lost_way_out(&lost, "remove the device (--remove_sds_device)")
+                )
+            };
             self.recovery.event(
                 true,
                 format!(
-                    "device {path} of SDS {} failed I/O: {} chunks degraded, {} with no other copy; {}; replace it and remove it with --remove_sds_device",
+                    "device {path} of SDS {} failed I/O: {} chunks degraded, {} with no other copy; {}; {then}",
                     self.sds_name(sds_id),
                     f.degraded,
                     f.unavailable,
-                    next_step(&f)
+                    if f.degraded > 0 { "rebuilding" } else { "nothing to rebuild" },
                 ),
             );
             self.recovery.poke();
@@ -243,19 +253,7 @@ impl Mdm {
                     return Ok((name, false));
                 }
                 let named = change::referenced_devices(st);
-                if d.failed || s.down {
-                    let last = st
-                        .volumes
-                        .values()
-                        .flat_map(|v| (0..v.chunks.len()).map(move |c| v.copies(c)[0]))
-                        .filter(|p| *p == Some(d.id))
-                        .count();
-                    if last > 0 {
-                        return Err(ChangeError::Refused(format!(
-                            "device {name} holds the only copy of {last} chunks; bring it back before removing it"
-                        )));
-                    }
-                }
+                keeps_no_last_copy(st, &s, Some(d.id), &format!("device {name}"))?;
                 let dev = st
                     .sds
                     .get_mut(&s.id)
@@ -381,20 +379,8 @@ impl Mdm {
                 if sds.removing {
                     return Ok((sds.name, false));
                 }
+                keeps_no_last_copy(st, &sds, None, &format!("SDS {}", sds.name))?;
                 if sds.down {
-                    let devices: HashSet<u64> = sds.devices.iter().map(|d| d.id).collect();
-                    let last = st
-                        .volumes
-                        .values()
-                        .flat_map(|v| (0..v.chunks.len()).map(move |c| v.copies(c)[0]))
-                        .filter(|p| p.is_some_and(|p| devices.contains(&p)))
-                        .count();
-                    if last > 0 {
-                        return Err(ChangeError::Refused(format!(
-                            "SDS {} is down and holds the only copy of {last} chunks; bring it back before removing it",
-                            sds.name
-                        )));
-                    }
                     change::forget_absent_on(st, sds.id);
                     for v in st.volumes.values_mut() {
                         v.compact();
@@ -561,14 +547,71 @@ impl Mdm {
     }
 }
 
-/// What follows a failure: a rebuild of the degraded chunks, or (nothing degraded,
-/// e.g. a single-copy pool's) only waiting for the failed copies' return.
+/// What follows an SDS failure: a rebuild of the degraded chunks, or (nothing
+/// degraded, e.g. a single-copy pool's) only waiting for the failed copies' return.
 fn next_step(f: &change::Failed) -> &'static str {
     if f.degraded > 0 {
         "rebuilding"
     } else {
         "nothing to rebuild"
     }
+}
+
+/// Refuses removing `what` (`sds`, or its one `device`) while a chunk's only copy is on
+/// it: on a failed device that data is lost, and the admin must remove its volumes
+/// first (nothing removes data behind their back); on a down SDS it waits for the SDS
+/// to return.
+fn keeps_no_last_copy(
+    st: &State,
+    sds: &Sds,
+    device: Option<u64>,
+    what: &str,
+) -> Result<(), ChangeError> {
+    let on = |failed: bool| -> HashSet<u64> {
+        let devices = sds.devices.iter();
+        let devices = devices.filter(|d| device.is_none_or(|x| x == d.id));
+        devices
+            .filter(|d| d.failed == failed && (d.failed || sds.down))
+            .map(|d| d.id)
+            .collect()
+    };
+    let lost = change::last_copies_on(st, &on(true));
+    if !lost.is_empty() {
+        let n: u64 = lost.values().sum();
+        let failed = sds
+            .devices
+            .iter()
+            .filter(|d| d.failed && !change::last_copies_on(st, &HashSet::from([d.id])).is_empty());
+        let failed: Vec<&str> = failed.map(|d| d.path.as_str()).collect();
+        return Err(ChangeError::Refused(format!(
+            "{what} cannot be removed: {n} chunks had their only copy on {}, which failed, and their data is lost; {}",
+            failed.join(", "),
+            lost_way_out(&lost, &format!("remove {what} again"))
+        )));
+    }
+    let waiting: u64 = change::last_copies_on(st, &on(false)).values().sum();
+    if waiting > 0 {
+        return Err(ChangeError::Refused(format!(
+            "{what} cannot be removed: SDS {} is down and holds the only copy of {waiting} chunks; bring it back first",
+            sds.name
+        )));
+    }
+    Ok(())
+}
+
+/// How an admin gets past chunks lost on a failed device: remove their volumes, then
+/// `then`.
+fn lost_way_out(lost: &BTreeMap<String, u64>, then: &str) -> String {
+    let names: Vec<&str> = lost.keys().map(String::as_str).collect();
+    let noun = if names.len() == 1 {
+        "volume"
+    } else {
+        "volumes"
+    };
+    format!(
+        "remove {noun} {} (--remove_volume, after unmapping), then {then}",
+        names.join(", ")
+    )
 }
 
 /// A connection refused by the SDS's host: proof nothing listens there, unlike a

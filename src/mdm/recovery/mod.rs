@@ -18,7 +18,7 @@ pub use progress::Kind;
 use super::change::ChunkId;
 use liveness::Liveness;
 use progress::Tally;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
@@ -55,6 +55,9 @@ struct Tasks {
     declaring: HashSet<u64>,
     /// Some copies may be left over (moved, replaced by rebuild): sweep when idle.
     sweep: bool,
+    /// Per volume, the epoch fences raised SDS marks to that no commit has reached yet
+    /// (the driver's next commit reaches it).
+    owed: BTreeMap<u64, u64>,
 }
 
 pub struct Recovery {
