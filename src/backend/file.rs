@@ -103,11 +103,6 @@ impl BlockBackend for FileBackend {
         let len = blocks as usize * BLOCK_SIZE as usize;
         let off = lba * BLOCK_SIZE as u64;
         let _shared = self.order.read().await;
-        if !runs_inline(len, false) {
-            if let Some(data) = read_cached(&self.file, off, len).map_err(map_io)? {
-                return Ok(data);
-            }
-        }
         self.io(runs_inline(len, false), move |f| read_at(f, off, len))
             .await
     }
