@@ -1,8 +1,6 @@
 //! A volume kept in one local file (or block device), created sparse.
 
-use super::fileops::{
-    punch_hole, read_at, read_cached, runs_inline, seek, write_zeros, SEEK_DATA, SEEK_HOLE,
-};
+use super::fileops::{punch_hole, read_at, runs_inline, seek, write_zeros, SEEK_DATA, SEEK_HOLE};
 use super::{
     AtomicOp, AtomicOutcome, BackendError, BlockBackend, Provisioning, SgList, BLOCK_SIZE,
 };
