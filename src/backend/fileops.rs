@@ -167,14 +167,7 @@ mod tests {
 
     #[test]
     fn punched_range_reads_zeros_and_seeks_as_hole() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("f"))
-            .unwrap();
+        let (_dir, f) = scratch_file();
         f.set_len(4 << 20).unwrap();
         f.write_all_at(&vec![9u8; 2 << 20], 0).unwrap();
         punch_hole(&f, 1 << 20, 1 << 20).unwrap();
@@ -188,8 +181,8 @@ mod tests {
         assert!(buf.iter().all(|&b| b == 0));
     }
 
-    #[test]
-    fn read_at_returns_the_bytes_and_zeros_past_the_end() {
+    /// An empty read-write file in a new temporary directory (kept alive by the caller).
+    fn scratch_file() -> (tempfile::TempDir, File) {
         let dir = tempfile::tempdir().unwrap();
         let f = File::options()
             .create(true)
@@ -198,6 +191,12 @@ mod tests {
             .write(true)
             .open(dir.path().join("f"))
             .unwrap();
+        (dir, f)
+    }
+
+    #[test]
+    fn read_at_returns_the_bytes_and_zeros_past_the_end() {
+        let (_dir, f) = scratch_file();
         f.write_all_at(b"hello world", 0).unwrap();
         assert_eq!(&read_at(&f, 6, 5).unwrap()[..], b"world");
         assert_eq!(&read_at(&f, 6, 8).unwrap()[..], b"world\0\0\0");
@@ -205,14 +204,7 @@ mod tests {
 
     #[test]
     fn cached_read_returns_what_was_just_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = File::options()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(dir.path().join("f"))
-            .unwrap();
+        let (_dir, f) = scratch_file();
         let data: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
         f.write_all_at(&data, 0).unwrap();
         // Just written, so in the page cache; ext4 and tmpfs answer buffered

@@ -392,7 +392,14 @@ mod tests {
 
     /// Three SDS with one device each, and a thin volume of `chunks` chunks.
     fn world(chunks: u64) -> (World, u64, [u64; 3]) {
+        world_of(chunks, false)
+    }
+
+    fn world_of(chunks: u64, single_copy: bool) -> (World, u64, [u64; 3]) {
         let mut w = World::new();
+        if single_copy {
+            w.single_copy();
+        }
         let sds = [
             w.sds("10.0.0.1", &[100]),
             w.sds("10.0.0.2", &[100]),
@@ -525,15 +532,7 @@ mod tests {
 
     /// `world`, with pool1 keeping one copy per chunk.
     fn single_copy_world(chunks: u64) -> (World, u64, [u64; 3]) {
-        let mut w = World::new();
-        w.single_copy();
-        let sds = [
-            w.sds("10.0.0.1", &[100]),
-            w.sds("10.0.0.2", &[100]),
-            w.sds("10.0.0.3", &[100]),
-        ];
-        let v = w.volume("v", chunks, true);
-        (w, v, sds)
+        world_of(chunks, true)
     }
 
     #[test]
