@@ -418,6 +418,18 @@ mod tests {
     }
 
     /// Every chunk of the pool has one copy and no secondary.
+    /// A single-copy pool on `sds` SDS of one 100-slot device each, and a thin volume
+    /// of `chunks` chunks.
+    fn single_copy_world(sds: u8, chunks: u64) -> (World, Vec<u64>) {
+        let mut w = World::new();
+        w.single_copy();
+        let ids = (1..=sds)
+            .map(|i| w.sds(&format!("10.0.0.{i}"), &[100]))
+            .collect();
+        w.volume("v", chunks, true);
+        (w, ids)
+    }
+
     fn assert_single_copies(st: &State) {
         for v in st.volumes.values() {
             assert!(v.syncing.is_empty());
@@ -430,12 +442,7 @@ mod tests {
 
     #[test]
     fn a_single_copy_pool_is_never_rebuilt_and_its_health_is_unprotected() {
-        let mut w = World::new();
-        w.single_copy();
-        let sds: Vec<u64> = (1..=3)
-            .map(|i| w.sds(&format!("10.0.0.{i}"), &[100]))
-            .collect();
-        w.volume("v", 60, true);
+        let (mut w, sds) = single_copy_world(3, 60);
         let pool = pool(&w);
         let h = health(&w.st, pool);
         assert_eq!(
@@ -460,12 +467,7 @@ mod tests {
 
     #[test]
     fn a_single_copy_pool_rebalances_and_drains_down_to_one_sds() {
-        let mut w = World::new();
-        w.single_copy();
-        let sds: Vec<u64> = (1..=3)
-            .map(|i| w.sds(&format!("10.0.0.{i}"), &[100]))
-            .collect();
-        w.volume("v", 150, true);
+        let (mut w, sds) = single_copy_world(3, 150);
         let fourth = w.sds("10.0.0.4", &[100]);
         let pool = pool(&w);
         assert!(moves_left(&w.st, pool) >= 35);
@@ -502,11 +504,8 @@ mod tests {
 
     #[test]
     fn a_single_copy_pool_can_leave_one_sds_but_not_none() {
-        let mut w = World::new();
-        w.single_copy();
-        let a = w.sds("10.0.0.1", &[100]);
-        let b = w.sds("10.0.0.2", &[100]);
-        w.volume("v", 20, true);
+        let (mut w, sds) = single_copy_world(2, 20);
+        let (a, b) = (sds[0], sds[1]);
         removal_fits(&w.st, a, None).unwrap();
         w.st.sds.get_mut(&a).unwrap().removing = true;
         let e = removal_fits(&w.st, b, None).unwrap_err();
