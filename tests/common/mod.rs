@@ -259,7 +259,9 @@ impl Initiator {
                 ("AuthMethod", "CHAP,None"),
             ],
         );
-        if r.status_class != 0 {
+        // A refusal, or a target that picked None (its initiator map does not ask for
+        // CHAP yet): the caller sees the answer, and nothing of CHAP follows.
+        if r.status_class != 0 || key(&keys(&r.data), "AuthMethod") != Some("CHAP") {
             return r;
         }
         let r = self.login_step(0, 0, false, &[("CHAP_A", "5")]);
