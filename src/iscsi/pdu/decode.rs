@@ -537,6 +537,7 @@ pub(super) fn parse(
                 buffer_offset,
                 residual,
                 data,
+                spliced: 0,
             })
         }
         op::LOGOUT_RESPONSE => {
