@@ -7,11 +7,9 @@
 mod file;
 pub(crate) mod fileops;
 mod memory;
-pub mod spliced;
 
 pub use file::FileBackend;
 pub use memory::MemoryBackend;
-pub use spliced::Spliced;
 
 use async_trait::async_trait;
 use bytes::{Buf, Bytes};
@@ -228,12 +226,6 @@ pub trait BlockBackend: Send + Sync + std::fmt::Debug {
     fn thin(&self) -> bool;
 
     async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes, BackendError>;
-
-    /// [`BlockBackend::read`] for a transport that can send data out of pipes: a
-    /// backend whose data arrives over a socket may leave it in the kernel.
-    async fn read_spliced(&self, lba: u64, blocks: u32) -> Result<Spliced, BackendError> {
-        Ok(self.read(lba, blocks).await?.into())
-    }
 
     /// Writes `data` (exactly `blocks * BLOCK_SIZE` bytes) at `lba`. With `fua` the data
     /// is durable when this returns.

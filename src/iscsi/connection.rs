@@ -834,7 +834,6 @@ impl Conn {
             write: task.cmd.write,
             status: scsi::status::CHECK_CONDITION,
             data_in: Bytes::new(),
-            spliced: 0,
             sense: task.failed.unwrap_or_default(),
             data_out_len: 0,
             r2ts: 0,
@@ -870,21 +869,18 @@ impl Conn {
         let cmd = task.cmd.clone();
         let lun = task.lun;
         let claimed = task.claimed.clone();
-        // A data digest needs the bytes in memory; without one, large reads may stay
-        // in pipes on their way from an SDS to the initiator.
-        let splice = !self.params.data_digest;
         let handle = tokio::spawn(async move {
             let cdb = cmd.cdb.clone();
-            let req = scsi::Request {
-                lun,
-                cdb: cdb.clone(),
-                data_out: data,
-            };
-            let (resp, spliced) = if splice {
-                scsi::execute_spliced(&luns, &nexus, req).await
-            } else {
-                (scsi::execute(&luns, &nexus, req).await, None)
-            };
+            let resp = scsi::execute(
+                &luns,
+                &nexus,
+                scsi::Request {
+                    lun,
+                    cdb: cdb.clone(),
+                    data_out: data,
+                },
+            )
+            .await;
             if claimed.swap(true, Ordering::AcqRel) {
                 // Aborted by task management while running: no response.
                 let _ = done.send((itt, claimed));
@@ -902,21 +898,12 @@ impl Conn {
                 write: cmd.write && !cmd.read,
                 status: resp.status,
                 data_in: resp.data_in,
-                spliced: spliced.as_ref().map_or(0, |s| s.len()),
                 sense: resp.sense,
                 data_out_len,
                 r2ts,
             };
-            let pdus = response::complete(fin, limits);
-            match spliced {
-                Some(data) => {
-                    let _ = tx.send(Outgoing::Spliced(pdus, data));
-                }
-                None => {
-                    for p in pdus {
-                        let _ = tx.send(Outgoing::Pdu(Box::new(p)));
-                    }
-                }
+            for p in response::complete(fin, limits) {
+                let _ = tx.send(Outgoing::Pdu(Box::new(p)));
             }
             let _ = done.send((itt, claimed));
         });

@@ -16,9 +16,6 @@ pub struct Finished {
     pub status: u8,
     /// Data for the initiator (SCSI-level length, before EDTL truncation).
     pub data_in: Bytes,
-    /// Instead of `data_in`: this many bytes of data for the initiator in pipes, which
-    /// the writer splices in after each Data-In header.
-    pub spliced: usize,
     pub sense: Bytes,
     /// For writes: the SCSI-level Data-Out length (from the CDB).
     pub data_out_len: u32,
@@ -47,27 +44,27 @@ fn residual(expected: u32, actual: u32) -> (bool, bool, u32) {
 /// Builds the PDUs that complete `f`, in send order.
 pub fn complete(f: Finished, limits: DataInLimits) -> Vec<Pdu> {
     let mut out = Vec::new();
-    let data_in_len = f.data_in.len() + f.spliced;
     let (overflow, underflow, residual) = if f.write {
         residual(f.edtl, f.data_out_len)
     } else {
-        residual(f.edtl, data_in_len as u32)
+        residual(f.edtl, f.data_in.len() as u32)
     };
-    let data_len = if f.write {
-        0
+    let data = if f.write {
+        Bytes::new()
     } else {
-        data_in_len.min(f.edtl as usize)
+        let n = f.data_in.len().min(f.edtl as usize);
+        f.data_in.slice(..n)
     };
     // Status rides on the last Data-In only when there is no sense to carry.
-    let collapse = data_len > 0 && f.sense.is_empty();
+    let collapse = !data.is_empty() && f.sense.is_empty();
     let seg = limits.max_segment.max(512) as usize;
     let burst = limits.max_burst.max(seg as u32) as usize;
     let mut offset = 0usize;
     let mut data_sn = 0u32;
-    while offset < data_len {
-        let len = seg.min(data_len - offset);
+    while offset < data.len() {
+        let len = seg.min(data.len() - offset);
         let end = offset + len;
-        let last = end == data_len;
+        let last = end == data.len();
         // F closes each MaxBurstLength sequence and the final PDU.
         let seq_end = last || end.is_multiple_of(burst);
         let status = (last && collapse).then_some(f.status);
@@ -82,12 +79,7 @@ pub fn complete(f: Finished, limits: DataInLimits) -> Vec<Pdu> {
             ttt: RESERVED_TAG,
             data_sn,
             buffer_offset: offset as u32,
-            data: if f.spliced > 0 {
-                Bytes::new()
-            } else {
-                f.data_in.slice(offset..end)
-            },
-            spliced: if f.spliced > 0 { len as u32 } else { 0 },
+            data: data.slice(offset..end),
             ..Default::default()
         }));
         data_sn += 1;
@@ -129,7 +121,6 @@ mod tests {
             write: false,
             status: 0,
             data_in: Bytes::from(vec![1u8; data]),
-            spliced: 0,
             sense: Bytes::new(),
             data_out_len: 0,
             r2ts: 0,
@@ -157,28 +148,6 @@ mod tests {
         };
         assert!(second.final_, "end of a MaxBurstLength sequence");
         assert_eq!(second.status, None);
-    }
-
-    /// Spliced data is split the same way; the PDUs count it and carry none of it.
-    #[test]
-    fn spliced_read_splits_by_length_and_truncates_to_edtl() {
-        let mut f = fin(0, 20000);
-        f.spliced = 24576;
-        let pdus = complete(f, LIM);
-        let lens: Vec<(usize, u32, u32)> = pdus
-            .iter()
-            .map(|p| {
-                let Pdu::DataIn(d) = p else { panic!() };
-                (d.data.len(), d.spliced, d.buffer_offset)
-            })
-            .collect();
-        assert_eq!(lens, [(0, 8192, 0), (0, 8192, 8192), (0, 3616, 16384)]);
-        let Pdu::DataIn(last) = &pdus[2] else {
-            panic!()
-        };
-        assert_eq!(last.status, Some(0));
-        assert!(last.overflow);
-        assert_eq!(last.residual, 24576 - 20000);
     }
 
     #[test]

@@ -3,13 +3,11 @@
 //! them; PDUs queued together go out in one vectored write.
 
 use super::pdu::{Digests, Pdu, RESERVED_TAG};
-use crate::backend::Spliced;
 use bytes::Bytes;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 /// ExpCmdSN and MaxCmdSN as the receiving side last set them.
@@ -29,9 +27,6 @@ impl CmdSnState {
 #[derive(Debug)]
 pub enum Outgoing {
     Pdu(Box<Pdu>),
-    /// A read's Data-In PDUs, whose data segments are spliced in from the read data
-    /// (see [`crate::backend::spliced`]); then its status, if separate.
-    Spliced(Vec<Pdu>, Spliced),
     /// Flush what is queued, then close the connection.
     Close,
 }
@@ -104,21 +99,14 @@ pub fn stamp(pdu: &mut Pdu, stat_sn: u32, exp: u32, max: u32) -> bool {
 const BATCH_BYTES: usize = 1 << 20;
 
 /// Runs until the channel closes, `Close` is received or the socket fails.
-pub async fn run(
-    mut wr: OwnedWriteHalf,
+pub async fn run<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     sn: Arc<CmdSnState>,
     mut stat_sn: u32,
     digests: Digests,
 ) -> std::io::Result<()> {
     let mut pieces: Vec<Bytes> = Vec::with_capacity(64);
-    let mut stamp_next = |pdu: &mut Pdu| {
-        let exp = sn.exp_cmd_sn.load(Ordering::Acquire);
-        let max = sn.max_cmd_sn.load(Ordering::Acquire);
-        if stamp(pdu, stat_sn, exp, max) {
-            stat_sn = stat_sn.wrapping_add(1);
-        }
-    };
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         let mut close = false;
@@ -130,31 +118,19 @@ pub async fn run(
                     break;
                 }
                 Outgoing::Pdu(mut pdu) => {
-                    stamp_next(&mut pdu);
-                    bytes += push_encoded(&pdu, digests, &mut pieces);
-                }
-                Outgoing::Spliced(pdus, mut data) => {
-                    let count = pdus.len();
-                    for (i, mut pdu) in pdus.into_iter().enumerate() {
-                        stamp_next(&mut pdu);
-                        let n = match &pdu {
-                            Pdu::DataIn(d) => d.spliced as usize,
-                            _ => 0,
-                        };
-                        if n == 0 {
-                            bytes += push_encoded(&pdu, digests, &mut pieces);
-                            continue;
-                        }
-                        // The header, and whatever was queued before it, goes first;
-                        // the padding, if any, follows the spliced bytes.
-                        let enc = pdu.encode(digests);
-                        bytes += enc.len() + n;
-                        pieces.push(enc.header);
-                        write_all_vectored(&mut wr, &mut pieces).await?;
-                        data.send_to(wr.as_ref(), n, i + 1 < count).await?;
-                        if !enc.trailer.is_empty() {
-                            pieces.push(enc.trailer);
-                        }
+                    let exp = sn.exp_cmd_sn.load(Ordering::Acquire);
+                    let max = sn.max_cmd_sn.load(Ordering::Acquire);
+                    if stamp(&mut pdu, stat_sn, exp, max) {
+                        stat_sn = stat_sn.wrapping_add(1);
+                    }
+                    let enc = pdu.encode(digests);
+                    bytes += enc.len();
+                    pieces.push(enc.header);
+                    if !enc.data.is_empty() {
+                        pieces.push(enc.data);
+                    }
+                    if !enc.trailer.is_empty() {
+                        pieces.push(enc.trailer);
                     }
                 }
             }
@@ -169,20 +145,6 @@ pub async fn run(
     }
     wr.flush().await?;
     wr.shutdown().await
-}
-
-/// Queues a PDU's pieces; returns its length on the wire (without spliced bytes).
-fn push_encoded(pdu: &Pdu, digests: Digests, pieces: &mut Vec<Bytes>) -> usize {
-    let enc = pdu.encode(digests);
-    let len = enc.len();
-    pieces.push(enc.header);
-    if !enc.data.is_empty() {
-        pieces.push(enc.data);
-    }
-    if !enc.trailer.is_empty() {
-        pieces.push(enc.trailer);
-    }
-    len
 }
 
 async fn write_all_vectored<W: AsyncWrite + Unpin>(

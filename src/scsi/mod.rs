@@ -32,7 +32,7 @@ mod tests;
 pub use sense::{Sense, SenseKey};
 pub use unit::LogicalUnit;
 
-use crate::backend::{SgList, Spliced, BLOCK_SIZE};
+use crate::backend::{SgList, BLOCK_SIZE};
 use bytes::Bytes;
 use sense::asc;
 use std::future::Future;
@@ -129,49 +129,31 @@ impl Response {
 pub(crate) struct Done {
     pub status: u8,
     pub data: Bytes,
-    /// Data-In left in pipes for the transport to splice (instead of `data`); only
-    /// when [`Ctx::splice`] allowed it.
-    pub spliced: Option<Spliced>,
 }
 
 impl Done {
-    fn status(status: u8) -> Self {
-        Self {
-            status,
-            data: Bytes::new(),
-            spliced: None,
-        }
-    }
-
     pub fn good() -> Self {
-        Self::status(status::GOOD)
+        Self {
+            status: status::GOOD,
+            data: Bytes::new(),
+        }
     }
 
     /// RESERVATION CONFLICT: a reservation forbids this command to this nexus.
     pub fn conflict() -> Self {
-        Self::status(status::RESERVATION_CONFLICT)
-    }
-
-    /// GOOD with Data-In.
-    pub fn bytes(data: Bytes) -> Self {
         Self {
-            data,
-            ..Self::good()
-        }
-    }
-
-    /// GOOD with Data-In that may sit in pipes.
-    pub fn spliced(data: Spliced) -> Self {
-        Self {
-            spliced: Some(data),
-            ..Self::good()
+            status: status::RESERVATION_CONFLICT,
+            data: Bytes::new(),
         }
     }
 
     /// Data-In cut to the allocation length: the initiator asked for no more.
     pub fn data(mut v: Vec<u8>, alloc: usize) -> Self {
         v.truncate(alloc);
-        Self::bytes(v.into())
+        Self {
+            status: status::GOOD,
+            data: v.into(),
+        }
     }
 }
 
@@ -182,8 +164,6 @@ pub(crate) struct Ctx<'a> {
     pub cdb: &'a [u8],
     pub data_out: &'a SgList,
     pub luns: &'a LunMap,
-    /// The transport can send Data-In out of pipes ([`Done::spliced`]).
-    pub splice: bool,
 }
 
 pub(crate) type HandlerResult = Result<Done, Sense>;
@@ -356,35 +336,15 @@ fn skips_unit_attention(opcode: u8) -> bool {
 
 /// Executes one command for `nexus` against the LUNs it may reach. Handles REPORT LUNS and commands to LUNs not in `luns` (LOGICAL UNIT NOT SUPPORTED, 05/25/00; INQUIRY to an absent LUN returns peripheral qualifier 3 / device type 0x1f; REQUEST SENSE to it returns the LUN-not-supported sense as data), then dispatches to the unit, delivering pending unit attentions first (except for INQUIRY, REPORT LUNS, REQUEST SENSE per SAM/SPC rules). A command a reservation forbids this nexus (the table's [`Fence`] decides, see [`pr`]) ends in RESERVATION CONFLICT without running.
 pub async fn execute(luns: &LunMap, nexus: &ItNexus, req: Request) -> Response {
-    run(luns, nexus, req, false).await.0
-}
-
-/// [`execute`] for a transport that can splice: large Data-In may come back in pipes
-/// instead of `data_in`.
-pub async fn execute_spliced(
-    luns: &LunMap,
-    nexus: &ItNexus,
-    req: Request,
-) -> (Response, Option<Spliced>) {
-    run(luns, nexus, req, true).await
-}
-
-async fn run(
-    luns: &LunMap,
-    nexus: &ItNexus,
-    req: Request,
-    splice: bool,
-) -> (Response, Option<Spliced>) {
     let cdb = &req.cdb[..];
     let opcode = cdb.first().copied();
     let Some(unit) = luns.get(&req.lun) else {
-        let resp = match opcode {
+        return match opcode {
             Some(0xA0) => report_luns::run(luns, cdb),
             Some(0x12) => inquiry::absent_lun(cdb),
             Some(0x03) => misc::request_sense_absent(cdb),
             _ => Response::check(&Sense::illegal(asc::LOGICAL_UNIT_NOT_SUPPORTED), false),
         };
-        return (resp, None);
     };
 
     // Mode pages and reservations another gateway changed are in force from here on.
@@ -394,7 +354,7 @@ async fn run(
     // must learn that the medium is busy, and the attentions wait their turn.
     if let Some(sense) = unit.sanitize_hold(opcode) {
         let d_sense = unit.lock().mode.d_sense();
-        return (Response::check(&sense, d_sense), None);
+        return Response::check(&sense, d_sense);
     }
 
     let (d_sense, ua) = {
@@ -407,10 +367,7 @@ async fn run(
         (st.mode.d_sense(), ua)
     };
     if let Some(code) = ua {
-        return (
-            Response::check(&Sense::new(SenseKey::UnitAttention, code), d_sense),
-            None,
-        );
+        return Response::check(&Sense::new(SenseKey::UnitAttention, code), d_sense);
     }
 
     let result = match lookup(cdb) {
@@ -422,7 +379,6 @@ async fn run(
                 cdb,
                 data_out: &req.data_out,
                 luns,
-                splice,
             };
             match precheck(op, cdb).and_then(|()| pr::allows(&shared, nexus, op.fence.access(cdb)))
             {
@@ -436,19 +392,16 @@ async fn run(
         }
     };
     match result {
-        Ok(done) => (
-            Response {
-                status: done.status,
-                data_in: done.data,
-                sense: Bytes::new(),
-            },
-            done.spliced,
-        ),
+        Ok(done) => Response {
+            status: done.status,
+            data_in: done.data,
+            sense: Bytes::new(),
+        },
         Err(sense) => {
             // D_SENSE may have changed while the command ran (MODE SELECT); use the
             // setting in force when the status is returned.
             let d_sense = unit.lock().mode.d_sense();
-            (Response::check(&sense, d_sense), None)
+            Response::check(&sense, d_sense)
         }
     }
 }

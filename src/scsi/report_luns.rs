@@ -5,7 +5,10 @@ use super::{cdb, encode_lun, status, Ctx, HandlerResult, LunMap, Response};
 use bytes::Bytes;
 
 pub(crate) fn report_luns(c: &Ctx<'_>) -> HandlerResult {
-    build(c.luns, c.cdb).map(super::Done::bytes)
+    build(c.luns, c.cdb).map(|data| super::Done {
+        status: status::GOOD,
+        data,
+    })
 }
 
 /// Entry point for a REPORT LUNS addressed to a LUN not in the map.

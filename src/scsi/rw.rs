@@ -81,18 +81,16 @@ pub(crate) fn read<'a>(c: &'a Ctx<'a>) -> BoxFut<'a> {
         if r.blocks == 0 {
             return Ok(Done::good());
         }
-        let backend = c.unit.backend();
-        if !c.splice {
-            let data = backend.read(r.lba, r.blocks).await;
-            return Ok(Done::bytes(data.map_err(|e| io_sense(e, false))?));
-        }
-        let data = backend.read_spliced(r.lba, r.blocks).await;
-        let data = data.map_err(|e| io_sense(e, false))?;
-        if data.in_pipes() {
-            return Ok(Done::spliced(data));
-        }
-        let data = data.into_bytes().map_err(|e| io_sense(e.into(), false))?;
-        Ok(Done::bytes(data))
+        let data = c
+            .unit
+            .backend()
+            .read(r.lba, r.blocks)
+            .await
+            .map_err(|e| io_sense(e, false))?;
+        Ok(Done {
+            status: super::status::GOOD,
+            data,
+        })
     })
 }
 

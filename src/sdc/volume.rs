@@ -13,7 +13,7 @@ use super::sds_pool::SdsPool;
 use super::single_flight::SingleFlight;
 use crate::backend::{
     copy_through, overlapping, AtomicOp, AtomicOutcome, BackendError, BlockBackend, Provisioning,
-    SgList, Spliced, BLOCK_SIZE,
+    SgList, BLOCK_SIZE,
 };
 use crate::cluster::api::{Layout, MdmReply, MdmRequest, CHUNK_SIZE};
 use crate::cluster::chunk::wire::{AtomicKind, CopySource, SourceCopy};
@@ -552,21 +552,6 @@ impl BlockBackend for PoolVolume {
         Ok(out.freeze())
     }
 
-    /// Each chunk's piece stays in the pipe its SDS's answer was spliced into.
-    async fn read_spliced(&self, lba: u64, blocks: u32) -> Result<Spliced, BackendError> {
-        let (start, len) = bytes_of(lba, blocks as u64);
-        let parts = self
-            .each(start, len, |inner, p| async move {
-                inner
-                    .on_chunk(p.chunk, |c, r| async move {
-                        c.read_spliced(r.at, p.offset, p.len).await
-                    })
-                    .await
-            })
-            .await?;
-        Ok(parts.into_iter().collect())
-    }
-
     async fn write(&self, lba: u64, data: SgList, fua: bool) -> Result<(), BackendError> {
         let (start, len) = bytes_of(lba, data.len() as u64 / BLOCK_SIZE as u64);
         let data = Arc::new(data);
@@ -812,14 +797,6 @@ mod tests {
             .unwrap();
         let back = vol.read(lba, (data.len() / 512) as u32).await.unwrap();
         assert_eq!(&back[..], &data[..]);
-        // The same range left in pipes, one per chunk; a small read stays in memory.
-        let blocks = (data.len() / 512) as u32;
-        let spliced = vol.read_spliced(lba, blocks).await.unwrap();
-        assert!(spliced.in_pipes());
-        assert_eq!(&spliced.into_bytes().unwrap()[..], &data[..]);
-        let small = vol.read_spliced(lba + 8, 8).await.unwrap();
-        assert!(!small.in_pipes());
-        assert_eq!(&small.into_bytes().unwrap()[..], &data[4096..8192]);
         vol.flush().await.unwrap();
         // Chunk 1's secondary (SDS 1) holds the same bytes as its primary (SDS 2).
         let p = chunk_1_copies(&nodes, 42).await;

@@ -3,11 +3,10 @@
 
 use super::conn::{Conn, Reply};
 use super::wire::{
-    self, AtomicKind, CopySource, Op, RequestHeader, ResponseHeader, FLAG_FUA, FLAG_MAPPED,
-    FLAG_MISCOMPARE, FLAG_UNMAP,
+    self, AtomicKind, CopySource, Op, RequestHeader, FLAG_FUA, FLAG_MAPPED, FLAG_MISCOMPARE,
+    FLAG_UNMAP,
 };
 use super::{ChunkError, ChunkRef, Mirror, Secondary};
-use crate::backend::spliced::Part;
 use crate::backend::SgList;
 use crate::cluster::api::{SdsControl, SdsControlReply, CHUNK_SIZE};
 use bytes::Bytes;
@@ -101,29 +100,6 @@ impl ChunkClient {
         h.offset = offset;
         h.length = len;
         let (_, data) = self.call(h, &SgList::new()).await?;
-        if data.len() != len as usize {
-            return Err(ChunkError::Protocol(format!(
-                "asked {} for {len} bytes, got {}",
-                self.addr,
-                data.len()
-            )));
-        }
-        Ok(data)
-    }
-
-    /// [`ChunkClient::read`], leaving a large payload in a pipe (see
-    /// [`crate::backend::spliced`]).
-    pub async fn read_spliced(
-        &self,
-        at: ChunkRef,
-        offset: u32,
-        len: u32,
-    ) -> Result<Part, ChunkError> {
-        let mut h = RequestHeader::new(Op::Read, 0);
-        h.at = at;
-        h.offset = offset;
-        h.length = len;
-        let (_, data) = self.call_piped(h, &SgList::new(), true).await?;
         if data.len() != len as usize {
             return Err(ChunkError::Protocol(format!(
                 "asked {} for {len} bytes, got {}",
@@ -297,26 +273,7 @@ impl ChunkClient {
 
     /// Sends one request on the next connection of the pool and turns an error status
     /// into its [`ChunkError`].
-    async fn call(
-        &self,
-        h: RequestHeader,
-        payload: &SgList,
-    ) -> Result<(ResponseHeader, Bytes), ChunkError> {
-        let (resp, body) = self.call_piped(h, payload, false).await?;
-        let body = body.into_bytes().map_err(|e| ChunkError::Unreachable {
-            addr: self.addr,
-            reason: format!("reading a pipe failed: {e}"),
-        })?;
-        Ok((resp, body))
-    }
-
-    /// [`ChunkClient::call`], leaving a large successful payload in a pipe when `pipe`.
-    async fn call_piped(
-        &self,
-        h: RequestHeader,
-        payload: &SgList,
-        pipe: bool,
-    ) -> Result<Reply, ChunkError> {
+    async fn call(&self, h: RequestHeader, payload: &SgList) -> Result<Reply, ChunkError> {
         h.check()
             .map_err(|e| ChunkError::Protocol(format!("request not sent: {e}")))?;
         let timeout = timeout_for(&h).min(self.cap);
@@ -328,20 +285,14 @@ impl ChunkClient {
         let conn = tokio::time::timeout_at(deadline, self.conn())
             .await
             .map_err(|_| late())??;
-        let call = conn.call(h, payload, pipe);
-        let (resp, body) = match tokio::time::timeout_at(deadline, call).await {
+        let (resp, body) = match tokio::time::timeout_at(deadline, conn.call(h, payload)).await {
             Ok(r) => r?,
             Err(_) => {
                 conn.kill(late().to_string());
                 return Err(late());
             }
         };
-        // Only a successful payload is ever left in a pipe.
-        let text = match &body {
-            Part::Mem(b) => &b[..],
-            Part::Pipe(_) => &[],
-        };
-        match wire::decode_error(&resp, text, h.at.epoch) {
+        match wire::decode_error(&resp, &body, h.at.epoch) {
             Some(e) => Err(e),
             None => Ok((resp, body)),
         }

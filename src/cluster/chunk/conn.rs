@@ -4,35 +4,24 @@
 //! waiter learns at once and the connection reports itself dead so the pool replaces
 //! it.
 
-use super::io::{fill_to, read_header, read_payload, writer_loop, Outgoing};
-use super::wire::{RequestHeader, ResponseHeader, Status, RESPONSE_HEADER_LEN};
+use super::io::{read_header, read_payload, writer_loop, Outgoing};
+use super::wire::{RequestHeader, ResponseHeader, RESPONSE_HEADER_LEN};
 use super::ChunkError;
-use crate::backend::spliced::{Filled, Part, Pipe};
 use crate::backend::SgList;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncBufRead, BufReader};
+use tokio::io::BufReader;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
-/// A response: header and payload (as read from the socket, or left in a pipe).
-pub(super) type Reply = (ResponseHeader, Part);
-
-struct Waiter {
-    done: oneshot::Sender<Result<Reply, ChunkError>>,
-    /// The caller can take the payload in a pipe.
-    pipe: bool,
-}
-
-/// Payloads smaller than this are read into memory even when a pipe would do: the
-/// pipe's system calls cost more than copying them.
-const PIPE_MIN: u32 = 64 << 10;
+/// A response: header and payload (one buffer, as read from the socket).
+pub(super) type Reply = (ResponseHeader, Bytes);
+type Waiter = oneshot::Sender<Result<Reply, ChunkError>>;
 
 /// Bytes buffered per read: many small responses per system call, while a large
 /// payload is read past the buffer straight into its own allocation.
@@ -48,9 +37,6 @@ pub(super) struct Conn {
 struct Shared {
     addr: SocketAddr,
     state: Mutex<State>,
-    /// Cleared when a payload did not fit a pipe: this network delivers in frags too
-    /// small for splicing to pay, so the connection reads into memory from then on.
-    splice: AtomicBool,
 }
 
 #[derive(Default)]
@@ -83,7 +69,7 @@ impl Shared {
             tracing::debug!(sds = %self.addr, %reason, in_flight = waiters.len(), "chunk connection failed");
         }
         for (_, w) in waiters {
-            let _ = w.done.send(Err(self.unreachable(&reason)));
+            let _ = w.send(Err(self.unreachable(&reason)));
         }
     }
 }
@@ -101,7 +87,6 @@ impl Conn {
         let shared = Arc::new(Shared {
             addr,
             state: Mutex::new(State::default()),
-            splice: AtomicBool::new(true),
         });
         let reader = tokio::spawn(read_responses(rd, shared.clone())).abort_handle();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -136,13 +121,11 @@ impl Conn {
         self.shared.fail(reason);
     }
 
-    /// Sends one request (its tag is assigned here) and waits for the response; with
-    /// `pipe`, a large successful payload may be left in a pipe.
+    /// Sends one request (its tag is assigned here) and waits for the response.
     pub(super) async fn call(
         &self,
         mut header: RequestHeader,
         payload: &SgList,
-        pipe: bool,
     ) -> Result<Reply, ChunkError> {
         header.tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let (done, answer) = oneshot::channel();
@@ -151,7 +134,7 @@ impl Conn {
             if let Some(reason) = &s.dead {
                 return Err(self.shared.unreachable(reason));
             }
-            s.waiters.insert(header.tag, Waiter { done, pipe });
+            s.waiters.insert(header.tag, done);
         }
         let guard = Registered {
             shared: &self.shared,
@@ -194,8 +177,6 @@ impl Drop for Registered<'_> {
     }
 }
 
-type Reader = BufReader<OwnedReadHalf>;
-
 async fn read_responses(rd: OwnedReadHalf, shared: Arc<Shared>) {
     let mut r = BufReader::with_capacity(READ_BUFFER, rd);
     let reason = loop {
@@ -208,49 +189,15 @@ async fn read_responses(rd: OwnedReadHalf, shared: Arc<Shared>) {
             Ok(h) => h,
             Err(e) => break format!("the SDS sent a bad response: {e}"),
         };
-        let len = h.payload_len as usize;
-        let piped = h.status == Status::Ok
-            && h.payload_len >= PIPE_MIN
-            && shared.splice.load(Ordering::Relaxed)
-            && shared.lock().waiters.get(&h.tag).is_some_and(|w| w.pipe);
-        let payload = if piped {
-            read_piped(&mut r, len, &shared).await
-        } else {
-            read_payload(&mut r, len).await.map(Part::Mem)
-        };
-        let payload = match payload {
+        let payload = match read_payload(&mut r, h.payload_len as usize).await {
             Ok(p) => p,
             Err(e) => break format!("receive failed: {e}"),
         };
         // No waiter: the request timed out or its caller went away.
         let waiter = shared.lock().waiters.remove(&h.tag);
         if let Some(w) = waiter {
-            let _ = w.done.send(Ok((h, payload)));
+            let _ = w.send(Ok((h, payload)));
         }
     };
     shared.fail(reason);
-}
-
-/// Reads a `len`-byte payload into a pipe: what the buffer already holds by copy, the
-/// rest spliced from the socket. Finishes in memory when no pipe can be had or it runs
-/// out of slots.
-async fn read_piped(r: &mut Reader, len: usize, shared: &Shared) -> std::io::Result<Part> {
-    let Ok(mut pipe) = Pipe::new() else {
-        return read_payload(r, len).await.map(Part::Mem);
-    };
-    let ahead = r.buffer().len().min(len);
-    let pushed = pipe.push(&r.buffer()[..ahead])?;
-    Pin::new(&mut *r).consume(pushed);
-    let full =
-        pushed < ahead || pipe.fill_from(r.get_ref().as_ref(), len - pushed).await? != Filled::All;
-    if !full {
-        return Ok(Part::Pipe(pipe));
-    }
-    if shared.splice.swap(false, Ordering::Relaxed) {
-        tracing::info!(sds = %shared.addr, "payloads from this SDS arrive in frags too small to splice; reading them into memory");
-    }
-    let mut buf = BytesMut::with_capacity(len);
-    pipe.read_into(&mut buf)?;
-    fill_to(r, &mut buf, len).await?;
-    Ok(Part::Mem(buf.freeze()))
 }

@@ -35,23 +35,13 @@ pub(crate) async fn read_payload<R: AsyncRead + Unpin>(
     len: usize,
 ) -> std::io::Result<Bytes> {
     let mut buf = BytesMut::with_capacity(len);
-    fill_to(r, &mut buf, len).await?;
-    Ok(buf.freeze())
-}
-
-/// Reads until `buf` holds `len` bytes.
-pub(crate) async fn fill_to<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut BytesMut,
-    len: usize,
-) -> std::io::Result<()> {
     while buf.len() < len {
         let want = (len - buf.len()) as u64;
-        if (&mut *r).take(want).read_buf(buf).await? == 0 {
+        if (&mut *r).take(want).read_buf(&mut buf).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }
-    Ok(())
+    Ok(buf.freeze())
 }
 
 /// Reads and drops `len` bytes (the payload of a request that is answered with an

@@ -537,7 +537,6 @@ pub(super) fn parse(
                 buffer_offset,
                 residual,
                 data,
-                spliced: 0,
             })
         }
         op::LOGOUT_RESPONSE => {

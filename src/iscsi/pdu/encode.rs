@@ -78,7 +78,6 @@ fn scsi_ahs(cmd: &ScsiCommand) -> Vec<u8> {
 
 pub(super) fn encode(pdu: &Pdu, digests: Digests) -> Encoded {
     let mut ahs = Vec::new();
-    let mut spliced = 0;
     let (mut bhs, data) = match pdu {
         Pdu::NopOut(p) => {
             let mut b = Bhs::new(op::NOP_OUT, p.immediate, 0x80);
@@ -263,7 +262,6 @@ pub(super) fn encode(pdu: &Pdu, digests: Digests) -> Encoded {
                 .u32(36, p.data_sn)
                 .u32(40, p.buffer_offset)
                 .u32(44, p.residual);
-            spliced = p.spliced as usize;
             (b, &p.data)
         }
         Pdu::LogoutResponse(p) => {
@@ -319,17 +317,12 @@ pub(super) fn encode(pdu: &Pdu, digests: Digests) -> Encoded {
     // Callers bound data by MaxRecvDataSegmentLength (at most 2^24 - 1 by RFC 7143
     // section 13.12), so this only fires on a caller bug; masking keeps release builds
     // from panicking but would produce a wrong frame.
-    let data_len = data.len() + spliced;
     debug_assert!(
-        data_len <= MAX_DATA_SEGMENT,
+        data.len() <= MAX_DATA_SEGMENT,
         "data segment too long for the 24-bit length field"
     );
     debug_assert!(ahs.len() <= 255 * 4, "AHS too long for TotalAHSLength");
-    debug_assert!(
-        spliced == 0 || !digests.data,
-        "a data digest needs the spliced bytes"
-    );
-    let dsl = (data_len & MAX_DATA_SEGMENT) as u32;
+    let dsl = (data.len() & MAX_DATA_SEGMENT) as u32;
     bhs.u32(4, dsl).u8(4, (ahs.len() / 4) as u8);
 
     let header_len = BHS_LEN + ahs.len();
@@ -342,8 +335,8 @@ pub(super) fn encode(pdu: &Pdu, digests: Digests) -> Encoded {
     }
 
     let mut trailer = BytesMut::new();
-    if data_len > 0 {
-        trailer.put_bytes(0, pad_len(data_len));
+    if !data.is_empty() {
+        trailer.put_bytes(0, pad_len(data.len()));
         if digests.data {
             trailer.put_slice(&digest::data(data));
         }

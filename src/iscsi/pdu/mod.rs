@@ -338,10 +338,6 @@ pub struct DataIn {
     pub buffer_offset: u32,
     pub residual: u32,
     pub data: Bytes,
-    /// Bytes of the data segment that follow `data` out of a pipe: the header counts
-    /// them, the writer splices them in (never with a data digest, which would need
-    /// the bytes).
-    pub spliced: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

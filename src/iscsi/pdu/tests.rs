@@ -206,7 +206,6 @@ fn samples() -> Vec<Pdu> {
             buffer_offset: 4096,
             residual: 1,
             data: Bytes::from(vec![0xc3; 4095]),
-            spliced: 0,
         }),
         Pdu::DataIn(DataIn {
             final_: false,
@@ -224,7 +223,6 @@ fn samples() -> Vec<Pdu> {
             buffer_offset: 0,
             residual: 0,
             data: Bytes::from(vec![0x3c; 8192]),
-            spliced: 0,
         }),
         Pdu::LogoutResponse(LogoutResponse {
             response: 0,
@@ -476,21 +474,6 @@ fn scsi_response_bytes() {
     let enc = pdu.encode(Digests::default());
     assert_eq!(&enc.header[..], &expected[..]);
     assert!(enc.trailer.is_empty());
-}
-
-/// A Data-In whose data is spliced in later: the header counts the spliced bytes,
-/// the trailer pads them, and no data goes with the header.
-#[test]
-fn spliced_data_in_counts_bytes_it_does_not_carry() {
-    let enc = Pdu::DataIn(DataIn {
-        final_: true,
-        spliced: 0x1_0001,
-        ..Default::default()
-    })
-    .encode(Digests::default());
-    assert_eq!(&enc.header[5..8], &[0x01, 0x00, 0x01]);
-    assert!(enc.data.is_empty());
-    assert_eq!(&enc.trailer[..], &[0, 0, 0]);
 }
 
 #[test]
