@@ -40,9 +40,12 @@ const FILL_CHUNK: usize = 1024 * 1024;
 /// the neighbourhood.
 const MAX_LBA_STATUS_DESCRIPTORS: usize = 64;
 
-/// Backend queries one GET LBA STATUS may make (a pool volume answers per 1 MiB
-/// chunk, so this maps up to 8 GiB of a pool volume in one command).
+/// Backend queries one GET LBA STATUS may make (a file volume answers per extent).
 const MAX_LBA_STATUS_QUERIES: usize = 8192;
+
+/// Blocks (8 GiB) past which GET LBA STATUS stops merging runs into its descriptors: a
+/// pool volume answers per 1 MiB chunk, each a request to an SDS.
+const MAX_LBA_STATUS_SPAN: u64 = 8 << 30 >> 9;
 
 /// WRITE SAME(10) 0x41 and WRITE SAME(16) 0x93.
 pub(crate) fn write_same<'a>(c: &'a Ctx<'a>) -> BoxFut<'a> {
@@ -205,7 +208,10 @@ pub(crate) fn get_lba_status<'a>(c: &'a Ctx<'a>) -> BoxFut<'a> {
         let mut runs: Vec<(u64, u64, Provisioning)> = Vec::with_capacity(room);
         let mut lba = start;
         let mut queries = 0;
-        while lba < capacity && queries < MAX_LBA_STATUS_QUERIES {
+        while lba < capacity
+            && queries < MAX_LBA_STATUS_QUERIES
+            && lba - start < MAX_LBA_STATUS_SPAN
+        {
             let (state, run) = if backend.thin() {
                 backend
                     .allocation_status(lba)

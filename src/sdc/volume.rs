@@ -94,6 +94,10 @@ struct Inner {
     fetch: SingleFlight<(), Result<Arc<Layout>, String>>,
 }
 
+/// Chunks past the first whose allocation one [`BlockBackend::allocation_status`]
+/// call asks for, all at once.
+const STATUS_LOOKAHEAD: u64 = 128;
+
 /// A pool volume seen from a gateway. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct PoolVolume(Arc<Inner>);
@@ -660,6 +664,9 @@ impl BlockBackend for PoolVolume {
         })
     }
 
+    /// A run that reaches the end of its chunk goes on through the next chunks in the
+    /// same state, asked for [`STATUS_LOOKAHEAD`] at once: merging a long run then
+    /// costs round trips side by side instead of one after another.
     async fn allocation_status(&self, lba: u64) -> Result<(Provisioning, u64), BackendError> {
         let (start, _) = bytes_of(lba, 0);
         let chunk = start / CHUNK_SIZE;
@@ -668,7 +675,31 @@ impl BlockBackend for PoolVolume {
             .0
             .on_chunk(chunk, |c, r| async move { c.status(r.at, offset).await })
             .await?;
-        let blocks = (run as u64 / BLOCK_SIZE as u64).max(1);
+        let mut run = u64::from(run);
+        let size = self.0.layout().size_bytes;
+        let next = (chunk + 1) * CHUNK_SIZE;
+        if u64::from(offset) + run >= CHUNK_SIZE && next < size {
+            let len = (STATUS_LOOKAHEAD * CHUNK_SIZE).min(size - next);
+            let ahead = self
+                .each(next, len, |inner, p| async move {
+                    inner
+                        .on_chunk(p.chunk, |c, r| async move { c.status(r.at, 0).await })
+                        .await
+                })
+                .await;
+            // The look-ahead only lengthens the answer: failing, it leaves the first
+            // chunk's run, which is already right.
+            for (m, r) in ahead.unwrap_or_default() {
+                if m != mapped {
+                    break;
+                }
+                run += u64::from(r);
+                if u64::from(r) < CHUNK_SIZE {
+                    break;
+                }
+            }
+        }
+        let blocks = (run / BLOCK_SIZE as u64).max(1);
         let left = self.num_blocks().saturating_sub(lba);
         let state = if mapped {
             Provisioning::Mapped
@@ -808,17 +839,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (vol, _nodes) = setup(&dir).await;
         assert!(vol.thin());
+        // One answer covers every chunk in the same state, not just the first.
         let (state, run) = vol.allocation_status(0).await.unwrap();
         assert_eq!(state, Provisioning::Deallocated);
-        assert_eq!(run, MIB / 512);
+        assert_eq!(run, 4 * MIB / 512);
         let zero = vol.read(2048, 8).await.unwrap();
         assert!(zero.iter().all(|b| *b == 0));
         vol.write(2048, SgList::from(vec![7u8; 4096]), false)
             .await
             .unwrap();
         assert_eq!(
-            vol.allocation_status(2048).await.unwrap().0,
-            Provisioning::Mapped
+            vol.allocation_status(2048).await.unwrap(),
+            (Provisioning::Mapped, 8)
+        );
+        // The run from chunk 0 stops where chunk 1's mapped blocks begin; the run
+        // after them reaches the end of the volume.
+        assert_eq!(
+            vol.allocation_status(0).await.unwrap(),
+            (Provisioning::Deallocated, 2048)
+        );
+        assert_eq!(
+            vol.allocation_status(2056).await.unwrap(),
+            (Provisioning::Deallocated, 4 * 2048 - 2056)
         );
         vol.unmap(2048, 2048).await.unwrap();
         assert_eq!(
