@@ -21,7 +21,9 @@ use crate::cluster::chunk::ChunkError;
 use crate::cluster::mdm_client;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -503,6 +505,41 @@ impl PoolVolume {
     }
 }
 
+impl PoolVolume {
+    /// The allocation of `count` chunks from `first`, each from its offset 0, with one
+    /// StatusMany per SDS holding their primaries, all at once. `None` if any of them
+    /// fails: the caller asks chunk by chunk instead.
+    async fn status_ahead(&self, first: u64, count: u64) -> Option<Vec<(bool, u32)>> {
+        let layout = self.0.layout();
+        // Per SDS: where each answer goes in the result, and what to ask.
+        type Asks = (Vec<usize>, Vec<(u64, u64)>);
+        let mut groups: HashMap<SocketAddr, Asks> = HashMap::new();
+        for (i, chunk) in (first..first + count).enumerate() {
+            let r = route(&layout, chunk).ok()?;
+            let group = groups.entry(r.primary.addr).or_default();
+            group.0.push(i);
+            group.1.push((chunk, r.at.device));
+        }
+        let mut asks = JoinSet::new();
+        for (addr, (slots, entries)) in groups {
+            let client = self.0.sds.client(addr);
+            let (volume, epoch) = (layout.volume_id, layout.epoch);
+            asks.spawn(async move { (slots, client.status_many(volume, epoch, &entries).await) });
+        }
+        let mut out = vec![(false, 0); count as usize];
+        while let Some(joined) = asks.join_next().await {
+            let (slots, runs) = joined.ok()?;
+            let runs = runs
+                .map_err(|e| debug!(volume = self.0.id, error = %e, "StatusMany failed; asking chunk by chunk"))
+                .ok()?;
+            for (i, run) in slots.into_iter().zip(runs) {
+                out[i] = run;
+            }
+        }
+        Some(out)
+    }
+}
+
 fn bytes_of(lba: u64, blocks: u64) -> (u64, u64) {
     (lba * BLOCK_SIZE as u64, blocks * BLOCK_SIZE as u64)
 }
@@ -680,13 +717,19 @@ impl BlockBackend for PoolVolume {
         let next = (chunk + 1) * CHUNK_SIZE;
         if u64::from(offset) + run >= CHUNK_SIZE && next < size {
             let len = (STATUS_LOOKAHEAD * CHUNK_SIZE).min(size - next);
-            let ahead = self
-                .each(next, len, |inner, p| async move {
-                    inner
-                        .on_chunk(p.chunk, |c, r| async move { c.status(r.at, 0).await })
-                        .await
-                })
-                .await;
+            let ahead = match self.status_ahead(chunk + 1, len.div_ceil(CHUNK_SIZE)).await {
+                Some(runs) => Ok(runs),
+                // An SDS that cannot answer StatusMany (or failed): chunk by chunk,
+                // with the usual failover.
+                None => {
+                    self.each(next, len, |inner, p| async move {
+                        inner
+                            .on_chunk(p.chunk, |c, r| async move { c.status(r.at, 0).await })
+                            .await
+                    })
+                    .await
+                }
+            };
             // The look-ahead only lengthens the answer: failing, it leaves the first
             // chunk's run, which is already right.
             for (m, r) in ahead.unwrap_or_default() {

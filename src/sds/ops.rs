@@ -16,8 +16,8 @@ use crate::backend::fileops::runs_inline;
 use crate::backend::{AtomicOp, SgList};
 use crate::cluster::api::{fmt_id, SdsControl};
 use crate::cluster::chunk::wire::{
-    AtomicKind, CopySource, Op, RequestHeader, SourceCopy, FLAG_FORWARDED, FLAG_FUA, FLAG_MAPPED,
-    FLAG_MISCOMPARE, FLAG_SINGLE_COPY,
+    decode_status_entries, encode_status_runs, AtomicKind, CopySource, Op, RequestHeader,
+    SourceCopy, FLAG_FORWARDED, FLAG_FUA, FLAG_MAPPED, FLAG_MISCOMPARE, FLAG_SINGLE_COPY,
 };
 use crate::cluster::chunk::{ChunkError, ChunkRef, Mirror};
 use bytes::Bytes;
@@ -53,6 +53,20 @@ pub async fn execute(
             let sds = sds.clone();
             blocking(move || sds.store.sync_all()).await?;
             Ok(Answer::default())
+        }
+        Op::StatusMany => {
+            admit(sds, h.at)?;
+            let (sds, volume) = (sds.clone(), h.at.volume);
+            let entries = decode_status_entries(&payload);
+            // Hundreds of lseeks: off the async worker, so other requests go on.
+            let runs = blocking(move || {
+                entries
+                    .into_iter()
+                    .map(|(chunk, device)| sds.store.device(device)?.status((volume, chunk), 0))
+                    .collect::<Result<Vec<_>, SdsError>>()
+            })
+            .await?;
+            Ok(Answer::data(encode_status_runs(&runs).into()))
         }
         Op::Read | Op::Write | Op::WriteZeroes | Op::Status | Op::Atomic => {
             // Refused early too: a fenced SDS answers at once rather than after a lock.

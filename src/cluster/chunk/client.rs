@@ -52,7 +52,7 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `h` may go unanswered.
 fn timeout_for(h: &RequestHeader) -> Duration {
     match h.op {
-        Op::Read | Op::Status => DATA_TIMEOUT,
+        Op::Read | Op::Status | Op::StatusMany => DATA_TIMEOUT,
         Op::Write | Op::WriteZeroes | Op::Atomic if h.mirror.is_none() => DATA_TIMEOUT,
         Op::Write | Op::WriteZeroes | Op::Atomic => MIRRORED_TIMEOUT,
         Op::Flush => FLUSH_TIMEOUT,
@@ -246,6 +246,27 @@ impl ChunkClient {
             ChunkError::Protocol(format!("{} reported a {}-byte run", self.addr, resp.aux))
         })?;
         Ok((resp.flags & FLAG_MAPPED != 0, run))
+    }
+
+    /// The allocation of many chunk copies of `volume` on this SDS, each from its
+    /// offset 0, in one request: `(chunk index, device id)` in, `(mapped, run in
+    /// bytes)` out, in the same order.
+    pub async fn status_many(
+        &self,
+        volume: u64,
+        epoch: u64,
+        entries: &[(u64, u64)],
+    ) -> Result<Vec<(bool, u32)>, ChunkError> {
+        let payload = wire::encode_status_entries(entries);
+        let mut h = RequestHeader::new(Op::StatusMany, 0);
+        h.at.volume = volume;
+        h.at.epoch = epoch;
+        h.length = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+        h.payload_len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        let (_, reply) = self.call(h, &SgList::from(payload)).await?;
+        wire::decode_status_runs(&reply, entries.len()).map_err(|e| {
+            ChunkError::Protocol(format!("{} answered StatusMany badly: {e}", self.addr))
+        })
     }
 
     /// Sends an MDM control message; the SDS's refusal comes back as `Refused`.

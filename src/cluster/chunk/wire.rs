@@ -8,9 +8,9 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 2 | magic `0x4451` ("DQ") |
-//! | 2 | 1 | op: 1 Read, 2 Write, 3 WriteZeroes, 4 Flush, 5 Status, 6 Control, 7 Atomic, 8 Copy, 9 Replicate |
+//! | 2 | 1 | op: 1 Read, 2 Write, 3 WriteZeroes, 4 Flush, 5 Status, 6 Control, 7 Atomic, 8 Copy, 9 Replicate, 10 StatusMany |
 //! | 3 | 1 | flags: 0x01 FUA (Write, WriteZeroes, Atomic, Copy), 0x02 UNMAP (WriteZeroes, Copy), 0x04 SINGLE_COPY (Write, WriteZeroes, Atomic, Copy; never with FORWARDED): the chunk's pool keeps one copy (with a mirror: the copy a move is filling), bits 0x30 the Atomic kind: 0x10 compare-and-write, 0x20 or-write, 0x30 atomic write, 0x40 FORWARDED (Write, WriteZeroes; never with a mirror): sent by a primary SDS for its mirror copy, or by Replicate |
-//! | 4 | 4 | payload_len (Write, Atomic or-write and write: = length; Atomic compare-and-write: 2 × length, compare data then write data; Control: JSON; Copy: 64; others 0) |
+//! | 4 | 4 | payload_len (Write, Atomic or-write and write: = length; Atomic compare-and-write: 2 × length, compare data then write data; Control: JSON; Copy: 64; StatusMany: 16 × length; others 0) |
 //! | 8 | 8 | tag, echoed in the response |
 //! | 16 | 8 | layout epoch |
 //! | 24 | 8 | volume id |
@@ -78,6 +78,17 @@
 //! the dirty bit set. The target treats the pieces like forwarded mirror writes (no
 //! lock, a slot allocated on first write).
 //!
+//! StatusMany (10) asks for the allocation of many chunk copies of one volume held on
+//! the receiving SDS at once, each from its offset 0: what a gateway mapping a long
+//! stretch of a thin volume (GET LBA STATUS) would otherwise ask chunk by chunk. The
+//! header names the volume and its layout epoch; chunk index, offset, device and
+//! mirror are 0; `length` is the number of entries (1 to [`MAX_STATUS_ENTRIES`]). The
+//! payload is `length` entries of chunk index u64 and device id u64. The SDS checks
+//! its lease and the epoch once; an unknown device fails the whole request. An Ok
+//! reply carries one 8-byte entry per request entry, in order: flags u8 (0x01 MAPPED),
+//! three bytes 0, and the run length in bytes u32, exactly as a Status at offset 0
+//! would answer.
+//!
 //! Atomic (7) is a read-modify-write the receiving primary performs under an exclusive
 //! lock on the chunk (ordinary writes that name a mirror, and reads, hold the same lock
 //! shared): compare-and-write writes the second half of the payload only if the range
@@ -118,6 +129,11 @@ pub const ATOMIC_OR: u8 = 0x20;
 pub const ATOMIC_WRITE: u8 = 0x30;
 /// Response flag (Status): the bytes at the offset are allocated.
 pub const FLAG_MAPPED: u8 = 0x01;
+/// Most entries one StatusMany may carry.
+pub const MAX_STATUS_ENTRIES: u32 = 1024;
+/// Bytes of one StatusMany request entry (chunk index, device id) and reply entry.
+const STATUS_ENTRY_LEN: usize = 16;
+const STATUS_RUN_LEN: usize = 8;
 /// Response flag (Atomic): the compare data differed, nothing was written; `aux` is the
 /// offset of the first differing byte within the range.
 pub const FLAG_MISCOMPARE: u8 = 0x02;
@@ -148,6 +164,57 @@ pub enum WireError {
         "Replicate must name a mirror and cover the whole chunk (offset 0, length {CHUNK_SIZE})"
     )]
     BadReplicate,
+    #[error(
+        "StatusMany must start at offset 0 and carry 1 to {MAX_STATUS_ENTRIES} entries, not {0}"
+    )]
+    BadStatusMany(u32),
+    #[error("StatusMany reply of {len} bytes for {entries} entries")]
+    BadStatusRuns { len: usize, entries: usize },
+}
+
+/// StatusMany's request payload: (chunk index, device id) per entry.
+pub fn encode_status_entries(entries: &[(u64, u64)]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(entries.len() * STATUS_ENTRY_LEN);
+    for (chunk, device) in entries {
+        b.extend_from_slice(&chunk.to_be_bytes());
+        b.extend_from_slice(&device.to_be_bytes());
+    }
+    b
+}
+
+/// The entries of a StatusMany payload whose length [`RequestHeader::check`] accepted.
+pub fn decode_status_entries(b: &[u8]) -> Vec<(u64, u64)> {
+    b.chunks_exact(STATUS_ENTRY_LEN)
+        .map(|e| (be64(e, 0), be64(e, 8)))
+        .collect()
+}
+
+/// StatusMany's reply payload: (mapped, run in bytes) per entry.
+pub fn encode_status_runs(runs: &[(bool, u32)]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(runs.len() * STATUS_RUN_LEN);
+    for (mapped, run) in runs {
+        b.extend_from_slice(&[if *mapped { FLAG_MAPPED } else { 0 }, 0, 0, 0]);
+        b.extend_from_slice(&run.to_be_bytes());
+    }
+    b
+}
+
+/// The runs of a StatusMany reply that asked about `entries` chunks.
+pub fn decode_status_runs(b: &[u8], entries: usize) -> Result<Vec<(bool, u32)>, WireError> {
+    if b.len() != entries * STATUS_RUN_LEN {
+        return Err(WireError::BadStatusRuns {
+            len: b.len(),
+            entries,
+        });
+    }
+    Ok(b.chunks_exact(STATUS_RUN_LEN)
+        .map(|e| {
+            (
+                e[0] & FLAG_MAPPED != 0,
+                u32::from_be_bytes([e[4], e[5], e[6], e[7]]),
+            )
+        })
+        .collect())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +231,8 @@ pub enum Op {
     /// copy the whole chunk copy named by the header to the mirror, under the chunk's
     /// exclusive lock, so the new copy is whole before any later write reaches it.
     Replicate = 9,
+    /// The allocation of many chunk copies of one volume at once; see the module doc.
+    StatusMany = 10,
 }
 
 /// What an [`Op::Atomic`] request does, from its flags.
@@ -196,6 +265,7 @@ impl Op {
             7 => Op::Atomic,
             8 => Op::Copy,
             9 => Op::Replicate,
+            10 => Op::StatusMany,
             _ => return Err(WireError::UnknownOp(v)),
         })
     }
@@ -381,6 +451,11 @@ impl RequestHeader {
                     return Err(outside());
                 }
             }
+            Op::StatusMany => {
+                if self.offset != 0 || self.length == 0 || self.length > MAX_STATUS_ENTRIES {
+                    return Err(WireError::BadStatusMany(self.length));
+                }
+            }
             Op::Flush | Op::Control => {}
         }
         let expected = match op {
@@ -391,6 +466,7 @@ impl RequestHeader {
             }
             Op::Atomic => self.length,
             Op::Copy => COPY_SOURCE_LEN as u32,
+            Op::StatusMany => self.length * STATUS_ENTRY_LEN as u32,
             Op::Control => {
                 if self.payload_len > MAX_CONTROL_PAYLOAD {
                     return Err(WireError::PayloadTooLarge {
@@ -690,6 +766,36 @@ mod tests {
         let back = RequestHeader::decode(&z.encode()).unwrap();
         assert!(back.unmap() && back.fua());
         assert_eq!(back.mirror, None);
+    }
+
+    #[test]
+    fn status_many_entries_and_runs_round_trip_and_are_bounded() {
+        let entries = [(3, 10), (u64::MAX, 1)];
+        let payload = encode_status_entries(&entries);
+        assert_eq!(payload.len(), 32);
+        assert_eq!(decode_status_entries(&payload), entries);
+        let mut h = RequestHeader::new(Op::StatusMany, 5);
+        h.length = 2;
+        h.payload_len = 32;
+        assert_eq!(RequestHeader::decode(&h.encode()).unwrap(), h);
+        h.check().unwrap();
+        h.payload_len = 16;
+        assert!(matches!(h.check(), Err(WireError::PayloadMismatch { .. })));
+        for length in [0, MAX_STATUS_ENTRIES + 1] {
+            h.length = length;
+            h.payload_len = length * 16;
+            assert_eq!(h.check(), Err(WireError::BadStatusMany(length)));
+        }
+        let runs = [(true, 4096), (false, CHUNK_SIZE as u32)];
+        let reply = encode_status_runs(&runs);
+        assert_eq!(decode_status_runs(&reply, 2).unwrap(), runs);
+        assert!(matches!(
+            decode_status_runs(&reply, 3),
+            Err(WireError::BadStatusRuns {
+                len: 16,
+                entries: 3
+            })
+        ));
     }
 
     #[test]
