@@ -180,6 +180,21 @@ async fn write_read_status_flush_and_inventory() {
     assert_eq!(c.status(a, 0).await.unwrap(), (false, 8192));
     let (mapped, run) = c.status(a, 8192).await.unwrap();
     assert!(mapped && run >= 4096, "{run}");
+    // StatusMany answers each chunk as a Status at offset 0 does, in order; a chunk
+    // never written is one deallocated run.
+    assert_eq!(
+        c.status_many(5, 1, &[(4, n.device), (3, n.device)])
+            .await
+            .unwrap(),
+        vec![(false, CHUNK_SIZE as u32), (false, 8192)]
+    );
+    // An unknown device fails the whole request, naming it.
+    let e = refused(
+        c.status_many(5, 1, &[(3, n.device), (3, 999)])
+            .await
+            .unwrap_err(),
+    );
+    assert!(e.contains("999") || e.contains("3e7"), "{e}");
     c.flush().await.unwrap();
 
     // Zeroing without unmap keeps the chunk allocated.
@@ -392,6 +407,10 @@ async fn older_epochs_are_refused() {
     );
     c.read(at(1, 0, n.device, 6), 0, 512).await.unwrap();
     assert!(c.status(at(1, 0, n.device, 5), 0).await.is_err());
+    assert!(matches!(
+        c.status_many(1, 5, &[(0, n.device)]).await,
+        Err(ChunkError::StaleEpoch { current: 6, .. })
+    ));
     // Other volumes have their own epochs.
     c.read(at(2, 0, n.device, 1), 0, 512).await.unwrap();
 }
@@ -974,6 +993,11 @@ async fn a_lapsed_lease_refuses_io_until_a_heartbeat_is_answered() {
             .unwrap_err(),
     );
     fenced(c.status(a, 0).await.unwrap_err());
+    fenced(
+        c.status_many(a.volume, a.epoch, &[(a.chunk, n.device)])
+            .await
+            .unwrap_err(),
+    );
     // Flush and control are always served.
     c.flush().await.unwrap();
     assert_eq!(inventory(c).await.devices[0].chunks, vec![(1, 0)]);
