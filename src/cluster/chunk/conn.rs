@@ -23,9 +23,11 @@ use tokio::task::AbortHandle;
 pub(super) type Reply = (ResponseHeader, Bytes);
 type Waiter = oneshot::Sender<Result<Reply, ChunkError>>;
 
-/// Bytes buffered per read: many small responses per system call, while a large
-/// payload is read past the buffer straight into its own allocation.
-const READ_BUFFER: usize = 64 << 10;
+/// Bytes buffered per read: a few small responses per system call, while a large
+/// payload is read past the buffer straight into its own allocation (what the buffer
+/// read ahead of it is copied once more). In A/B runs 8 KiB was as fast as 64 KiB for
+/// 4 KiB reads at QD32 and about 1.5% faster for 1 MiB reads.
+const READ_BUFFER: usize = 8 << 10;
 
 pub(super) struct Conn {
     shared: Arc<Shared>,
