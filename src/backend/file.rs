@@ -97,6 +97,10 @@ impl BlockBackend for FileBackend {
         true
     }
 
+    fn completes_inline(&self) -> bool {
+        true
+    }
+
     async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes, BackendError> {
         let len = blocks as usize * BLOCK_SIZE as usize;
         let off = lba * BLOCK_SIZE as u64;

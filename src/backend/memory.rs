@@ -38,6 +38,10 @@ impl BlockBackend for MemoryBackend {
         true
     }
 
+    fn completes_inline(&self) -> bool {
+        true
+    }
+
     async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes, BackendError> {
         let bs = BLOCK_SIZE as usize;
         let mut out = vec![0u8; blocks as usize * bs];

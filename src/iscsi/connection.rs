@@ -871,6 +871,9 @@ impl Conn {
         let cmd = task.cmd.clone();
         let lun = task.lun;
         let claimed = task.claimed.clone();
+        let inline = luns
+            .get(&lun)
+            .is_none_or(|u| u.backend().completes_inline());
         let mut run = Box::pin(async move {
             let cdb = cmd.cdb.clone();
             let resp = scsi::execute(
@@ -909,12 +912,12 @@ impl Conn {
             }
             let _ = done.send((itt, claimed));
         });
-        // A command that needs no wait (a cached read or write of a local volume, most
-        // non-I/O commands) finishes right here: spawning it cost a task and the wakeup
-        // of an idle worker thread to look for it, on the QD1 latency path. One that
-        // waits goes on as a task of its own, which polls it again with its own waker.
+        // A command on a unit whose I/O seldom waits (a cached read or write of a local
+        // volume) finishes right here: spawning it cost a task and the wakeup of an idle
+        // worker thread to look for it, on the QD1 latency path. One that does wait goes
+        // on as a task of its own, which polls it again with its own waker.
         let mut cx = Context::from_waker(Waker::noop());
-        if run.as_mut().poll(&mut cx).is_pending() {
+        if !inline || run.as_mut().poll(&mut cx).is_pending() {
             task.running = Some(tokio::spawn(run));
         }
     }
