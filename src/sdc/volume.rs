@@ -503,9 +503,7 @@ impl PoolVolume {
             })??;
         }
     }
-}
 
-impl PoolVolume {
     /// The allocation of `count` chunks from `first`, each from its offset 0, with one
     /// StatusMany per SDS holding their primaries, all at once. `None` if any of them
     /// fails: the caller asks chunk by chunk instead.

@@ -417,7 +417,6 @@ mod tests {
         w.st.check().unwrap();
     }
 
-    /// Every chunk of the pool has one copy and no secondary.
     /// A single-copy pool on `sds` SDS of one 100-slot device each, and a thin volume
     /// of `chunks` chunks.
     fn single_copy_world(sds: u8, chunks: u64) -> (World, Vec<u64>) {
@@ -430,6 +429,7 @@ mod tests {
         (w, ids)
     }
 
+    /// Every chunk of the pool has one copy and no secondary.
     fn assert_single_copies(st: &State) {
         for v in st.volumes.values() {
             assert!(v.syncing.is_empty());
