@@ -53,6 +53,10 @@ enum Cmd {
         /// MDM address, overriding the one remembered from when the SDS was added.
         #[arg(long, value_name = "HOST:PORT")]
         mdm: Option<String>,
+        /// Serve only over TCP: without it, gateways and SDS in this host's network
+        /// namespace connect through a local socket and read via shared memory.
+        #[arg(long)]
+        no_local_socket: bool,
     },
     /// The iSCSI gateway: the targets of a config file; with --mdm it registers as an
     /// SDC and exports the pool volumes mapped to it.
@@ -108,11 +112,13 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             listen,
             data_dir,
             mdm,
+            no_local_socket,
         } => {
             let h = sds::start(sds::SdsOptions {
                 listen,
                 data_dir,
                 mdm,
+                local_socket: !no_local_socket,
             })
             .await
             .map_err(|e| e.to_string())?;

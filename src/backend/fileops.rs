@@ -2,8 +2,8 @@
 //! SDS chunk store: hole punching, zeroing, sparse-file seeking and reads into
 //! uninitialized buffers.
 //!
-//! Declared by hand because the crate does not depend on `libc`; each wrapper is one
-//! system call on a file descriptor owned by the `File` it borrows.
+//! Each wrapper is one system call on a file descriptor owned by the `File` it
+//! borrows.
 
 use bytes::{Bytes, BytesMut};
 use std::fs::File;
@@ -19,12 +19,9 @@ pub(crate) const SEEK_HOLE: i32 = 4;
 /// zeros. Fails on filesystems (or devices) without hole punching; callers fall back
 /// to [`write_zeros`].
 pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-    extern "C" {
-        fn fallocate(fd: i32, mode: i32, offset: i64, len: i64) -> i32;
-    }
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
     // SAFETY: fallocate only reads its integer arguments; the fd is owned by `file`.
-    let rc = unsafe { fallocate(file.as_raw_fd(), 0x02 | 0x01, offset as i64, len as i64) };
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, len as i64) };
     if rc == 0 {
         Ok(())
     } else {
@@ -68,16 +65,13 @@ pub(crate) fn write_in_pieces(file: &File, buf: &[u8], offset: u64) -> std::io::
 /// SEEK_DATA / SEEK_HOLE, to report which ranges of a sparse file are allocated.
 /// `Ok(None)` when there is no data (or hole) past `offset`.
 pub(crate) fn seek(file: &File, offset: u64, whence: i32) -> std::io::Result<Option<u64>> {
-    extern "C" {
-        fn lseek(fd: i32, offset: i64, whence: i32) -> i64;
-    }
     // SAFETY: lseek only reads its integer arguments; the fd is owned by `file`.
-    let rc = unsafe { lseek(file.as_raw_fd(), offset as i64, whence) };
+    let rc = unsafe { libc::lseek(file.as_raw_fd(), offset as i64, whence) };
     if rc >= 0 {
         return Ok(Some(rc as u64));
     }
     let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(6) {
+    if e.raw_os_error() == Some(libc::ENXIO) {
         // ENXIO: no data (or hole) past offset.
         Ok(None)
     } else {
@@ -109,56 +103,63 @@ pub(crate) fn read_cached(file: &File, offset: u64, len: usize) -> std::io::Resu
 }
 
 fn read_into(file: &File, offset: u64, len: usize, nowait: bool) -> std::io::Result<Option<Bytes>> {
-    #[repr(C)]
-    struct IoVec {
-        base: *mut u8,
-        len: usize,
-    }
-    extern "C" {
-        fn preadv2(fd: i32, iov: *const IoVec, iovcnt: i32, offset: i64, flags: i32) -> isize;
-    }
-    /// Fail with EAGAIN instead of waiting for data that is not in the page cache.
-    const RWF_NOWAIT: i32 = 0x8;
-    const EAGAIN: i32 = 11;
-    const EOPNOTSUPP: i32 = 95;
     let mut buf = BytesMut::with_capacity(len);
+    // SAFETY: `buf` has room for `len` bytes; `pread_raw` initializes all of them when
+    // it returns true, and `set_len` exposes them only then.
+    unsafe {
+        if !pread_raw(file, offset, buf.spare_capacity_mut().as_mut_ptr().cast(), len, nowait)? {
+            return Ok(None);
+        }
+        buf.set_len(len);
+    }
+    Ok(Some(buf.freeze()))
+}
+
+/// Fills `len` bytes at `dst` from `offset` of `file` (zeros past its end); `false`
+/// with `nowait` when some byte is not in the page cache (or the filesystem cannot
+/// tell), leaving `dst` partly written.
+///
+/// # Safety
+/// `dst` must be valid for writes of `len` bytes.
+pub(crate) unsafe fn pread_raw(
+    file: &File,
+    offset: u64,
+    dst: *mut u8,
+    len: usize,
+    nowait: bool,
+) -> std::io::Result<bool> {
     let mut done = 0;
     while done < len {
-        let spare = buf.spare_capacity_mut();
-        let iov = IoVec {
-            base: spare.as_mut_ptr().cast::<u8>(),
-            len: len - done,
+        let iov = libc::iovec {
+            iov_base: dst.add(done).cast(),
+            iov_len: len - done,
         };
-        // SAFETY: `iov` points into `spare`, which has room for `len - done` bytes;
-        // preadv2 writes at most that many and we only expose the bytes it reports.
-        let n = unsafe {
-            preadv2(
-                file.as_raw_fd(),
-                &iov,
-                1,
-                (offset + done as u64) as i64,
-                if nowait { RWF_NOWAIT } else { 0 },
-            )
-        };
+        // RWF_NOWAIT: fail with EAGAIN instead of waiting for data that is not cached.
+        let flags = if nowait { libc::RWF_NOWAIT } else { 0 };
+        let n = libc::preadv2(
+            file.as_raw_fd(),
+            &iov,
+            1,
+            (offset + done as u64) as i64,
+            flags,
+        );
         if n < 0 {
             let e = std::io::Error::last_os_error();
             match e.raw_os_error() {
                 _ if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 // Not cached, or a filesystem that cannot tell: the caller reads
                 // on a blocking thread instead.
-                Some(EAGAIN | EOPNOTSUPP) if nowait => return Ok(None),
+                Some(libc::EAGAIN | libc::EOPNOTSUPP) if nowait => return Ok(false),
                 _ => return Err(e),
             }
         }
         if n == 0 {
-            buf.resize(len, 0);
+            std::ptr::write_bytes(dst.add(done), 0, len - done);
             break;
         }
-        // SAFETY: preadv2 initialized exactly `n` more bytes.
-        unsafe { buf.set_len(done + n as usize) };
         done += n as usize;
     }
-    Ok(Some(buf.freeze()))
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ impl SdsPool {
     pub fn client(&self, addr: SocketAddr) -> Arc<ChunkClient> {
         self.clients
             .entry(addr)
-            .or_insert_with(|| Arc::new(ChunkClient::new(addr)))
+            .or_insert_with(|| Arc::new(ChunkClient::local_first(addr)))
             .clone()
     }
 

@@ -773,6 +773,7 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join(format!("sds{id}")),
             mdm: None,
+            local_socket: true,
         })
         .await
         .unwrap();
@@ -1402,6 +1403,7 @@ mod tests {
                 listen: addr,
                 data_dir,
                 mdm: None,
+                local_socket: true,
             })
             .await
             .unwrap()

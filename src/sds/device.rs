@@ -9,9 +9,11 @@
 //! is ever held across an await: nothing here is async.
 
 use super::format::{Entry, FormatError, Header, ENTRY_LEN, HEADER_LEN};
+use crate::cluster::chunk::arena::Dest;
 use super::SdsError;
 use crate::backend::fileops::{
-    punch_hole, read_at, read_cached, seek, write_in_pieces, write_zeros, SEEK_DATA, SEEK_HOLE,
+    pread_raw, punch_hole, read_at, read_cached, seek, write_in_pieces, write_zeros, SEEK_DATA,
+    SEEK_HOLE,
 };
 use crate::backend::SgList;
 use crate::cluster::api::{fmt_id, DeviceReport, CHUNK_SIZE};
@@ -26,6 +28,11 @@ use tracing::{error, info};
 
 /// What an unwritten chunk reads as.
 static ZEROS: [u8; CHUNK_SIZE as usize] = [0; CHUNK_SIZE as usize];
+
+/// `len` bytes of an unwritten chunk: shared rather than allocated.
+fn zeros(len: u32) -> Bytes {
+    Bytes::from_static(&ZEROS[..len as usize])
+}
 
 /// (volume id, chunk index).
 pub type ChunkKey = (u64, u64);
@@ -252,10 +259,9 @@ impl Device {
     }
 
     pub fn read(&self, key: ChunkKey, offset: u32, len: u32) -> Result<Bytes, SdsError> {
-        let read = |at| read_at(&self.file, at, len as usize).map(Some);
         Ok(self
-            .read_with(key, offset, len, read)?
-            .expect("a blocking read never gives up"))
+            .at_slot(key, offset, |at| read_at(&self.file, at, len as usize))?
+            .unwrap_or_else(|| zeros(len)))
     }
 
     /// As [`Device::read`] when the bytes are all in the page cache; `None` when
@@ -266,25 +272,48 @@ impl Device {
         offset: u32,
         len: u32,
     ) -> Result<Option<Bytes>, SdsError> {
-        self.read_with(key, offset, len, |at| {
-            read_cached(&self.file, at, len as usize)
-        })
+        Ok(self
+            .at_slot(key, offset, |at| read_cached(&self.file, at, len as usize))?
+            .unwrap_or_else(|| Some(zeros(len))))
     }
 
-    fn read_with(
+    /// As [`Device::read`] into a peer's shared memory; `false` with `nowait` when
+    /// some byte is not in the page cache (`dest` then holds part of the data).
+    pub fn read_to(
         &self,
         key: ChunkKey,
         offset: u32,
-        len: u32,
-        read: impl FnOnce(u64) -> std::io::Result<Option<Bytes>>,
-    ) -> Result<Option<Bytes>, SdsError> {
+        dest: &mut Dest,
+        nowait: bool,
+    ) -> Result<bool, SdsError> {
+        let read = |at| {
+            // SAFETY: `dest` is valid for writes of its length.
+            unsafe { pread_raw(&self.file, at, dest.as_mut_ptr(), dest.size(), nowait) }
+        };
+        match self.at_slot(key, offset, read)? {
+            Some(done) => Ok(done),
+            None => {
+                dest.fill_zeros();
+                Ok(true)
+            }
+        }
+    }
+
+    /// Runs `read` at the file offset of byte `offset` of `key`'s slot, holding the
+    /// table shared (see the module doc); `None` for a chunk never written here.
+    fn at_slot<T>(
+        &self,
+        key: ChunkKey,
+        offset: u32,
+        read: impl FnOnce(u64) -> std::io::Result<T>,
+    ) -> Result<Option<T>, SdsError> {
         self.usable()?;
         let table = self.lock();
         match table.chunks.get(&key) {
             Some(slot) => read(self.header.slot_offset(slot.index) + offset as u64)
+                .map(Some)
                 .map_err(|e| self.io_err(e)),
-            // An unwritten chunk reads as zeros, shared rather than allocated.
-            None => Ok(Some(Bytes::from_static(&ZEROS[..len as usize]))),
+            None => Ok(None),
         }
     }
 

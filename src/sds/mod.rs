@@ -31,7 +31,7 @@ mod state;
 mod store;
 
 use crate::cluster::api::fmt_id;
-use crate::cluster::chunk::ChunkError;
+use crate::cluster::chunk::{local, ChunkError};
 use device::{Device, Probe};
 use epoch::Epochs;
 use format::FormatError;
@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex};
 use store::Store;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Debug, Clone)]
 pub struct SdsOptions {
@@ -54,6 +54,9 @@ pub struct SdsOptions {
     pub data_dir: PathBuf,
     /// `host:port` of the MDM; overrides the address remembered from the claim.
     pub mdm: Option<String>,
+    /// Also listen on the local socket, so that gateways and SDS on this host read
+    /// through shared memory (see `chunk::local`).
+    pub local_socket: bool,
 }
 
 /// A running SDS.
@@ -281,13 +284,29 @@ pub async fn start(opts: SdsOptions) -> Result<SdsHandle, SdsError> {
         }
         None => info!(%addr, "SDS started bare; waiting for an MDM to claim it"),
     }
+    let local = match opts.local_socket {
+        true => bind_local(addr),
+        false => None,
+    };
     let heartbeat = sds.heartbeat.clone();
-    let server = tokio::spawn(server::run(listener, Arc::new(sds)));
+    let server = tokio::spawn(server::run(listener, local, Arc::new(sds)));
     Ok(SdsHandle {
         addr,
         server,
         heartbeat,
     })
+}
+
+/// The local socket for the SDS at `addr`; `None` (clients then use TCP) if the name
+/// is taken, which only another process squatting on it can do.
+fn bind_local(addr: SocketAddr) -> Option<tokio::net::UnixListener> {
+    match tokio::net::UnixListener::bind(local::socket_name(addr)) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!(%addr, error = %e, "cannot listen on the local socket; clients on this host use TCP");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

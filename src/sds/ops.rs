@@ -15,9 +15,11 @@ use super::{Sds, SdsError};
 use crate::backend::fileops::runs_inline;
 use crate::backend::{AtomicOp, SgList};
 use crate::cluster::api::{fmt_id, SdsControl};
+use crate::cluster::chunk::arena::{Dest, Mapping};
 use crate::cluster::chunk::wire::{
     decode_status_entries, encode_status_runs, AtomicKind, CopySource, Op, RequestHeader,
-    SourceCopy, FLAG_FORWARDED, FLAG_FUA, FLAG_MAPPED, FLAG_MISCOMPARE, FLAG_SINGLE_COPY,
+    SourceCopy, FLAG_FORWARDED, FLAG_FUA, FLAG_IN_ARENA, FLAG_MAPPED, FLAG_MISCOMPARE,
+    FLAG_SINGLE_COPY,
 };
 use crate::cluster::chunk::{ChunkError, ChunkRef, Mirror};
 use bytes::Bytes;
@@ -41,14 +43,31 @@ impl Answer {
     }
 }
 
+/// Where a request came from: the TCP peer (none on the local socket), and the shared
+/// memory that connection lent for reads, if any.
+#[derive(Debug, Default, Clone)]
+pub struct Origin {
+    pub peer: Option<SocketAddr>,
+    pub arena: Option<Arc<Mapping>>,
+}
+
 pub async fn execute(
     sds: &Arc<Sds>,
     h: RequestHeader,
     payload: Bytes,
-    peer: SocketAddr,
+    origin: &Origin,
 ) -> Result<Answer, ChunkError> {
     match h.op {
-        Op::Control => control(sds, payload, peer).await,
+        Op::Control => match origin.peer {
+            Some(peer) => control(sds, payload, peer).await,
+            // The SDS learns its MDM's address from where control messages come from.
+            None => Err(ChunkError::Refused(
+                "control messages must come over TCP, from the MDM's address".into(),
+            )),
+        },
+        Op::Attach => Err(ChunkError::Refused(
+            "Attach is only valid as the first request on the SDS's local socket".into(),
+        )),
         Op::Flush => {
             let sds = sds.clone();
             blocking(move || sds.store.sync_all()).await?;
@@ -75,8 +94,23 @@ pub async fn execute(
             let key = (h.at.volume, h.at.chunk);
             match h.op {
                 Op::Read => {
+                    // Checked before the lock: a bad range is the client's mistake.
+                    let dest = match (h.arena, &origin.arena) {
+                        (None, _) => None,
+                        (Some(at), Some(map)) => Some(map.dest(at, h.length as usize).ok_or_else(|| {
+                            ChunkError::Protocol(format!("arena range {at}+{} lies outside the {} bytes lent", h.length, map.size()))
+                        })?),
+                        (Some(_), None) => {
+                            return Err(ChunkError::Protocol(
+                                "ARENA read on a connection that lent no shared memory".into(),
+                            ))
+                        }
+                    };
                     let _order = sds.locks.shared(h.at.volume, h.at.chunk).await;
                     admit(sds, h.at)?;
+                    if let Some(dest) = dest {
+                        return read_to_arena(dev, key, h, dest).await;
+                    }
                     let small = runs_inline(h.length as usize, false);
                     let cached = match small {
                         true => None,
@@ -119,6 +153,28 @@ pub async fn execute(
         Op::Copy => copy(sds, h, payload).await,
         Op::Replicate => super::replicate::replicate(sds, h).await,
     }
+}
+
+/// A Read into the client's shared memory, under the chunk lock the caller holds:
+/// cached data inline (the copy is the only one the read costs), the rest on a
+/// blocking thread. The reply carries no data.
+async fn read_to_arena(
+    dev: Arc<Device>,
+    key: ChunkKey,
+    h: RequestHeader,
+    mut dest: Dest,
+) -> Result<Answer, ChunkError> {
+    let small = runs_inline(h.length as usize, false);
+    let cached = dev
+        .read_to(key, h.offset, &mut dest, !small)
+        .map_err(device_error)?;
+    if !cached {
+        blocking(move || dev.read_to(key, h.offset, &mut dest, false)).await?;
+    }
+    Ok(Answer {
+        flags: FLAG_IN_ARENA,
+        ..Answer::default()
+    })
 }
 
 /// Admits a data request: this SDS holds a lease, and the request's epoch is not

@@ -21,7 +21,7 @@ impl Peers {
         for &(id, addr) in peers {
             let c = match old.remove(&id) {
                 Some(c) if c.addr() == addr => c,
-                _ => Arc::new(ChunkClient::new(addr)),
+                _ => Arc::new(ChunkClient::local_first(addr)),
             };
             clients.insert(id, c);
         }

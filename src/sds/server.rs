@@ -1,20 +1,23 @@
-//! The SDS port: accepts connections and runs each one's request loop. Requests of
-//! one connection execute concurrently (up to a bound) and answer in completion
-//! order, matched by tag.
+//! The SDS port, and its local socket: accepts connections and runs each one's request
+//! loop. Requests of one connection execute concurrently (up to a bound) and answer in
+//! completion order, matched by tag. A local connection first lends shared memory for
+//! reads (Attach, see `chunk::local`).
 
-use super::ops::{self, Answer};
+use super::ops::{self, Answer, Origin};
 use super::Sds;
+use crate::cluster::chunk::arena::Mapping;
 use crate::cluster::chunk::io::{read_header, read_payload, skip, writer_loop, Outgoing};
+use crate::cluster::chunk::local::recv_with_fd;
 use crate::cluster::chunk::wire::{
-    encode_error, request_frame, RequestHeader, ResponseHeader, REQUEST_HEADER_LEN,
+    encode_error, request_frame, Op, RequestHeader, ResponseHeader, REQUEST_HEADER_LEN,
 };
 use crate::cluster::chunk::ChunkError;
 use bytes::Bytes;
-use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::BufReader;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, warn, Instrument};
@@ -26,7 +29,7 @@ const READ_BUFFER: usize = 64 << 10;
 
 /// Accepts connections until the task is aborted, which also ends every connection
 /// (they live in this task's `JoinSet`).
-pub async fn run(listener: TcpListener, sds: Arc<Sds>) {
+pub async fn run(listener: TcpListener, local: Option<UnixListener>, sds: Arc<Sds>) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -34,20 +37,101 @@ pub async fn run(listener: TcpListener, sds: Arc<Sds>) {
                 Ok((stream, peer)) => {
                     stream.set_nodelay(true).ok();
                     let span = tracing::info_span!("sds_conn", %peer);
-                    conns.spawn(serve(sds.clone(), stream, peer).instrument(span));
+                    let (rd, wr) = stream.into_split();
+                    let origin = Origin { peer: Some(peer), arena: None };
+                    conns.spawn(serve(sds.clone(), rd, wr, origin).instrument(span));
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
+            accepted = async { local.as_ref()?.accept().await.ok() }, if local.is_some() => {
+                if let Some((stream, _)) = accepted {
+                    let span = tracing::info_span!("sds_conn", peer = "local");
+                    conns.spawn(serve_local(sds.clone(), stream).instrument(span));
+                }
+            }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
 }
 
-async fn serve(sds: Arc<Sds>, stream: TcpStream, peer: SocketAddr) {
+/// A local connection: its first request must be Attach, carrying the shared memory
+/// its reads go to; refused, the client moves to TCP.
+async fn serve_local(sds: Arc<Sds>, mut stream: UnixStream) {
+    let mut raw = [0u8; REQUEST_HEADER_LEN];
+    let first = stream
+        .async_io(tokio::io::Interest::READABLE, || {
+            recv_with_fd(stream.as_fd(), &mut raw)
+        })
+        .await;
+    let (n, fd) = match first {
+        Ok((0, _)) => return,
+        Ok(got) => got,
+        Err(e) => {
+            debug!(error = %e, "receive failed");
+            return;
+        }
+    };
+    if stream.read_exact(&mut raw[n..]).await.is_err() {
+        return;
+    }
+    let attached = match RequestHeader::decode(&raw) {
+        Ok(h) if h.op == Op::Attach => match fd {
+            Some(fd) => Mapping::adopt(fd)
+                .map_err(|e| ChunkError::Refused(e.to_string()))
+                .and_then(|m| match m.size() == h.length as usize {
+                    true => Ok((h.tag, m)),
+                    false => Err(ChunkError::Refused(format!(
+                        "Attach names {} bytes of shared memory; the memfd has {}",
+                        h.length,
+                        m.size()
+                    ))),
+                }),
+            None => Err(ChunkError::Refused(
+                "Attach carries no shared memory descriptor".into(),
+            )),
+        },
+        Ok(h) => Err(ChunkError::Protocol(format!(
+            "{:?} before Attach on the local socket",
+            h.op
+        ))),
+        Err(e) => Err(ChunkError::Protocol(e.to_string())),
+    };
+    let (tag, map) = match attached {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "local connection refused");
+            let tag = request_frame(&raw).map(|(tag, _)| tag).unwrap_or(0);
+            let msg = respond(tag, Err(e));
+            for part in msg {
+                if stream.write_all(&part).await.is_err() {
+                    break;
+                }
+            }
+            return;
+        }
+    };
+    for part in respond(tag, Ok(Answer::default())) {
+        if stream.write_all(&part).await.is_err() {
+            return;
+        }
+    }
     let (rd, wr) = stream.into_split();
+    let origin = Origin {
+        peer: None,
+        arena: Some(Arc::new(map)),
+    };
+    serve(sds, rd, wr, origin).await
+}
+
+async fn serve<R, W>(sds: Arc<Sds>, rd: R, wr: W, origin: Origin)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let origin = Arc::new(origin);
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(writer_loop(wr, rx));
     let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -90,10 +174,10 @@ async fn serve(sds: Arc<Sds>, stream: TcpStream, peer: SocketAddr) {
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        let (sds, tx) = (sds.clone(), tx.clone());
+        let (sds, tx, origin) = (sds.clone(), tx.clone(), origin.clone());
         tokio::spawn(
             async move {
-                let result = ops::execute(&sds, h, payload, peer).await;
+                let result = ops::execute(&sds, h, payload, &origin).await;
                 let _ = tx.send(respond(h.tag, result));
                 drop(permit);
             }

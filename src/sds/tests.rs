@@ -64,6 +64,7 @@ async fn start_at(data_dir: &Path, mdm: Option<String>) -> SdsHandle {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data_dir.to_path_buf(),
         mdm,
+        local_socket: true,
     })
     .await
     .unwrap()
@@ -555,6 +556,7 @@ async fn restart_keeps_data_and_serves_only_once_the_mdm_answers() {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data,
         mdm: None,
+        local_socket: true,
     })
     .await
     .err()
@@ -883,7 +885,7 @@ async fn writes_and_reads_wait_for_an_atomic_op_on_their_chunk() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let sds = Arc::new(Sds::open(&dir.path().join("data"), addr, None).unwrap());
-    let server = tokio::spawn(server::run(listener, sds.clone()));
+    let server = tokio::spawn(server::run(listener, None, sds.clone()));
     let c = Arc::new(ChunkClient::new(addr));
     let mdm = FakeMdm::start(60_000).await;
     c.control(&claim_msg(SYSTEM, 1, mdm.port, &[(10, &path)]))

@@ -61,6 +61,7 @@ pub async fn run(config: &Path, ov: Overrides) -> Result<(), UpError> {
             listen: *listen,
             data_dir: data_dir.join(format!("sds{}", i + 1)),
             mdm: Some(mdm_addr.clone()),
+            local_socket: true,
         })
         .await?;
         servers.push(h);

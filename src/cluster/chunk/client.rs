@@ -52,7 +52,7 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `h` may go unanswered.
 fn timeout_for(h: &RequestHeader) -> Duration {
     match h.op {
-        Op::Read | Op::Status | Op::StatusMany => DATA_TIMEOUT,
+        Op::Read | Op::Status | Op::StatusMany | Op::Attach => DATA_TIMEOUT,
         Op::Write | Op::WriteZeroes | Op::Atomic if h.mirror.is_none() => DATA_TIMEOUT,
         Op::Write | Op::WriteZeroes | Op::Atomic => MIRRORED_TIMEOUT,
         Op::Flush => FLUSH_TIMEOUT,
@@ -67,6 +67,8 @@ pub struct ChunkClient {
     next: AtomicUsize,
     /// Caps every request's timeout (tests shorten it); `Duration::MAX` otherwise.
     cap: Duration,
+    /// Whether to try the SDS's local socket before TCP (see `local`).
+    local: bool,
 }
 
 impl std::fmt::Debug for ChunkClient {
@@ -78,13 +80,25 @@ impl std::fmt::Debug for ChunkClient {
 }
 
 impl ChunkClient {
-    /// Connects lazily: creating a client costs nothing and never fails.
+    /// A client that connects over TCP only, lazily: creating one costs nothing and
+    /// never fails. The MDM's control connections use this: the SDS learns the MDM's
+    /// address from where they come from.
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
             slots: (0..POOL_SIZE).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
             cap: Duration::MAX,
+            local: false,
+        }
+    }
+
+    /// A client for data: through the SDS's local socket, with reads landing in shared
+    /// memory, when the SDS shares this host and network namespace; TCP otherwise.
+    pub fn local_first(addr: SocketAddr) -> Self {
+        Self {
+            local: true,
+            ..Self::new(addr)
         }
     }
 
@@ -326,7 +340,7 @@ impl ChunkClient {
         if let Some(c) = slot.as_ref().filter(|c| c.is_alive()) {
             return Ok(c.clone());
         }
-        let c = Arc::new(Conn::connect(self.addr).await?);
+        let c = Arc::new(Conn::connect(self.addr, self.local).await?);
         *slot = Some(c.clone());
         Ok(c)
     }

@@ -1,21 +1,27 @@
-//! One pipelined TCP connection to an SDS: any number of requests in flight, told
-//! apart by tag. A writer task sends queued requests; a reader task hands each
-//! response to the waiter registered under its tag. When either side fails, every
-//! waiter learns at once and the connection reports itself dead so the pool replaces
-//! it.
+//! One pipelined connection to an SDS: any number of requests in flight, told apart
+//! by tag. A writer task sends queued requests; a reader task hands each response to
+//! the waiter registered under its tag. When either side fails, every waiter learns at
+//! once and the connection reports itself dead so the pool replaces it.
+//!
+//! The connection is local (the SDS's Unix socket, with shared memory for reads: see
+//! `local` and `arena`) when the SDS is on this host and lets it, TCP otherwise.
 
+use super::arena::{Arena, Region, ARENA_LEN};
 use super::io::{read_header, read_payload, writer_loop, Outgoing};
-use super::wire::{RequestHeader, ResponseHeader, RESPONSE_HEADER_LEN};
+use super::local::{self, send_with_fd};
+use super::wire::{
+    Op, RequestHeader, ResponseHeader, Status, FLAG_ARENA, FLAG_IN_ARENA, RESPONSE_HEADER_LEN,
+};
 use super::ChunkError;
 use crate::backend::SgList;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::BufReader;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
@@ -34,6 +40,8 @@ pub(super) struct Conn {
     tx: mpsc::UnboundedSender<Outgoing>,
     next_tag: AtomicU64,
     tasks: [AbortHandle; 2],
+    /// Shared memory the SDS reads into (local connections only).
+    arena: Option<Arc<Arena>>,
 }
 
 struct Shared {
@@ -43,9 +51,17 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    waiters: HashMap<u64, Waiter>,
+    waiters: HashMap<u64, Pending>,
     /// Why the connection died; set once, never cleared.
     dead: Option<String>,
+}
+
+/// A request in flight: who waits for it (nobody once the caller gave up), and the
+/// shared memory lent for its data, kept until the answer even if nobody waits: the
+/// SDS may write it until then.
+struct Pending {
+    waiter: Option<Waiter>,
+    region: Option<Region>,
 }
 
 impl Shared {
@@ -70,14 +86,26 @@ impl Shared {
         if !waiters.is_empty() {
             tracing::debug!(sds = %self.addr, %reason, in_flight = waiters.len(), "chunk connection failed");
         }
-        for (_, w) in waiters {
+        for w in waiters.into_values().filter_map(|p| p.waiter) {
             let _ = w.send(Err(self.unreachable(&reason)));
         }
     }
 }
 
 impl Conn {
-    pub(super) async fn connect(addr: SocketAddr) -> Result<Self, ChunkError> {
+    /// Connects to the SDS at `addr`: locally first when `local`, else (or if that
+    /// fails) over TCP.
+    pub(super) async fn connect(addr: SocketAddr, local: bool) -> Result<Self, ChunkError> {
+        if local {
+            match connect_local(addr).await {
+                Ok(Some((stream, arena))) => {
+                    let (rd, wr) = stream.into_split();
+                    return Ok(Self::start(addr, rd, wr, Some(arena)));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(sds = %addr, error = %e, "local connection refused; using TCP"),
+            }
+        }
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| ChunkError::Unreachable {
@@ -86,6 +114,14 @@ impl Conn {
             })?;
         stream.set_nodelay(true).ok();
         let (rd, wr) = stream.into_split();
+        Ok(Self::start(addr, rd, wr, None))
+    }
+
+    fn start<R, W>(addr: SocketAddr, rd: R, wr: W, arena: Option<Arc<Arena>>) -> Self
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let shared = Arc::new(Shared {
             addr,
             state: Mutex::new(State::default()),
@@ -103,12 +139,13 @@ impl Conn {
             })
             .abort_handle()
         };
-        Ok(Self {
+        Self {
             shared,
             tx,
             next_tag: AtomicU64::new(1),
             tasks: [reader, writer],
-        })
+            arena,
+        }
     }
 
     pub(super) fn is_alive(&self) -> bool {
@@ -123,20 +160,31 @@ impl Conn {
         self.shared.fail(reason);
     }
 
-    /// Sends one request (its tag is assigned here) and waits for the response.
+    /// Sends one request (its tag is assigned here) and waits for the response. A
+    /// Read on a local connection asks for its data in shared memory when there is
+    /// room; the reply's payload is then that memory, not a copy.
     pub(super) async fn call(
         &self,
         mut header: RequestHeader,
         payload: &SgList,
     ) -> Result<Reply, ChunkError> {
         header.tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let region = match (&self.arena, header.op) {
+            (Some(a), Op::Read) => a.lend(header.length as usize),
+            _ => None,
+        };
+        if let Some(r) = &region {
+            header.flags |= FLAG_ARENA;
+            header.arena = Some(r.offset());
+        }
         let (done, answer) = oneshot::channel();
         {
             let mut s = self.shared.lock();
             if let Some(reason) = &s.dead {
                 return Err(self.shared.unreachable(reason));
             }
-            s.waiters.insert(header.tag, done);
+            let waiter = Some(done);
+            s.waiters.insert(header.tag, Pending { waiter, region });
         }
         let guard = Registered {
             shared: &self.shared,
@@ -175,11 +223,48 @@ struct Registered<'a> {
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        self.shared.lock().waiters.remove(&self.tag);
+        let mut s = self.shared.lock();
+        if let Some(p) = s.waiters.get_mut(&self.tag) {
+            match p.region {
+                // Unanswered: the SDS may still write the region, so it stays lent
+                // until the answer comes (or the connection dies).
+                Some(_) => p.waiter = None,
+                None => drop(s.waiters.remove(&self.tag)),
+            }
+        }
     }
 }
 
-async fn read_responses(rd: OwnedReadHalf, shared: Arc<Shared>) {
+/// A local connection with its shared memory attached, `None` if the SDS has no local
+/// socket (another host or network namespace, or `--no-local-socket`).
+async fn connect_local(addr: SocketAddr) -> std::io::Result<Option<(UnixStream, Arc<Arena>)>> {
+    let mut stream = match UnixStream::connect(local::socket_name(addr)).await {
+        Ok(s) => s,
+        Err(_) => return Ok(None),
+    };
+    let arena = Arena::new(ARENA_LEN).map_err(std::io::Error::other)?;
+    let mut attach = RequestHeader::new(Op::Attach, 0);
+    attach.length = ARENA_LEN as u32;
+    let head = attach.encode();
+    let fd = arena.mapping().fd();
+    let sent = stream
+        .async_io(tokio::io::Interest::WRITABLE, || {
+            send_with_fd(stream.as_fd(), &head, fd)
+        })
+        .await?;
+    stream.write_all(&head[sent..]).await?;
+    let mut raw = [0u8; RESPONSE_HEADER_LEN];
+    stream.read_exact(&mut raw).await?;
+    let h = ResponseHeader::decode(&raw).map_err(std::io::Error::other)?;
+    if h.status != Status::Ok {
+        let mut text = vec![0u8; h.payload_len.min(4096) as usize];
+        stream.read_exact(&mut text).await?;
+        return Err(std::io::Error::other(String::from_utf8_lossy(&text).into_owned()));
+    }
+    Ok(Some((stream, arena)))
+}
+
+async fn read_responses<R: AsyncRead + Unpin>(rd: R, shared: Arc<Shared>) {
     let mut r = BufReader::with_capacity(READ_BUFFER, rd);
     let reason = loop {
         let raw = match read_header::<_, RESPONSE_HEADER_LEN>(&mut r).await {
@@ -195,9 +280,16 @@ async fn read_responses(rd: OwnedReadHalf, shared: Arc<Shared>) {
             Ok(p) => p,
             Err(e) => break format!("receive failed: {e}"),
         };
+        let Some(pending) = shared.lock().waiters.remove(&h.tag) else {
+            continue;
+        };
+        let payload = match (h.flags & FLAG_IN_ARENA != 0, pending.region) {
+            (false, _) => payload,
+            (true, Some(r)) if payload.is_empty() => r.into_bytes(),
+            (true, _) => break "the SDS answered in shared memory it was not lent".to_string(),
+        };
         // No waiter: the request timed out or its caller went away.
-        let waiter = shared.lock().waiters.remove(&h.tag);
-        if let Some(w) = waiter {
+        if let Some(w) = pending.waiter {
             let _ = w.send(Ok((h, payload)));
         }
     };

@@ -6,8 +6,10 @@
 //! [`wire`] is the pure header codec, [`io`] moves messages over a stream, `conn` is
 //! one pipelined connection and [`ChunkClient`] a pool of them for one SDS.
 
+pub mod arena;
 mod client;
 mod conn;
+pub mod local;
 pub(crate) mod io;
 pub mod wire;
 

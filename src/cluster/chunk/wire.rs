@@ -8,8 +8,8 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 2 | magic `0x4451` ("DQ") |
-//! | 2 | 1 | op: 1 Read, 2 Write, 3 WriteZeroes, 4 Flush, 5 Status, 6 Control, 7 Atomic, 8 Copy, 9 Replicate, 10 StatusMany |
-//! | 3 | 1 | flags: 0x01 FUA (Write, WriteZeroes, Atomic, Copy), 0x02 UNMAP (WriteZeroes, Copy), 0x04 SINGLE_COPY (Write, WriteZeroes, Atomic, Copy; never with FORWARDED): the chunk's pool keeps one copy (with a mirror: the copy a move is filling), bits 0x30 the Atomic kind: 0x10 compare-and-write, 0x20 or-write, 0x30 atomic write, 0x40 FORWARDED (Write, WriteZeroes; never with a mirror): sent by a primary SDS for its mirror copy, or by Replicate |
+//! | 2 | 1 | op: 1 Read, 2 Write, 3 WriteZeroes, 4 Flush, 5 Status, 6 Control, 7 Atomic, 8 Copy, 9 Replicate, 10 StatusMany, 11 Attach |
+//! | 3 | 1 | flags: 0x01 FUA (Write, WriteZeroes, Atomic, Copy), 0x02 UNMAP (WriteZeroes, Copy), 0x04 SINGLE_COPY (Write, WriteZeroes, Atomic, Copy; never with FORWARDED): the chunk's pool keeps one copy (with a mirror: the copy a move is filling), 0x08 ARENA (Read): put the data in the connection's shared memory, bits 0x30 the Atomic kind: 0x10 compare-and-write, 0x20 or-write, 0x30 atomic write, 0x40 FORWARDED (Write, WriteZeroes; never with a mirror): sent by a primary SDS for its mirror copy, or by Replicate |
 //! | 4 | 4 | payload_len (Write, Atomic or-write and write: = length; Atomic compare-and-write: 2 × length, compare data then write data; Control: JSON; Copy: 64; StatusMany: 16 × length; others 0) |
 //! | 8 | 8 | tag, echoed in the response |
 //! | 16 | 8 | layout epoch |
@@ -19,7 +19,7 @@
 //! | 44 | 4 | length |
 //! | 48 | 8 | device id on the receiving SDS |
 //! | 56 | 8 | mirror SDS id (0: no mirror) |
-//! | 64 | 8 | mirror device id |
+//! | 64 | 8 | mirror device id; in a Read with ARENA: the byte offset in the shared memory |
 //!
 //! Copy (op 8) is sent to the primary SDS of the *destination* chunk, whose copy the
 //! header names like a Write's (with the secondary as mirror); its 64-byte payload
@@ -48,8 +48,9 @@
 //! Response (24 bytes): magic `0x4452` ("DR") u16, status u8 (0 Ok, 1 StaleEpoch, 2
 //! NoSpace, 3 Io, 4 Refused, 5 Mirror, 6 Protocol, 7 Fenced: the SDS holds no lease
 //! from the MDM and serves no data; Flush and Control are always served), flags u8 (0x01 MAPPED in
-//! a Status reply, 0x02 MISCOMPARE in an Atomic reply), payload_len u32, tag u64, aux
-//! u64. The payload is the data of a Read, the JSON `Result<SdsControlReply, String>`
+//! a Status reply, 0x02 MISCOMPARE in an Atomic reply, 0x04 IN_ARENA in a Read reply:
+//! the data is in the shared memory where the request asked, and the reply carries
+//! none), payload_len u32, tag u64, aux u64. The payload is the data of a Read, the JSON `Result<SdsControlReply, String>`
 //! of a Control, or UTF-8 error text. `aux` is the SDS's current epoch in a StaleEpoch
 //! reply, the failed SDS in a Mirror reply, the run length in bytes in a Status reply
 //! and the offset of the first differing byte in a MISCOMPARE reply.
@@ -89,6 +90,17 @@
 //! three bytes 0, and the run length in bytes u32, exactly as a Status at offset 0
 //! would answer.
 //!
+//! Attach (11) is the first request on a local connection (the SDS's abstract Unix
+//! socket, see `local`) and carries a sealed memfd as SCM_RIGHTS: shared memory the
+//! client lends for read data. `length` is its size (a multiple of 4096, at most
+//! 1 GiB); every other field is 0 and there is no payload. The SDS maps it and
+//! answers Ok, or refuses (no descriptor, not sealed against shrinking, another
+//! size): the client then uses TCP. Over TCP, or later on a connection, Attach is
+//! refused. A Read with ARENA names a range of that memory in bytes 64..72; the SDS
+//! writes the data there before it answers, with IN_ARENA and no payload, or answers
+//! with the data as usual (a client must accept both). It never touches the range
+//! after answering.
+//!
 //! Atomic (7) is a read-modify-write the receiving primary performs under an exclusive
 //! lock on the chunk (ordinary writes that name a mirror, and reads, hold the same lock
 //! shared): compare-and-write writes the second half of the payload only if the range
@@ -100,6 +112,7 @@
 //! A header is validated once, here, by both ends: the receiver before it reads a
 //! payload, the sender before it puts a nonsensical request on the wire.
 
+use super::arena::{MAX_ARENA_LEN, PAGE};
 use super::{ChunkError, ChunkRef, Mirror, Secondary};
 use crate::cluster::api::CHUNK_SIZE;
 
@@ -127,8 +140,13 @@ pub const ATOMIC_KIND_MASK: u8 = 0x30;
 pub const ATOMIC_COMPARE_AND_WRITE: u8 = 0x10;
 pub const ATOMIC_OR: u8 = 0x20;
 pub const ATOMIC_WRITE: u8 = 0x30;
+/// Request flag (Read): put the data in the connection's shared memory at the offset
+/// the request names; see the module doc.
+pub const FLAG_ARENA: u8 = 0x08;
 /// Response flag (Status): the bytes at the offset are allocated.
 pub const FLAG_MAPPED: u8 = 0x01;
+/// Response flag (Read): the data is in the shared memory, not in the reply.
+pub const FLAG_IN_ARENA: u8 = 0x04;
 /// Most entries one StatusMany may carry.
 pub const MAX_STATUS_ENTRIES: u32 = 1024;
 /// Bytes of one StatusMany request entry (chunk index, device id) and reply entry.
@@ -168,6 +186,10 @@ pub enum WireError {
         "StatusMany must start at offset 0 and carry 1 to {MAX_STATUS_ENTRIES} entries, not {0}"
     )]
     BadStatusMany(u32),
+    #[error("Attach must name a memory size that is a multiple of 4096 up to {MAX_ARENA_LEN}, not {0}, and nothing else")]
+    BadAttach(u32),
+    #[error("ARENA flag and arena offset must come together, on a Read")]
+    BadArena,
     #[error("StatusMany reply of {len} bytes for {entries} entries")]
     BadStatusRuns { len: usize, entries: usize },
 }
@@ -233,6 +255,8 @@ pub enum Op {
     Replicate = 9,
     /// The allocation of many chunk copies of one volume at once; see the module doc.
     StatusMany = 10,
+    /// Shared memory for reads, on a local connection; see the module doc.
+    Attach = 11,
 }
 
 /// What an [`Op::Atomic`] request does, from its flags.
@@ -266,6 +290,7 @@ impl Op {
             8 => Op::Copy,
             9 => Op::Replicate,
             10 => Op::StatusMany,
+            11 => Op::Attach,
             _ => return Err(WireError::UnknownOp(v)),
         })
     }
@@ -276,6 +301,7 @@ impl Op {
             Op::WriteZeroes => FLAG_FUA | FLAG_UNMAP | FLAG_FORWARDED | FLAG_SINGLE_COPY,
             Op::Copy => FLAG_FUA | FLAG_UNMAP | FLAG_SINGLE_COPY,
             Op::Atomic => FLAG_FUA | ATOMIC_KIND_MASK | FLAG_SINGLE_COPY,
+            Op::Read => FLAG_ARENA,
             _ => 0,
         }
     }
@@ -292,6 +318,8 @@ pub struct RequestHeader {
     pub offset: u32,
     pub length: u32,
     pub mirror: Option<Mirror>,
+    /// Where in the connection's shared memory a Read's data goes (with FLAG_ARENA).
+    pub arena: Option<u64>,
 }
 
 impl RequestHeader {
@@ -311,6 +339,7 @@ impl RequestHeader {
             offset: 0,
             length: 0,
             mirror: None,
+            arena: None,
         }
     }
 
@@ -372,7 +401,8 @@ impl RequestHeader {
         b[44..48].copy_from_slice(&self.length.to_be_bytes());
         b[48..56].copy_from_slice(&self.at.device.to_be_bytes());
         b[56..64].copy_from_slice(&mirror.sds.to_be_bytes());
-        b[64..72].copy_from_slice(&mirror.device.to_be_bytes());
+        let last = self.arena.unwrap_or(mirror.device);
+        b[64..72].copy_from_slice(&last.to_be_bytes());
         b
     }
 
@@ -397,6 +427,7 @@ impl RequestHeader {
                 sds: mirror_sds,
                 device: be64(b, 64),
             }),
+            arena: (b[2] == Op::Read as u8 && b[3] & FLAG_ARENA != 0).then(|| be64(b, 64)),
         };
         h.check()?;
         Ok(h)
@@ -411,6 +442,9 @@ impl RequestHeader {
                 op,
                 flags: self.flags,
             });
+        }
+        if self.arena.is_some() != (self.flags & FLAG_ARENA != 0) {
+            return Err(WireError::BadArena);
         }
         if op == Op::Atomic && self.atomic_kind().is_none() {
             return Err(WireError::NoAtomicKind(self.flags));
@@ -454,6 +488,17 @@ impl RequestHeader {
             Op::StatusMany => {
                 if self.offset != 0 || self.length == 0 || self.length > MAX_STATUS_ENTRIES {
                     return Err(WireError::BadStatusMany(self.length));
+                }
+            }
+            Op::Attach => {
+                let len = self.length as u64;
+                if self.offset != 0
+                    || len == 0
+                    || !len.is_multiple_of(PAGE as u64)
+                    || len > MAX_ARENA_LEN
+                    || self.at != RequestHeader::new(op, 0).at
+                {
+                    return Err(WireError::BadAttach(self.length));
                 }
             }
             Op::Flush | Op::Control => {}
@@ -749,7 +794,37 @@ mod tests {
                 sds: 21,
                 device: 22,
             }),
+            arena: None,
         }
+    }
+
+    #[test]
+    fn a_read_into_shared_memory_names_its_offset_and_attach_its_size() {
+        let mut h = RequestHeader::new(Op::Read, 5);
+        h.length = 4096;
+        h.flags = FLAG_ARENA;
+        h.arena = Some(0x0123_4567_89ab_c000);
+        assert_eq!(RequestHeader::decode(&h.encode()).unwrap(), h);
+        // The flag and the offset come together, and only on a Read.
+        h.arena = None;
+        assert_eq!(h.check(), Err(WireError::BadArena));
+        h.flags = 0;
+        h.arena = Some(0);
+        assert_eq!(h.check(), Err(WireError::BadArena));
+        let mut w = write_req();
+        w.flags |= FLAG_ARENA;
+        assert!(matches!(w.check(), Err(WireError::BadFlags { .. })));
+
+        let mut a = RequestHeader::new(Op::Attach, 1);
+        a.length = 64 << 20;
+        assert_eq!(RequestHeader::decode(&a.encode()).unwrap(), a);
+        for bad in [0, 4095, 4097] {
+            a.length = bad;
+            assert_eq!(a.check(), Err(WireError::BadAttach(bad)));
+        }
+        a.length = 4096;
+        a.at.volume = 3;
+        assert_eq!(a.check(), Err(WireError::BadAttach(4096)));
     }
 
     #[test]
