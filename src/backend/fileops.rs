@@ -107,7 +107,13 @@ fn read_into(file: &File, offset: u64, len: usize, nowait: bool) -> std::io::Res
     // SAFETY: `buf` has room for `len` bytes; `pread_raw` initializes all of them when
     // it returns true, and `set_len` exposes them only then.
     unsafe {
-        if !pread_raw(file, offset, buf.spare_capacity_mut().as_mut_ptr().cast(), len, nowait)? {
+        if !pread_raw(
+            file,
+            offset,
+            buf.spare_capacity_mut().as_mut_ptr().cast(),
+            len,
+            nowait,
+        )? {
             return Ok(None);
         }
         buf.set_len(len);

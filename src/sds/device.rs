@@ -9,7 +9,6 @@
 //! is ever held across an await: nothing here is async.
 
 use super::format::{Entry, FormatError, Header, ENTRY_LEN, HEADER_LEN};
-use crate::cluster::chunk::arena::Dest;
 use super::SdsError;
 use crate::backend::fileops::{
     pread_raw, punch_hole, read_at, read_cached, seek, write_in_pieces, write_zeros, SEEK_DATA,
@@ -17,6 +16,7 @@ use crate::backend::fileops::{
 };
 use crate::backend::SgList;
 use crate::cluster::api::{fmt_id, DeviceReport, CHUNK_SIZE};
+use crate::cluster::chunk::arena::Dest;
 use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};

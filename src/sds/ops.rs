@@ -97,9 +97,15 @@ pub async fn execute(
                     // Checked before the lock: a bad range is the client's mistake.
                     let dest = match (h.arena, &origin.arena) {
                         (None, _) => None,
-                        (Some(at), Some(map)) => Some(map.dest(at, h.length as usize).ok_or_else(|| {
-                            ChunkError::Protocol(format!("arena range {at}+{} lies outside the {} bytes lent", h.length, map.size()))
-                        })?),
+                        (Some(at), Some(map)) => {
+                            Some(map.dest(at, h.length as usize).ok_or_else(|| {
+                                ChunkError::Protocol(format!(
+                                    "arena range {at}+{} lies outside the {} bytes lent",
+                                    h.length,
+                                    map.size()
+                                ))
+                            })?)
+                        }
                         (Some(_), None) => {
                             return Err(ChunkError::Protocol(
                                 "ARENA read on a connection that lent no shared memory".into(),

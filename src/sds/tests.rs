@@ -10,7 +10,7 @@ use crate::cluster::api::{
     CHUNK_SIZE,
 };
 use crate::cluster::chunk::wire::{
-    AtomicKind, Op, RequestHeader, ResponseHeader, Status, FLAG_FORWARDED,
+    AtomicKind, Op, RequestHeader, ResponseHeader, Status, FLAG_FORWARDED, FLAG_IN_ARENA,
 };
 use crate::cluster::chunk::{ChunkClient, ChunkRef, Mirror, Secondary};
 use crate::cluster::frame;
@@ -1277,4 +1277,127 @@ async fn a_released_sds_runs_bare_and_can_be_claimed_again() {
         vec![0u8; 512]
     );
     assert!(inventory(c).await.devices[0].chunks.is_empty());
+}
+
+/// A raw local connection to `addr`, its Attach sent with `fd` (if any); returns the
+/// stream and the SDS's answer to the Attach.
+async fn attach_raw(
+    addr: SocketAddr,
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+    size: u32,
+) -> (tokio::net::UnixStream, ResponseHeader) {
+    use crate::cluster::chunk::local::{send_with_fd, socket_name};
+    use std::os::fd::AsFd;
+    let mut s = tokio::net::UnixStream::connect(socket_name(addr))
+        .await
+        .unwrap();
+    let mut h = RequestHeader::new(Op::Attach, 1);
+    h.length = size;
+    let head = h.encode();
+    let sent = match fd {
+        Some(fd) => s
+            .async_io(tokio::io::Interest::WRITABLE, || {
+                send_with_fd(s.as_fd(), &head, fd)
+            })
+            .await
+            .unwrap(),
+        None => 0,
+    };
+    s.write_all(&head[sent..]).await.unwrap();
+    let r = raw_response(&mut s).await.0;
+    (s, r)
+}
+
+async fn raw_response(s: &mut tokio::net::UnixStream) -> (ResponseHeader, Vec<u8>) {
+    let mut raw = [0u8; crate::cluster::chunk::wire::RESPONSE_HEADER_LEN];
+    s.read_exact(&mut raw).await.unwrap();
+    let r = ResponseHeader::decode(&raw).unwrap();
+    let mut body = vec![0u8; r.payload_len as usize];
+    s.read_exact(&mut body).await.unwrap();
+    (r, body)
+}
+
+/// Through the local socket a client's reads land in its shared memory: cached and
+/// inline sizes, an unwritten chunk (zeros), and writes go the usual way.
+#[tokio::test]
+async fn local_clients_read_through_shared_memory() {
+    let n = node(1).await;
+    let local = ChunkClient::local_first(n.handle.addr);
+    let a = at(5, 0, n.device, 1);
+    let data: Vec<u8> = (0..MIB).map(|i| (i % 253) as u8).collect();
+    local
+        .write(a, 0, data.clone().into(), false, Secondary::Missing)
+        .await
+        .unwrap();
+    assert_eq!(local.read(a, 0, MIB as u32).await.unwrap(), data);
+    let small = local.read(a, 4096 + 7, 4096).await.unwrap();
+    assert_eq!(small, data[4096 + 7..8192 + 7]);
+    let unwritten = local.read(at(5, 1, n.device, 1), 512, 8192).await.unwrap();
+    assert!(unwritten.len() == 8192 && unwritten.iter().all(|&b| b == 0));
+    // A read while another's bytes are still held gets memory of its own.
+    let again = local.read(a, 0, MIB as u32).await.unwrap();
+    assert_eq!(again, data);
+    assert_eq!(small, data[4096 + 7..8192 + 7]);
+    // The MDM's control messages are refused there: the SDS would not know its address.
+    let mut h = RequestHeader::new(Op::Control, 0);
+    h.payload_len = 2;
+    let e = local
+        .send(h, &SgList::from(b"{}".to_vec()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ChunkError::Refused(ref m) if m.contains("over TCP")),
+        "{e}"
+    );
+}
+
+/// What a broken or hostile local client sends is refused with a reason, and the
+/// SDS's memory is never at its mercy.
+#[tokio::test]
+async fn bad_local_attachments_and_arena_reads_are_refused() {
+    use crate::cluster::chunk::arena::{Mapping, PAGE};
+    use crate::cluster::chunk::wire::FLAG_ARENA;
+    use std::os::fd::AsFd;
+    let n = node(1).await;
+    let addr = n.handle.addr;
+    let (_, r) = attach_raw(addr, None, PAGE as u32).await;
+    assert_eq!(r.status, Status::Refused);
+    // The size must be the memfd's.
+    let map = Mapping::create(4 * PAGE).unwrap();
+    let (_, r) = attach_raw(addr, Some(map.fd()), 8 * PAGE as u32).await;
+    assert_eq!(r.status, Status::Refused);
+    // Not sealed: a client could shrink it under the SDS.
+    let f = tempfile::tempfile().unwrap();
+    f.set_len(PAGE as u64).unwrap();
+    let (_, r) = attach_raw(addr, Some(f.as_fd()), PAGE as u32).await;
+    assert_eq!(r.status, Status::Refused);
+    // Attached, a read past the memory lent is a protocol error, and nothing moves.
+    let (mut s, r) = attach_raw(addr, Some(map.fd()), 4 * PAGE as u32).await;
+    assert_eq!(r.status, Status::Ok);
+    let mut h = RequestHeader::new(Op::Read, 9);
+    h.at = at(5, 0, n.device, 1);
+    h.length = 2 * PAGE as u32;
+    h.flags = FLAG_ARENA;
+    h.arena = Some(3 * PAGE as u64);
+    s.write_all(&h.encode()).await.unwrap();
+    let (r, text) = raw_response(&mut s).await;
+    assert_eq!((r.status, r.tag), (Status::Protocol, 9));
+    assert!(String::from_utf8_lossy(&text).contains("outside"));
+    h.arena = Some(2 * PAGE as u64);
+    s.write_all(&h.encode()).await.unwrap();
+    let (r, body) = raw_response(&mut s).await;
+    assert_eq!(
+        (r.status, r.flags, body.len()),
+        (Status::Ok, FLAG_IN_ARENA, 0)
+    );
+    // A second Attach, and an ARENA read over TCP, are refused too.
+    let mut again = RequestHeader::new(Op::Attach, 10);
+    again.length = PAGE as u32;
+    s.write_all(&again.encode()).await.unwrap();
+    assert_eq!(raw_response(&mut s).await.0.status, Status::Refused);
+    let e = n.client.send(h, &SgList::new()).await.unwrap_err();
+    assert!(
+        matches!(e, ChunkError::Protocol(ref m) if m.contains("lent no")),
+        "{e}"
+    );
 }

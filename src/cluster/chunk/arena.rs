@@ -256,9 +256,7 @@ impl AsRef<[u8]> for Region {
     fn as_ref(&self) -> &[u8] {
         // SAFETY: the pages lie inside the mapping, which the `Arc` keeps alive, and
         // nobody writes them while lent after the SDS answered (see the module doc).
-        unsafe {
-            std::slice::from_raw_parts(self.arena.map.base.add(self.first * PAGE), self.len)
-        }
+        unsafe { std::slice::from_raw_parts(self.arena.map.base.add(self.first * PAGE), self.len) }
     }
 }
 
@@ -359,7 +357,9 @@ mod tests {
         let bytes = a.into_bytes();
         assert_eq!(bytes.len(), 5000);
         assert!(bytes.iter().all(|&x| x == 7));
-        assert!(arena.lend(2 * PAGE).is_some_and(|r| r.offset() == 3 * PAGE as u64));
+        assert!(arena
+            .lend(2 * PAGE)
+            .is_some_and(|r| r.offset() == 3 * PAGE as u64));
         drop(bytes);
         assert_eq!(arena.lend(2 * PAGE).unwrap().offset(), 0);
         assert!(peer.dest(15 * PAGE as u64, PAGE + 1).is_none());
@@ -377,6 +377,9 @@ mod tests {
         // SAFETY: integer arguments only.
         assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), PAGE as i64) }, 0);
         assert!(matches!(Mapping::adopt(fd), Err(ArenaError::NotSealed)));
-        assert!(matches!(Mapping::create(100), Err(ArenaError::BadSize(100))));
+        assert!(matches!(
+            Mapping::create(100),
+            Err(ArenaError::BadSize(100))
+        ));
     }
 }

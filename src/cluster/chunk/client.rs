@@ -349,10 +349,13 @@ impl ChunkClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::chunk::arena::Mapping;
     use crate::cluster::chunk::io::{read_header, read_payload};
-    use crate::cluster::chunk::wire::{ResponseHeader, REQUEST_HEADER_LEN};
-    use tokio::io::AsyncWriteExt;
-    use tokio::net::{TcpListener, TcpStream};
+    use crate::cluster::chunk::local;
+    use crate::cluster::chunk::wire::{ResponseHeader, FLAG_IN_ARENA, REQUEST_HEADER_LEN};
+    use std::os::fd::AsFd;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
     fn at() -> ChunkRef {
         ChunkRef {
@@ -363,7 +366,7 @@ mod tests {
         }
     }
 
-    async fn next_request(s: &mut TcpStream) -> Option<(RequestHeader, Bytes)> {
+    async fn next_request<S: AsyncRead + Unpin>(s: &mut S) -> Option<(RequestHeader, Bytes)> {
         let raw = read_header::<_, REQUEST_HEADER_LEN>(s).await.unwrap()?;
         let h = RequestHeader::decode(&raw).unwrap();
         let p = read_payload(s, h.payload_len as usize).await.unwrap();
@@ -479,6 +482,72 @@ mod tests {
         assert!(matches!(e, ChunkError::Protocol(_)), "{e}");
         let e = c.flush().await.unwrap_err();
         assert!(matches!(e, ChunkError::Unreachable { .. }), "{e}");
+    }
+
+    /// A fake SDS's local connection: the Attach taken, the shared memory mapped.
+    async fn fake_local_sds(l: UnixListener) -> (UnixStream, Arc<Mapping>) {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut raw = [0u8; REQUEST_HEADER_LEN];
+        let (n, fd) = s
+            .async_io(tokio::io::Interest::READABLE, || {
+                local::recv_with_fd(s.as_fd(), &mut raw)
+            })
+            .await
+            .unwrap();
+        s.read_exact(&mut raw[n..]).await.unwrap();
+        let h = RequestHeader::decode(&raw).unwrap();
+        assert_eq!(h.op, Op::Attach);
+        let map = Arc::new(Mapping::adopt(fd.unwrap()).unwrap());
+        answer_local(&mut s, ResponseHeader::ok(h.tag, 0), &[]).await;
+        (s, map)
+    }
+
+    async fn answer_local(s: &mut UnixStream, h: ResponseHeader, payload: &[u8]) {
+        s.write_all(&h.encode()).await.unwrap();
+        s.write_all(payload).await.unwrap();
+    }
+
+    fn fill(map: &Arc<Mapping>, h: &RequestHeader, byte: u8) -> ResponseHeader {
+        let mut d = map.dest(h.arena.unwrap(), h.length as usize).unwrap();
+        // SAFETY: `d` is valid for its size.
+        unsafe { std::ptr::write_bytes(d.as_mut_ptr(), byte, d.size()) };
+        let mut r = ResponseHeader::ok(h.tag, 0);
+        r.flags = FLAG_IN_ARENA;
+        r
+    }
+
+    /// The memory lent to a read stays lent until its answer, even when the caller
+    /// gave up first: the SDS may still be writing it, so a later read must not get
+    /// it (and see its bytes overwritten) before then.
+    #[tokio::test]
+    async fn a_cancelled_reads_memory_is_not_lent_again_before_its_answer() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let ul = UnixListener::bind(local::socket_name(addr)).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, map) = fake_local_sds(ul).await;
+            let (first, _) = next_request(&mut s).await.unwrap();
+            let (second, _) = next_request(&mut s).await.unwrap();
+            assert_ne!(first.arena, second.arena, "memory lent twice");
+            // The late answer to the abandoned read, then the second read's.
+            let r = fill(&map, &first, 0xEE);
+            answer_local(&mut s, r, &[]).await;
+            let r = fill(&map, &second, 0xAA);
+            answer_local(&mut s, r, &[]).await;
+            // Answered, the first read's memory is lent again; an SDS may also answer
+            // with the data itself.
+            let (third, _) = next_request(&mut s).await.unwrap();
+            assert_eq!(third.arena, first.arena);
+            answer_local(&mut s, ResponseHeader::ok(third.tag, 4096), &[0x33; 4096]).await;
+        });
+        let c = ChunkClient::local_first(addr);
+        let gave_up = tokio::time::timeout(Duration::from_millis(100), c.read(at(), 0, 4096)).await;
+        assert!(gave_up.is_err());
+        let second = c.read(at(), 0, 8192).await.unwrap();
+        let third = c.read(at(), 0, 4096).await.unwrap();
+        assert!(second.iter().all(|&b| b == 0xAA));
+        assert!(third.iter().all(|&b| b == 0x33));
+        server.await.unwrap();
     }
 
     #[test]

@@ -103,7 +103,9 @@ impl Conn {
                     return Ok(Self::start(addr, rd, wr, Some(arena)));
                 }
                 Ok(None) => {}
-                Err(e) => tracing::debug!(sds = %addr, error = %e, "local connection refused; using TCP"),
+                Err(e) => {
+                    tracing::debug!(sds = %addr, error = %e, "local connection refused; using TCP")
+                }
             }
         }
         let stream = TcpStream::connect(addr)
@@ -259,7 +261,9 @@ async fn connect_local(addr: SocketAddr) -> std::io::Result<Option<(UnixStream, 
     if h.status != Status::Ok {
         let mut text = vec![0u8; h.payload_len.min(4096) as usize];
         stream.read_exact(&mut text).await?;
-        return Err(std::io::Error::other(String::from_utf8_lossy(&text).into_owned()));
+        return Err(std::io::Error::other(
+            String::from_utf8_lossy(&text).into_owned(),
+        ));
     }
     Ok(Some((stream, arena)))
 }

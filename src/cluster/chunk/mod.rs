@@ -9,8 +9,8 @@
 pub mod arena;
 mod client;
 mod conn;
-pub mod local;
 pub(crate) mod io;
+pub mod local;
 pub mod wire;
 
 pub use client::ChunkClient;
