@@ -7,7 +7,7 @@ use super::ops::{self, Answer, Origin};
 use super::Sds;
 use crate::cluster::chunk::arena::Mapping;
 use crate::cluster::chunk::io::{read_header, read_payload, skip, writer_loop, Outgoing};
-use crate::cluster::chunk::local::recv_with_fd;
+use crate::cluster::chunk::local::{recv_with_fd, tune};
 use crate::cluster::chunk::wire::{
     encode_error, request_frame, Op, RequestHeader, ResponseHeader, REQUEST_HEADER_LEN,
 };
@@ -60,6 +60,7 @@ pub async fn run(listener: TcpListener, local: Option<UnixListener>, sds: Arc<Sd
 /// A local connection: its first request must be Attach, carrying the shared memory
 /// its reads go to; refused, the client moves to TCP.
 async fn serve_local(sds: Arc<Sds>, mut stream: UnixStream) {
+    tune(stream.as_fd());
     let mut raw = [0u8; REQUEST_HEADER_LEN];
     let first = stream
         .async_io(tokio::io::Interest::READABLE, || {

@@ -1317,8 +1317,9 @@ async fn raw_response(s: &mut tokio::net::UnixStream) -> (ResponseHeader, Vec<u8
     (r, body)
 }
 
-/// Through the local socket a client's reads land in its shared memory: cached and
-/// inline sizes, an unwritten chunk (zeros), and writes go the usual way.
+/// Through the local socket a client's large reads land in its shared memory: whole
+/// and partial chunks, an unwritten chunk (zeros); large writes go there too, small
+/// requests over TCP.
 #[tokio::test]
 async fn local_clients_read_through_shared_memory() {
     let n = node(1).await;
@@ -1329,26 +1330,20 @@ async fn local_clients_read_through_shared_memory() {
         .write(a, 0, data.clone().into(), false, Secondary::Missing)
         .await
         .unwrap();
+    assert!(local.bulk_is_local().await);
     assert_eq!(local.read(a, 0, MIB as u32).await.unwrap(), data);
-    let small = local.read(a, 4096 + 7, 4096).await.unwrap();
-    assert_eq!(small, data[4096 + 7..8192 + 7]);
-    let unwritten = local.read(at(5, 1, n.device, 1), 512, 8192).await.unwrap();
-    assert!(unwritten.len() == 8192 && unwritten.iter().all(|&b| b == 0));
+    let part = local.read(a, 4096 + 7, 200_000).await.unwrap();
+    assert_eq!(part, data[4096 + 7..204_103]);
+    let unwritten = local
+        .read(at(5, 1, n.device, 1), 512, 100_000)
+        .await
+        .unwrap();
+    assert!(unwritten.len() == 100_000 && unwritten.iter().all(|&b| b == 0));
     // A read while another's bytes are still held gets memory of its own.
     let again = local.read(a, 0, MIB as u32).await.unwrap();
     assert_eq!(again, data);
-    assert_eq!(small, data[4096 + 7..8192 + 7]);
-    // The MDM's control messages are refused there: the SDS would not know its address.
-    let mut h = RequestHeader::new(Op::Control, 0);
-    h.payload_len = 2;
-    let e = local
-        .send(h, &SgList::from(b"{}".to_vec()))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(e, ChunkError::Refused(ref m) if m.contains("over TCP")),
-        "{e}"
-    );
+    assert_eq!(part, data[4096 + 7..204_103]);
+    assert_eq!(local.read(a, 100, 10).await.unwrap(), data[100..110]);
 }
 
 /// What a broken or hostile local client sends is refused with a reason, and the
@@ -1390,6 +1385,14 @@ async fn bad_local_attachments_and_arena_reads_are_refused() {
         (r.status, r.flags, body.len()),
         (Status::Ok, FLAG_IN_ARENA, 0)
     );
+    // Control messages are refused there: the SDS learns the MDM's address from them.
+    let mut c = RequestHeader::new(Op::Control, 11);
+    c.payload_len = 2;
+    s.write_all(&c.encode()).await.unwrap();
+    s.write_all(b"{}").await.unwrap();
+    let (r, text) = raw_response(&mut s).await;
+    assert_eq!(r.status, Status::Refused);
+    assert!(String::from_utf8_lossy(&text).contains("over TCP"));
     // A second Attach, and an ARENA read over TCP, are refused too.
     let mut again = RequestHeader::new(Op::Attach, 10);
     again.length = PAGE as u32;

@@ -150,6 +150,12 @@ impl Conn {
         }
     }
 
+    /// A local connection with shared memory for reads.
+    #[cfg(test)]
+    pub(super) fn is_local(&self) -> bool {
+        self.arena.is_some()
+    }
+
     pub(super) fn is_alive(&self) -> bool {
         self.shared.lock().dead.is_none()
     }
@@ -244,6 +250,7 @@ async fn connect_local(addr: SocketAddr) -> std::io::Result<Option<(UnixStream, 
         Ok(s) => s,
         Err(_) => return Ok(None),
     };
+    local::tune(stream.as_fd());
     let arena = Arena::new(ARENA_LEN).map_err(std::io::Error::other)?;
     let mut attach = RequestHeader::new(Op::Attach, 0);
     attach.length = ARENA_LEN as u32;
