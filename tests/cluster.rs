@@ -7,6 +7,7 @@ mod common;
 
 use common::cluster::{num, qemu_io, Cluster, POOL_ARGS};
 use common::require_tool;
+use common::writer::{verify, write_all, Expected, WriteOp};
 use dreadnought::cluster::api::CHUNK_SIZE;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -432,4 +433,55 @@ fn single_copy_pool_keeps_one_copy_per_chunk_and_drains_a_removed_sds() {
     assert_eq!(num(&pool, "/rebuild/bytes_done"), 0, "nothing was rebuilt");
     assert!(num(&pool, "/rebalance/bytes_done") > 0, "{pool}");
     drop(gw);
+}
+
+/// A gateway and SDS on one host talk over the SDS's local socket, large reads landing
+/// in shared memory the gateway lends; an SDS started with `--no-local-socket` is
+/// reached over TCP. Whole-chunk and 4 KiB writes and reads through both paths, in one
+/// two-copy pool, verify.
+#[test]
+fn local_sockets_and_tcp_carry_the_same_data() {
+    require_tool("qemu-io");
+    let mut c = Cluster::start_empty("127.0.0.1:0");
+    c.spawn_sds("127.0.0.1:0", None);
+    c.spawn_sds("127.0.0.1:0", None);
+    let tcp_only = c.spawn_sds_with("127.0.0.1:0", None, &["--no-local-socket"]);
+    c.add_pool();
+    for i in 0..3 {
+        c.add_sds_to_pool(i, 1 << 30);
+    }
+    let (gw, portal) = c.gateway(true);
+    c.add_volume("vol", "0.125", &["--thin_provisioned"]);
+    c.ok(&[
+        "--map_volume_to_sdc",
+        "--volume_name",
+        "vol",
+        "--sdc_name",
+        "gw1",
+    ]);
+    gw.wait_for("pool volume online", Duration::from_secs(30));
+    let mut ops: Vec<WriteOp> = (0..24)
+        .map(|i| WriteOp {
+            offset: i * CHUNK_SIZE,
+            len: CHUNK_SIZE,
+            pattern: (i % 250) as u8 + 1,
+        })
+        .collect();
+    ops.extend((24..48).map(|i| WriteOp {
+        offset: i * CHUNK_SIZE + 3 * 4096,
+        len: 4096,
+        pattern: 0x80 + i as u8,
+    }));
+    let mut expected = Expected::default();
+    write_all(portal, 0, &ops, &mut expected);
+    verify(portal, 0, &expected);
+    for (i, sds) in c.sds.iter().enumerate() {
+        let log = sds.as_ref().unwrap().log();
+        let attached = log.contains("local client attached");
+        assert_eq!(
+            attached,
+            i != tcp_only,
+            "SDS {i} local attachment; its log:\n{log}"
+        );
+    }
 }

@@ -119,6 +119,10 @@ async fn serve_local(sds: Arc<Sds>, mut stream: UnixStream) {
             return;
         }
     }
+    tracing::info!(
+        shared_bytes = map.size(),
+        "local client attached; its large reads go through shared memory"
+    );
     let (rd, wr) = stream.into_split();
     let origin = Origin {
         peer: None,

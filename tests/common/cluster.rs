@@ -44,19 +44,27 @@ pub fn start_mdm(dir: &Path, listen: &str) -> (Proc, SocketAddr) {
 }
 
 pub fn start_sds(dir: &Path, i: usize, listen: &str) -> (Proc, SocketAddr) {
-    start_sds_in(dir, i, listen, None)
+    start_sds_in(dir, i, listen, None, &[])
 }
 
-/// SDS number `i` (data in `dir/sds{i}`), inside network namespace `netns` if given.
-pub fn start_sds_in(dir: &Path, i: usize, listen: &str, netns: Option<&str>) -> (Proc, SocketAddr) {
+/// SDS number `i` (data in `dir/sds{i}`), inside network namespace `netns` if given,
+/// with `extra` arguments.
+pub fn start_sds_in(
+    dir: &Path,
+    i: usize,
+    listen: &str,
+    netns: Option<&str>,
+    extra: &[&str],
+) -> (Proc, SocketAddr) {
     let data = dir.join(format!("sds{i}"));
-    let args = [
+    let mut args = vec![
         "sds",
         "--listen",
         listen,
         "--data-dir",
         data.to_str().unwrap(),
     ];
+    args.extend_from_slice(extra);
     let ready = "ready: SDS listening";
     let p = match netns {
         None => Proc::dreadnought(&args, ready),
@@ -105,8 +113,13 @@ impl Cluster {
     /// Starts one more SDS process (not yet added to the MDM) listening on `listen`,
     /// inside `netns` if given; returns its index.
     pub fn spawn_sds(&mut self, listen: &str, netns: Option<&str>) -> usize {
+        self.spawn_sds_with(listen, netns, &[])
+    }
+
+    /// As [`Cluster::spawn_sds`], with `extra` arguments (not kept for a restart).
+    pub fn spawn_sds_with(&mut self, listen: &str, netns: Option<&str>, extra: &[&str]) -> usize {
         let i = self.sds.len();
-        let (p, a) = start_sds_in(self.dir.path(), i + 1, listen, netns);
+        let (p, a) = start_sds_in(self.dir.path(), i + 1, listen, netns, extra);
         self.sds.push(Some(p));
         self.sds_addrs.push(a);
         self.sds_netns.push(netns.map(str::to_string));
@@ -251,6 +264,7 @@ impl Cluster {
             i + 1,
             &self.sds_addrs[i].to_string(),
             self.sds_netns.get(i).and_then(|n| n.as_deref()),
+            &[],
         );
         assert_eq!(a, self.sds_addrs[i]);
         self.sds[i] = Some(p);

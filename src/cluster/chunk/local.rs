@@ -45,6 +45,19 @@ union Cmsg {
     _align: libc::cmsghdr,
 }
 
+/// A message header over one buffer, with `control` bytes of `space` for ancillary
+/// data.
+fn message(iov: &mut libc::iovec, space: &mut Cmsg, control: usize) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; all-zero is its empty value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    // SAFETY: every field of the union is plain bytes.
+    msg.msg_control = unsafe { space.buf.as_mut_ptr().cast() };
+    msg.msg_controllen = control;
+    msg
+}
+
 /// Sends `bytes` with `fd` attached; returns how many bytes went (the descriptor goes
 /// with the first of them). `sock` must be a Unix stream socket.
 pub fn send_with_fd(sock: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {
@@ -56,11 +69,8 @@ pub fn send_with_fd(sock: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd<'_>) -> i
     // SAFETY: msghdr points at `iov` and `space`, which outlive the call; the CMSG
     // macros stay inside the CMSG_SPACE bytes declared, which fit in `space`.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = space.buf.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(size_of::<i32>() as u32) as usize;
+        let control = libc::CMSG_SPACE(size_of::<i32>() as u32) as usize;
+        let msg = message(&mut iov, &mut space, control);
         let c = libc::CMSG_FIRSTHDR(&msg);
         (*c).cmsg_level = libc::SOL_SOCKET;
         (*c).cmsg_type = libc::SCM_RIGHTS;
@@ -85,11 +95,7 @@ pub fn recv_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, 
     // SAFETY: as in `send_with_fd`; every descriptor the kernel installed is taken
     // into an `OwnedFd` (so closed) before returning.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = space.buf.as_mut_ptr().cast();
-        msg.msg_controllen = size_of::<Cmsg>();
+        let mut msg = message(&mut iov, &mut space, size_of::<Cmsg>());
         let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
         if n < 0 {
             return Err(io::Error::last_os_error());
