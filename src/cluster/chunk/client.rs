@@ -376,8 +376,8 @@ mod tests {
     use crate::cluster::chunk::local;
     use crate::cluster::chunk::wire::{ResponseHeader, FLAG_IN_ARENA, REQUEST_HEADER_LEN};
     use std::os::fd::AsFd;
-    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use tokio::net::{TcpListener, UnixListener, UnixStream};
 
     fn at() -> ChunkRef {
         ChunkRef {
@@ -395,7 +395,7 @@ mod tests {
         Some((h, p))
     }
 
-    async fn answer(s: &mut TcpStream, h: ResponseHeader, payload: &[u8]) {
+    async fn answer<S: AsyncWrite + Unpin>(s: &mut S, h: ResponseHeader, payload: &[u8]) {
         s.write_all(&h.encode()).await.unwrap();
         s.write_all(payload).await.unwrap();
     }
@@ -517,13 +517,8 @@ mod tests {
         let h = RequestHeader::decode(&raw).unwrap();
         assert_eq!(h.op, Op::Attach);
         let map = Arc::new(Mapping::adopt(fd.unwrap()).unwrap());
-        answer_local(&mut s, ResponseHeader::ok(h.tag, 0), &[]).await;
+        answer(&mut s, ResponseHeader::ok(h.tag, 0), &[]).await;
         (s, map)
-    }
-
-    async fn answer_local(s: &mut UnixStream, h: ResponseHeader, payload: &[u8]) {
-        s.write_all(&h.encode()).await.unwrap();
-        s.write_all(payload).await.unwrap();
     }
 
     fn fill(map: &Arc<Mapping>, h: &RequestHeader, byte: u8) -> ResponseHeader {
@@ -550,15 +545,15 @@ mod tests {
             assert_ne!(first.arena, second.arena, "memory lent twice");
             // The late answer to the abandoned read, then the second read's.
             let r = fill(&map, &first, 0xEE);
-            answer_local(&mut s, r, &[]).await;
+            answer(&mut s, r, &[]).await;
             let r = fill(&map, &second, 0xAA);
-            answer_local(&mut s, r, &[]).await;
+            answer(&mut s, r, &[]).await;
             // Answered, the first read's memory is lent again; an SDS may also answer
             // with the data itself.
             let (third, _) = next_request(&mut s).await.unwrap();
             assert_eq!(third.arena, first.arena);
             let data = vec![0x33; third.length as usize];
-            answer_local(&mut s, ResponseHeader::ok(third.tag, third.length), &data).await;
+            answer(&mut s, ResponseHeader::ok(third.tag, third.length), &data).await;
         });
         let c = ChunkClient::local_first(addr);
         let gave_up = tokio::time::timeout(Duration::from_millis(100), c.read(at(), 0, BULK)).await;
