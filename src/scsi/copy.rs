@@ -20,7 +20,6 @@ use super::sense::{asc, Sense, SenseKey};
 use super::unit::LogicalUnit;
 use super::{cdb, BoxFut, Ctx, Done, HandlerResult, ItNexus};
 use crate::backend::{BackendError, BlockBackend, BLOCK_SIZE};
-use bytes::Bytes;
 use std::collections::HashMap;
 
 /// MAXIMUM SEGMENT LENGTH in bytes: the most one block → block descriptor can name.
@@ -291,10 +290,7 @@ pub(crate) fn extended_copy<'a>(c: &'a Ctx<'a>) -> BoxFut<'a> {
             if !pr::permits(st.src, c.nexus, Access::Read)?
                 || !pr::permits(st.dst, c.nexus, Access::Write)?
             {
-                return Ok(Done {
-                    status: super::status::RESERVATION_CONFLICT,
-                    data: Bytes::new(),
-                });
+                return Ok(Done::conflict());
             }
         }
         let id = list.list_id;
