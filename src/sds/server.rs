@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 /// Requests one connection may have executing; past it the SDS stops reading from
 /// that connection until one completes.
@@ -100,26 +100,21 @@ async fn serve_local(sds: Arc<Sds>, mut stream: UnixStream) {
         ))),
         Err(e) => Err(ChunkError::Protocol(e.to_string())),
     };
-    let (tag, map) = match attached {
-        Ok(a) => a,
+    let (reply, map) = match attached {
+        Ok((tag, map)) => (respond(tag, Ok(Answer::default())), Some(map)),
         Err(e) => {
             warn!(error = %e, "local connection refused");
             let tag = request_frame(&raw).map(|(tag, _)| tag).unwrap_or(0);
-            let msg = respond(tag, Err(e));
-            for part in msg {
-                if stream.write_all(&part).await.is_err() {
-                    break;
-                }
-            }
-            return;
+            (respond(tag, Err(e)), None)
         }
     };
-    for part in respond(tag, Ok(Answer::default())) {
+    for part in reply {
         if stream.write_all(&part).await.is_err() {
             return;
         }
     }
-    tracing::info!(
+    let Some(map) = map else { return };
+    info!(
         shared_bytes = map.size(),
         "local client attached; its large reads go through shared memory"
     );

@@ -530,6 +530,32 @@ mod tests {
         r
     }
 
+    /// An SDS that refuses the Attach is still reached, over TCP, and its reads carry
+    /// their data in the reply.
+    #[tokio::test]
+    async fn a_refused_attach_falls_back_to_tcp() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let ul = UnixListener::bind(local::socket_name(addr)).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = ul.accept().await.unwrap();
+            let (h, _) = next_request(&mut s).await.unwrap();
+            assert_eq!(h.op, Op::Attach);
+            let (r, text) = wire::encode_error(h.tag, &ChunkError::Refused("no".into()));
+            answer(&mut s, r, &text).await;
+            let (mut t, _) = l.accept().await.unwrap();
+            let (h, _) = next_request(&mut t).await.unwrap();
+            assert_eq!((h.op, h.arena), (Op::Read, None));
+            let data = vec![0x5A; h.length as usize];
+            answer(&mut t, ResponseHeader::ok(h.tag, h.length), &data).await;
+        });
+        let c = ChunkClient::local_first(addr);
+        let data = c.read(at(), 0, BULK).await.unwrap();
+        assert!(data.len() == BULK as usize && data.iter().all(|&b| b == 0x5A));
+        assert!(!c.bulk_is_local().await);
+        server.await.unwrap();
+    }
+
     /// The memory lent to a read stays lent until its answer, even when the caller
     /// gave up first: the SDS may still be writing it, so a later read must not get
     /// it (and see its bytes overwritten) before then.

@@ -10,7 +10,7 @@ use super::arena::{Arena, Region, ARENA_LEN};
 use super::io::{read_header, read_payload, writer_loop, Outgoing};
 use super::local::{self, send_with_fd};
 use super::wire::{
-    Op, RequestHeader, ResponseHeader, Status, FLAG_ARENA, FLAG_IN_ARENA, RESPONSE_HEADER_LEN,
+    decode_error, Op, RequestHeader, ResponseHeader, FLAG_ARENA, FLAG_IN_ARENA, RESPONSE_HEADER_LEN,
 };
 use super::ChunkError;
 use crate::backend::SgList;
@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
@@ -262,15 +262,13 @@ async fn connect_local(addr: SocketAddr) -> std::io::Result<Option<(UnixStream, 
         })
         .await?;
     stream.write_all(&head[sent..]).await?;
-    let mut raw = [0u8; RESPONSE_HEADER_LEN];
-    stream.read_exact(&mut raw).await?;
+    let raw = read_header::<_, RESPONSE_HEADER_LEN>(&mut stream)
+        .await?
+        .ok_or(std::io::ErrorKind::UnexpectedEof)?;
     let h = ResponseHeader::decode(&raw).map_err(std::io::Error::other)?;
-    if h.status != Status::Ok {
-        let mut text = vec![0u8; h.payload_len.min(4096) as usize];
-        stream.read_exact(&mut text).await?;
-        return Err(std::io::Error::other(
-            String::from_utf8_lossy(&text).into_owned(),
-        ));
+    let body = read_payload(&mut stream, h.payload_len as usize).await?;
+    if let Some(refused) = decode_error(&h, &body, 0) {
+        return Err(std::io::Error::other(refused));
     }
     Ok(Some((stream, arena)))
 }
